@@ -1,0 +1,1 @@
+"""The Alliance kernel: settings, object store, catalog and the shared error types."""

@@ -1,0 +1,1 @@
+"""The `alliance` command: one module per command group, each importing its package only when it runs."""

@@ -1,0 +1,1 @@
+"""Alembic migrations of the catalog; `alliance catalog upgrade` applies them."""

@@ -1,0 +1,1 @@
+"""Curation: quality signals, exact and near duplicates, embeddings, semantic dedup and balance."""

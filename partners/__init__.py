@@ -1,0 +1,1 @@
+"""Partners: the data contract, partner accounts, the delivery service, consent and revocation."""

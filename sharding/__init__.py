@@ -1,0 +1,1 @@
+"""Sharding: WebDataset shards, dataset versions, manifests, lineage, verification and redaction."""
