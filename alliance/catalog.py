@@ -41,8 +41,8 @@ class Catalog:
         config.attributes["connection"] = connection
         return config
 
-    def upgrade(self, revision: str = "head") -> str:
-        """Apply migrations up to `revision`; returns the revision the database is at afterwards."""
+    def upgrade(self, revision: str = "heads") -> str:
+        """Apply migrations up to `revision` (every branch head by default); returns the revision(s) reached."""
         from alembic import command
 
         try:
@@ -53,18 +53,21 @@ class Catalog:
         return self.current_revision() or "base"
 
     def current_revision(self) -> str | None:
+        """The revision(s) the database is at, comma-separated when several branches exist; None if empty."""
         from alembic.runtime.migration import MigrationContext
 
         try:
             with self.engine.connect() as connection:
-                return MigrationContext.configure(connection).get_current_revision()
+                heads = MigrationContext.configure(connection).get_current_heads()
         except OperationalError as e:
             raise CatalogError(f"catalog {self.safe_url}: unreachable: {e.orig}") from e
+        return ",".join(sorted(heads)) or None
 
     def head_revision(self) -> str:
+        """The revision(s) the code expects, in the same form as current_revision()."""
         from alembic.script import ScriptDirectory
 
-        return ScriptDirectory.from_config(self._alembic_config(None)).get_current_head()
+        return ",".join(sorted(ScriptDirectory.from_config(self._alembic_config(None)).get_heads()))
 
     def ensure_current(self) -> None:
         """Raise a CatalogError that says what to run when the schema is behind the code."""

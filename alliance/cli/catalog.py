@@ -10,7 +10,7 @@ app = typer.Typer(help="The catalog database (SQLite by default, PostgreSQL by U
 
 
 @app.command("upgrade")
-def upgrade(revision: str = typer.Argument("head", help="Target revision.")) -> None:
+def upgrade(revision: str = typer.Argument("heads", help="Target revision (default: every head).")) -> None:
     """Apply the schema migrations (safe to re-run)."""
     from alliance.catalog import Catalog
 

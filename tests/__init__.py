@@ -1,0 +1,1 @@
+"""Test suite: every stage against real components."""
