@@ -15,6 +15,10 @@ $(STAMP): pyproject.toml
 	@# torch first, pinned: the CPU build on this machine's disk; a bare range would pull a CUDA build
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install --quiet $(TORCH_PIN)
 	$(BIN)/python -m pip install --quiet -e '.[test]'
+	@# headless Chromium checks the HTML reports; Debian's build, never a browser download
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
+		{ echo "chromium is missing and could not be installed: install Debian's chromium package"; exit 1; }
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 

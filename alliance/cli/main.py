@@ -7,7 +7,7 @@ import sys
 import click
 import typer
 
-from alliance.cli import catalog, config, demo, store
+from alliance.cli import catalog, config, demo, pipeline, store
 from alliance.cli.common import console, state
 
 app = typer.Typer(
@@ -27,6 +27,7 @@ def _root(debug: bool = typer.Option(False, "--debug", help="Show the full trace
 app.command("config", help="Print the effective configuration, secrets masked.")(config.show)
 app.add_typer(store.app, name="store")
 app.add_typer(catalog.app, name="catalog")
+app.add_typer(pipeline.app, name="pipeline")
 app.add_typer(demo.app, name="demo")
 
 
