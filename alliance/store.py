@@ -448,15 +448,18 @@ class _S3MultipartWriter(ObjectWriter):
         self.closed = False
 
     def write(self, data: bytes) -> int:
-        self.buffer += data
+        view = memoryview(data)
+        while view:
+            room = self.store.part_size - len(self.buffer)
+            self.buffer += view[:room]
+            view = view[room:]
+            if len(self.buffer) == self.store.part_size:
+                part, self.buffer = self.buffer, bytearray()  # hand the full buffer over: no copy
+                self._submit(part)
         self.bytes_written += len(data)
-        while len(self.buffer) >= self.store.part_size:
-            part = bytes(self.buffer[: self.store.part_size])
-            del self.buffer[: self.store.part_size]
-            self._submit(part)
         return len(data)
 
-    def _submit(self, part: bytes) -> None:
+    def _submit(self, part: bytearray) -> None:
         if self.upload_id is None:
             created = self.store._call("create multipart upload", self.key, self.store.client.create_multipart_upload,
                                        Bucket=self.store.bucket, Key=self.full_key)
@@ -468,7 +471,7 @@ class _S3MultipartWriter(ObjectWriter):
         future.add_done_callback(lambda _f: self.inflight.release())
         self.parts.append(future)
 
-    def _upload_part(self, number: int, part: bytes) -> dict:
+    def _upload_part(self, number: int, part: bytearray) -> dict:
         response = self.store._call("upload part", self.key, self.store.client.upload_part, Bucket=self.store.bucket,
                                     Key=self.full_key, UploadId=self.upload_id, PartNumber=number, Body=part)
         return {"PartNumber": number, "ETag": response["ETag"]}
@@ -482,8 +485,8 @@ class _S3MultipartWriter(ObjectWriter):
                 self.store.put_bytes(self.key, bytes(self.buffer))
                 return
             if self.buffer:
-                self._submit(bytes(self.buffer))
-                self.buffer.clear()
+                part, self.buffer = self.buffer, bytearray()
+                self._submit(part)
             parts = [f.result() for f in self.parts]
             self.store._call("complete multipart upload", self.key, self.store.client.complete_multipart_upload,
                              Bucket=self.store.bucket, Key=self.full_key, UploadId=self.upload_id,

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import uuid
 from pathlib import Path
 
@@ -53,11 +55,14 @@ def store(request, tmp_path) -> ObjectStore:
 
 
 @pytest.fixture(scope="session")
-def postgres_server(tmp_path_factory) -> Postgres:
-    server = Postgres(tmp_path_factory.mktemp("postgres"))
+def postgres_server() -> Postgres:
+    # not under pytest's tmp dir: that is private to root, and the server runs as the `postgres` user
+    workdir = Path(tempfile.mkdtemp(prefix="alliance-pg-"))
+    server = Postgres(workdir)
     server.start()
     yield server
     server.stop()
+    shutil.rmtree(workdir, ignore_errors=True)
 
 
 @pytest.fixture

@@ -1,0 +1,1 @@
+"""Tests of the kernel: settings, store, catalog, CLI."""
