@@ -99,3 +99,61 @@ class DatasetVersion(Base):
     hours: Mapped[float] = mapped_column(Float, default=0.0)
     run_id: Mapped[str | None] = mapped_column(ForeignKey("runs.id"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ApiToken(Base):
+    """A partner's API token; only the SHA-256 of its secret is stored, so a leaked catalog leaks no token."""
+
+    __tablename__ = "api_tokens"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)  # public token id, part of the token text
+    partner_id: Mapped[str] = mapped_column(ForeignKey("partners.id"), index=True)
+    secret_sha256: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column()
+    last_used_at: Mapped[datetime | None] = mapped_column()
+
+
+class AuditEvent(Base):
+    """One partner action on the delivery service (or a refused attempt), append-only."""
+
+    __tablename__ = "audit_events"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    partner_id: Mapped[str | None] = mapped_column(String(64), index=True)  # None: the token was not recognised
+    token_id: Mapped[str | None] = mapped_column(String(32))
+    action: Mapped[str] = mapped_column(String(64))  # e.g. "delivery.open", "recording.revoke"
+    target: Mapped[str | None] = mapped_column(String(256))
+    status: Mapped[int] = mapped_column(Integer)  # the HTTP status answered
+    detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class DeliveryDetail(Base):
+    """What the service needs to know of a delivery beyond the kernel's row: its name, layout, size and manifest."""
+
+    __tablename__ = "delivery_details"
+    __table_args__ = (UniqueConstraint("partner_id", "name", name="uq_delivery_details_partner_name"),)
+    delivery_id: Mapped[str] = mapped_column(ForeignKey("deliveries.id"), primary_key=True)
+    partner_id: Mapped[str] = mapped_column(ForeignKey("partners.id"), index=True)
+    name: Mapped[str] = mapped_column(String(64))  # the partner's own delivery id from the manifest
+    manifest_key: Mapped[str] = mapped_column(String(1024))
+    files: Mapped[int] = mapped_column(Integer)
+    bytes_total: Mapped[int] = mapped_column(BigInteger)
+    summary: Mapped[dict[str, Any]] = mapped_column(default=dict)  # counts by verdict and reason, once validated
+
+
+class DeliveryFile(Base):
+    """One file of a delivery and where its upload stands: pending, uploaded, accepted or rejected."""
+
+    __tablename__ = "delivery_files"
+    __table_args__ = (UniqueConstraint("delivery_id", "idx", name="uq_delivery_files_delivery_idx"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    delivery_id: Mapped[str] = mapped_column(ForeignKey("deliveries.id"), index=True)
+    idx: Mapped[int] = mapped_column(Integer)  # position in the manifest's file list, the id in URLs
+    path: Mapped[str] = mapped_column(String(1024))
+    kind: Mapped[str] = mapped_column(String(16))  # recording, sensor
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    upload_id: Mapped[str | None] = mapped_column(String(512))  # the S3 multipart upload, while one is open
+    state: Mapped[str] = mapped_column(String(32), default="pending")  # pending, uploaded, accepted, rejected
+    reason: Mapped[str | None] = mapped_column(String(64))
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -1,1 +1,1 @@
-"""Partners: the data contract, partner accounts, the delivery service, consent and revocation."""
+"""Partners: the data contract, validation of deliveries, accounts and tokens, the delivery service and its client."""
