@@ -7,7 +7,7 @@ import sys
 import click
 import typer
 
-from alliance.cli import catalog, config, demo, pipeline, store
+from alliance.cli import catalog, config, demo, pipeline, status, store
 from alliance.cli.common import console, state
 
 app = typer.Typer(
@@ -25,6 +25,7 @@ def _root(debug: bool = typer.Option(False, "--debug", help="Show the full trace
 
 
 app.command("config", help="Print the effective configuration, secrets masked.")(config.show)
+app.command("status", help="One screen: store, catalog, deliveries, runs, dataset versions, checkpoints.")(status.show)
 app.add_typer(store.app, name="store")
 app.add_typer(catalog.app, name="catalog")
 app.add_typer(pipeline.app, name="pipeline")
