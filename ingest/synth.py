@@ -25,8 +25,12 @@ class VideoSpec:
     pix_fmt: str = "yuv420p"
     gop: int = 10
     bitrate: int = 0  # 0: codec default (crf-like quality)
-    scene: str = "moving_square"  # moving_square, noise, dark, static, pan
+    scene: str = "moving_square"  # moving_square, noise, dark, static, pan, counter, cut
     seed: int = 0
+    rotation: int = 0  # display rotation (counter-clockwise degrees) written as the stream's display matrix
+    vfr: bool = False  # variable frame rate: frame durations cycle through 1x, 2x and 0.5x of 1/fps
+    audio: bool = False  # add a silent AAC track
+    cut_at: int = 0  # scene "cut": the frame where the hard cut happens (0: the middle)
 
 
 def painter(spec: VideoSpec) -> FramePainter:
@@ -63,10 +67,44 @@ def painter(spec: VideoSpec) -> FramePainter:
     def static(i: int) -> np.ndarray:
         return moving_square(0)
 
-    scenes = {"moving_square": moving_square, "pan": pan, "noise": noise, "dark": dark, "static": static}
+    def counter(i: int) -> np.ndarray:  # the frame index in binary, one coarse block per bit: survives compression
+        frame = np.full((h, w, 3), 128, np.uint8)
+        bits, band = COUNTER_BITS, max(2, w // COUNTER_BITS)
+        for bit in range(bits):
+            frame[h // 4: 3 * h // 4, bit * band:(bit + 1) * band] = 235 if (i >> bit) & 1 else 20
+        return frame
+
+    other = painter(VideoSpec(width=w, height=h, scene="pan", seed=spec.seed + 1)) if spec.scene == "cut" else None
+
+    def cut(i: int) -> np.ndarray:
+        at = spec.cut_at or spec.frames // 2
+        return moving_square(i) if i < at else (255 - other(i)).astype(np.uint8)
+
+    scenes = {"moving_square": moving_square, "pan": pan, "noise": noise, "dark": dark, "static": static,
+              "counter": counter, "cut": cut}
     if spec.scene not in scenes:
         raise ValueError(f"unknown scene {spec.scene!r}; known: {', '.join(sorted(scenes))}")
     return scenes[spec.scene]
+
+
+COUNTER_BITS = 8
+
+
+def read_counter(image: np.ndarray) -> int:
+    """The frame index painted by the "counter" scene, read back from a decoded RGB frame."""
+    h, w = image.shape[:2]
+    band = max(2, w // COUNTER_BITS)
+    luma = image[h // 4: 3 * h // 4].mean(axis=(0, 2))
+    return sum(1 << bit for bit in range(COUNTER_BITS) if luma[bit * band:(bit + 1) * band].mean() > 128)
+
+
+def vfr_pts(frames: int) -> list[int]:
+    """Presentation times in ticks of 1/(2*fps): durations cycle 2, 4, 1 ticks (1x, 2x, 0.5x of 1/fps)."""
+    pts, t = [], 0
+    for i in range(frames):
+        pts.append(t)
+        t += (2, 4, 1)[i % 3]
+    return pts
 
 
 def frames_of(spec: VideoSpec) -> Iterator[np.ndarray]:
@@ -83,20 +121,85 @@ def write_video(path: str | Path, spec: VideoSpec = VideoSpec(), frames: Iterato
     with av.open(str(path), mode="w", format=container_format) as container:
         stream = container.add_stream(spec.codec, rate=spec.fps)
         stream.width, stream.height, stream.pix_fmt = spec.width, spec.height, spec.pix_fmt
-        stream.time_base = Fraction(1, spec.fps)
+        ticks = 2 if spec.vfr else 1
+        stream.time_base = Fraction(1, spec.fps * ticks)
         stream.codec_context.gop_size = spec.gop
+        if spec.rotation:
+            stream.set_display_rotation(spec.rotation)
         if spec.bitrate:
             stream.bit_rate = spec.bitrate
         if spec.codec == "libx264":
             stream.codec_context.options = {"preset": "ultrafast", "bf": "0"}
+        elif spec.codec in ("libx265", "hevc"):
+            stream.codec_context.options = {"preset": "ultrafast", "x265-params": "log-level=none:bframes=0"}
+        audio = container.add_stream("aac", rate=8000) if spec.audio else None
+        pts = vfr_pts(spec.frames) if spec.vfr else None
         for index, image in enumerate(frames if frames is not None else frames_of(spec)):
             frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
-            frame.pts = index
+            frame.pts = pts[index] if pts is not None and index < len(pts) else index * ticks
             for packet in stream.encode(frame):
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
+        if audio is not None:
+            _write_silence(audio, container, seconds=spec.frames / spec.fps)
     return path
+
+
+def _write_silence(stream, container, seconds: float) -> None:
+    samples = int(seconds * stream.rate)
+    chunk = 1024
+    for start in range(0, samples, chunk):
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, chunk), np.float32), format="fltp", layout="mono")
+        frame.sample_rate, frame.pts = stream.rate, start
+        for packet in stream.encode(frame):
+            container.mux(packet)
+    for packet in stream.encode():
+        container.mux(packet)
+
+
+def write_audio_only(path: str | Path, seconds: float = 1.0) -> Path:
+    """An MP4 with one silent AAC track and no video: opens fine, holds no frames."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), mode="w", format="mp4") as container:
+        _write_silence(container.add_stream("aac", rate=8000), container, seconds)
+    return path
+
+
+def png_bytes(width: int = 16, height: int = 16) -> bytes:
+    """A real PNG image, made with PyAV's encoder."""
+    ctx = av.CodecContext.create("png", "w")
+    ctx.width, ctx.height, ctx.pix_fmt = width, height, "rgb24"
+    frame = av.VideoFrame.from_ndarray(np.zeros((height, width, 3), np.uint8), format="rgb24")
+    return b"".join(bytes(p) for p in [*ctx.encode(frame), *ctx.encode()])
+
+
+def write_bad_inputs(directory: str | Path, good: str | Path, seed: int = 0) -> dict[str, Path]:
+    """Real bad bytes derived from a good MP4: name -> path, every file named .mp4."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    data = Path(good).read_bytes()
+    rng = np.random.default_rng(seed)
+    corrupt = bytearray(data)
+    stsd = data.find(b"stsd", max(0, data.find(b"moov")))
+    if stsd > 0:  # keep every box size, garble the sample description the decoder is set up from
+        corrupt[stsd + 4:stsd + 20] = rng.integers(0, 256, 16, dtype=np.uint8).tobytes()
+    made = {
+        "empty": b"",
+        "truncated_5": data[: max(1, len(data) * 5 // 100)],
+        "truncated_50": data[: len(data) // 2],
+        "garbage": rng.integers(0, 256, 4096, dtype=np.uint8).tobytes(),
+        "png_as_mp4": png_bytes(),
+        "corrupt_moov": bytes(corrupt),
+        "hls_playlist": b"#EXTM3U\n#EXT-X-VERSION:3\n#EXTINF:1.0,\nfile:///etc/passwd\n#EXT-X-ENDLIST\n",
+    }
+    paths = {}
+    for name, payload in made.items():
+        paths[name] = directory / f"{name}.mp4"
+        paths[name].write_bytes(payload)
+    paths["audio_as_mp4"] = write_audio_only(directory / "audio_as_mp4.mp4")
+    return paths
 
 
 @dataclass(frozen=True)
