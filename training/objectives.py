@@ -1,0 +1,93 @@
+"""The objectives: EMA teacher and momentum schedule, L1 on layer-normed targets, LeJEPA's SIGReg, IMU actions."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def momentum(step: int, total_steps: int, start: float, end: float) -> float:
+    """V-JEPA's linear EMA momentum schedule from `start` to `end` over the run."""
+    frac = min(1.0, step / max(1, total_steps))
+    return start + (end - start) * frac
+
+
+@torch.no_grad()
+def ema_update(target: nn.Module, online: nn.Module, m: float) -> None:
+    """k = m * k + (1 - m) * q for every parameter (buffers are fixed positions, nothing to average)."""
+    target_params = list(target.parameters())
+    online_params = [p.detach() for p in online.parameters()]
+    torch._foreach_mul_(target_params, m)
+    torch._foreach_add_(target_params, online_params, alpha=1.0 - m)
+
+
+def layer_normed(features: torch.Tensor) -> torch.Tensor:
+    """Targets are layer-normed without affine parameters, as in V-JEPA."""
+    return F.layer_norm(features, (features.shape[-1],))
+
+
+def l1_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean absolute error over the target tokens only (the caller passes only those)."""
+    return (prediction - target).abs().mean()
+
+
+def epps_pulley(projections: torch.Tensor, points: int = 17, t_max: float = 3.0) -> torch.Tensor:
+    """Epps-Pulley statistic of each column of projections [N, K] against N(0, 1) -> [K].
+
+    T = N * integral of |phi_hat(t) - exp(-t^2/2)|^2 exp(-t^2/2) dt over t in [-t_max, t_max], computed on
+    [0, t_max] with the trapezoid rule and doubled (the integrand is even).
+    """
+    n = projections.shape[0]
+    t = torch.linspace(0.0, t_max, points, device=projections.device, dtype=projections.dtype)
+    gauss = torch.exp(-0.5 * t * t)
+    xt = projections.unsqueeze(-1) * t  # [N, K, P]
+    err = (torch.cos(xt).mean(0) - gauss) ** 2 + torch.sin(xt).mean(0) ** 2  # [K, P]
+    integral = torch.trapezoid(err * gauss, t, dim=-1)
+    return 2.0 * n * integral
+
+
+def sigreg(embeddings: torch.Tensor, slices: int, generator: torch.Generator, points: int = 17,
+           t_max: float = 3.0) -> torch.Tensor:
+    """SIGReg: mean Epps-Pulley statistic over `slices` random unit directions (redrawn by the caller's generator)."""
+    z = embeddings.reshape(-1, embeddings.shape[-1]).float()
+    directions = torch.randn(z.shape[-1], slices, generator=generator).to(z.device)
+    directions = directions / directions.norm(dim=0, keepdim=True)
+    return epps_pulley(z @ directions, points, t_max).mean()
+
+
+def imu_actions(sensor: np.ndarray, tubelet: int, action_dim: int) -> np.ndarray:
+    """Per tubelet: each channel's mean and its change (last - first) -> float32 [T / tubelet, action_dim].
+
+    For an IMU this is the gyroscope's rotation rate (the action) and the accelerometer's gravity direction (the
+    state) per interval, never a double-integrated position. Missing or short streams give zeros.
+    """
+    frames = sensor.shape[0] if sensor.ndim == 2 else 0
+    steps = frames // tubelet
+    out = np.zeros((max(steps, 0), action_dim), np.float32)
+    if steps == 0:
+        return out
+    chunks = np.nan_to_num(sensor[: steps * tubelet].astype(np.float32)).reshape(steps, tubelet, -1)
+    features = np.concatenate([chunks.mean(1), chunks[:, -1] - chunks[:, 0]], axis=1)
+    width = min(action_dim, features.shape[1])
+    out[:, :width] = features[:, :width]
+    return out
+
+
+@torch.no_grad()
+def collapse_stats(tokens: torch.Tensor, max_samples: int = 2048) -> dict[str, float]:
+    """Per-dimension std (min, mean) of token embeddings and of clip means, and RankMe effective rank."""
+    z = tokens.float().reshape(-1, tokens.shape[-1])
+    if z.shape[0] > max_samples:
+        z = z[torch.linspace(0, z.shape[0] - 1, max_samples, device=z.device).long()]
+    std = z.std(dim=0)
+    pooled = tokens.float().mean(dim=1)
+    pooled_std = pooled.std(dim=0) if pooled.shape[0] > 1 else torch.zeros(1)
+    singular = torch.linalg.svdvals(z - z.mean(0))
+    p = singular / singular.sum() + 1e-7
+    rank = math.exp(float(-(p * p.log()).sum()))
+    return {"std_min": float(std.min()), "std_mean": float(std.mean()), "pooled_std_mean": float(pooled_std.mean()),
+            "rankme": rank, "dim": float(z.shape[-1])}

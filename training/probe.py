@@ -1,0 +1,108 @@
+"""Frozen-encoder linear probe on the 8-direction synthetic task, against a random-init encoder and a pixel baseline."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from alliance.store import ObjectStore
+from training.checkpoint import checkpoint_config, load_checkpoint
+from training.config import ModelConfig
+from training.model import VideoEncoder
+from training.synthetic import DIRECTIONS, labelled_set
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """Test accuracy of the same linear probe on three feature sets; chance is 1/8."""
+
+    checkpoint: str
+    step: int
+    accuracy: float
+    random_init_accuracy: float
+    pixel_baseline_accuracy: float
+    chance: float
+    n_train: int
+    n_test: int
+    pool: str
+
+
+@torch.no_grad()
+def embed(encoder: torch.nn.Module, clips: np.ndarray, pool: str = "time", batch_size: int = 64) -> torch.Tensor:
+    """Features of uint8 clips [N, T, S, S, 3]: `mean` over all tokens (the exported form) or `time`, the mean
+    over space of each tubelet, concatenated in time order (keeps the order a direction is read from)."""
+    encoder.eval()
+    grid_t = encoder.cfg.grid[0]
+    out = []
+    for i in range(0, len(clips), batch_size):
+        x = torch.from_numpy(clips[i:i + batch_size]).permute(0, 4, 1, 2, 3).float().div_(255.0)
+        tokens = encoder(x)
+        if pool == "mean":
+            out.append(tokens.mean(1))
+        else:
+            out.append(tokens.reshape(tokens.shape[0], grid_t, -1, tokens.shape[-1]).mean(2).flatten(1))
+    return torch.cat(out)
+
+
+def pixel_features(clips: np.ndarray, cells: int = 8) -> torch.Tensor:
+    """The frame-difference baseline: signed differences of consecutive grey frames, averaged to cells x cells."""
+    grey = clips.astype(np.float32).mean(-1) / 255.0  # [N, T, S, S]
+    n, t, s, _ = grey.shape
+    small = grey.reshape(n, t, cells, s // cells, cells, s // cells).mean((3, 5))
+    return torch.from_numpy(np.diff(small, axis=1).reshape(n, -1))
+
+
+def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,
+                 l2: float = 1e-3, iterations: int = 200) -> float:
+    """Multinomial logistic regression (standardized features, L2, full-batch L-BFGS); test accuracy."""
+    mean, std = train_x.mean(0), train_x.std(0) + 1e-6
+    a, b = (train_x - mean) / std, (test_x - mean) / std
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(a.shape[1], DIRECTIONS)
+    torch.nn.init.zeros_(layer.weight)
+    torch.nn.init.zeros_(layer.bias)
+    optimizer = torch.optim.LBFGS(layer.parameters(), lr=0.5, max_iter=iterations, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = torch.nn.functional.cross_entropy(layer(a), train_y) + l2 * layer.weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        optimizer.step(closure)
+    with torch.no_grad():
+        return float((layer(b).argmax(1) == test_y).float().mean())
+
+
+def probe_encoder(encoder: VideoEncoder, model: ModelConfig, *, n_train: int = 512, n_test: int = 256,
+                  seed: int = 0, pool: str = "time", checkpoint: str = "", step: int = 0) -> ProbeResult:
+    """Probe `encoder` and a random-init encoder of the same shape (seed `seed`) on fresh synthetic clips."""
+    train_clips, train_y = labelled_set(n_train, seed=seed * 2 + 1, frames=model.frames, size=model.size)
+    test_clips, test_y = labelled_set(n_test, seed=seed * 2 + 2, frames=model.frames, size=model.size)
+    train_y, test_y = torch.from_numpy(train_y), torch.from_numpy(test_y)
+
+    def score(features_of) -> float:
+        return linear_probe(features_of(train_clips), train_y, features_of(test_clips), test_y)
+
+    torch.manual_seed(seed)
+    random_encoder = VideoEncoder(model)
+    return ProbeResult(
+        checkpoint=checkpoint, step=step,
+        accuracy=score(lambda c: embed(encoder, c, pool)),
+        random_init_accuracy=score(lambda c: embed(random_encoder, c, pool)),
+        pixel_baseline_accuracy=score(pixel_features),
+        chance=1.0 / DIRECTIONS, n_train=n_train, n_test=n_test, pool=pool)
+
+
+def probe_checkpoint(store: ObjectStore, checkpoint_key: str, *, n_train: int = 512, n_test: int = 256,
+                     seed: int = 0, pool: str = "time") -> ProbeResult:
+    """Probe the context encoder of a checkpoint (the one `export` writes)."""
+    payload = load_checkpoint(store, checkpoint_key)
+    cfg = checkpoint_config(payload)
+    encoder = VideoEncoder(cfg.model)
+    encoder.load_state_dict(payload["encoder"])
+    return probe_encoder(encoder, cfg.model, n_train=n_train, n_test=n_test, seed=seed, pool=pool,
+                         checkpoint=checkpoint_key, step=int(payload["step"]))

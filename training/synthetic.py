@@ -1,0 +1,95 @@
+"""Synthetic clips of an object moving in one of 8 directions, with a matching IMU-like stream: pretraining and probe data."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import numpy as np
+
+DIRECTIONS = 8
+
+
+@dataclass(frozen=True)
+class SyntheticSample:
+    """Same fields as sharding.reader.Sample, so the loop treats both alike; meta["label"] is the direction."""
+
+    key: str
+    frames: np.ndarray  # uint8 [T, H, W, 3]
+    sensors: dict[str, np.ndarray] = field(default_factory=dict)  # "imu": float32 [T, 6]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def _background(rng: np.random.Generator, size: int) -> np.ndarray:
+    """A smooth, low-contrast random texture, so position is visible but the background is not the signal."""
+    coarse = rng.uniform(40, 140, size=(4, 4, 3))
+    ramp = np.linspace(0, 3, size)
+    y0 = np.clip(np.floor(ramp).astype(int), 0, 2)
+    fy = (ramp - y0)[:, None, None]
+    rows = coarse[y0] * (1 - fy) + coarse[y0 + 1] * fy  # [size, 4, 3]
+    fx = (ramp - y0)[None, :, None]
+    image = rows[:, y0] * (1 - fx) + rows[:, y0 + 1] * fx
+    return image + rng.normal(0, 4, size=(size, size, 3))
+
+
+def make_clip(label: int, seed: int, frames: int = 16, size: int = 32, stream: int = 0) -> SyntheticSample:
+    """One clip: a square moving in direction `label` * 45 degrees at a random speed, fully inside the frame.
+
+    `stream` separates the pretraining clips (0) from the probe's (1), so the probe never sees a training clip.
+    """
+    rng = np.random.default_rng([stream, seed, label])
+    angle = label * 2 * np.pi / DIRECTIONS
+    side = max(3, size // 6)
+    speed = rng.uniform(0.6, 1.0) * (size - side - 2) / max(1, frames - 1) * 0.8
+    vy, vx = -np.sin(angle) * speed, np.cos(angle) * speed  # image rows grow downwards
+    travel_y, travel_x = vy * (frames - 1), vx * (frames - 1)
+    lo_y, hi_y = max(0.0, -travel_y), min(size - side, size - side - travel_y)
+    lo_x, hi_x = max(0.0, -travel_x), min(size - side, size - side - travel_x)
+    y0, x0 = rng.uniform(lo_y, max(lo_y, hi_y)), rng.uniform(lo_x, max(lo_x, hi_x))
+    color = rng.uniform(150, 255, size=3) * rng.permutation([1.0, 0.6, 0.2])
+    background = _background(rng, size)
+    clip = np.empty((frames, size, size, 3), np.uint8)
+    for i in range(frames):
+        frame = background.copy()
+        y, x = int(round(y0 + vy * i)), int(round(x0 + vx * i))
+        frame[y:y + side, x:x + side] = color
+        clip[i] = np.clip(frame, 0, 255)
+    # IMU-like: accelerometer carries the motion direction plus gravity, gyroscope small noise
+    imu = np.zeros((frames, 6), np.float32)
+    imu[:, 0] = vx + rng.normal(0, 0.05, frames)
+    imu[:, 1] = -vy + rng.normal(0, 0.05, frames)
+    imu[:, 2] = 9.81 + rng.normal(0, 0.05, frames)
+    imu[:, 3:] = rng.normal(0, 0.01, (frames, 3))
+    return SyntheticSample(key=f"synthetic-{stream}-{seed:08d}-{label}", frames=clip, sensors={"imu": imu},
+                           meta={"label": int(label), "direction_deg": int(label * 360 // DIRECTIONS)})
+
+
+class SyntheticReader:
+    """An endless stream with ShardReader's interface: sample g of the stream is a pure function of (seed, g)."""
+
+    def __init__(self, *, frames: int = 16, size: int = 32, seed: int = 0, rank: int = 0, world_size: int = 1,
+                 worker: int = 0, num_workers: int = 1, epoch: int = 0, **_ignored: Any):
+        self.frames, self.size, self.seed = frames, size, seed
+        self.stride = world_size * num_workers
+        self.offset = rank * num_workers + worker
+        self.position = 0
+
+    def __iter__(self) -> Iterator[SyntheticSample]:
+        while True:
+            g = self.position * self.stride + self.offset
+            self.position += 1
+            yield make_clip(g % DIRECTIONS, seed=self.seed * 1_000_003 + g, frames=self.frames, size=self.size)
+
+    def state_dict(self) -> dict[str, int]:
+        return {"position": self.position}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.position = int(state["position"])
+
+
+def labelled_set(count: int, seed: int, frames: int = 16, size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """`count` clips (balanced over directions) as uint8 [N, T, H, W, 3] and labels [N]; seeds apart from training's."""
+    clips = [make_clip(i % DIRECTIONS, seed=seed * 1_000_003 + i, frames=frames, size=size,
+                       stream=1)
+             for i in range(count)]
+    return np.stack([c.frames for c in clips]), np.array([c.meta["label"] for c in clips], np.int64)
