@@ -1,0 +1,332 @@
+"""Near-duplicate clips: perceptual video signatures, an LSH banding index (incremental, persistent in the store)."""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from alliance.errors import StoreError
+from alliance.store import ObjectStore
+from curation.media import DecodedClip, luma, resize_area
+
+HASH_BITS = 63  # 8x8 low-frequency DCT block without its DC term
+
+
+@dataclass(frozen=True)
+class NearDupConfig:
+    """How signatures are made and when two clips count as near duplicates."""
+
+    sample_fps: float = 3.0          # frames hashed per second, on a fixed grid from the clip's start
+    max_samples: int = 48
+    scales: tuple[float, ...] = (1.0, 0.8)  # centre crops hashed per frame: a cropped copy matches the 0.8 view
+    band_bits: tuple[int, ...] = (16, 16, 16, 15)  # LSH bands over the 63 hash bits
+    min_band_hits: int = 3           # band collisions a clip needs before it is compared in full
+    max_bucket: int = 50_000         # a bucket this full says nothing (flat frames); it is ignored
+    max_mean_hamming: float = 12.0   # mean bits apart over the best temporal alignment: near duplicate
+    min_overlap: float = 0.5         # share of the shorter clip's samples the alignment must cover
+
+
+@dataclass(frozen=True)
+class Signature:
+    """Per sampled frame, one 63-bit DCT hash per scale, plain and mirrored: uint64 [2 (mirror), scales, frames]."""
+
+    hashes: np.ndarray
+
+    @property
+    def frames(self) -> int:
+        return int(self.hashes.shape[2])
+
+    def to_bytes(self) -> bytes:
+        buffer = io.BytesIO()
+        np.save(buffer, self.hashes.astype(np.uint64), allow_pickle=False)
+        return buffer.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "Signature":
+        return cls(np.load(io.BytesIO(data), allow_pickle=False))
+
+
+@dataclass(frozen=True)
+class NearDupMatch:
+    """The indexed clip a query duplicates, and how far apart they are (mean hamming bits)."""
+
+    clip_id: str
+    distance: float
+
+
+_DCT = None
+
+
+def _dct_matrix(n: int = 32) -> np.ndarray:
+    global _DCT
+    if _DCT is None:
+        k = np.arange(n)[:, None]
+        x = np.arange(n)[None, :]
+        m = np.cos(np.pi * (2 * x + 1) * k / (2 * n)) * np.sqrt(2.0 / n)
+        m[0] /= np.sqrt(2.0)
+        _DCT = m.astype(np.float64)
+    return _DCT
+
+
+def _bits(coefficients: np.ndarray) -> np.ndarray:
+    """[..., 63] coefficients -> uint64 hashes: bit i set when coefficient i is above the median."""
+    median = np.median(coefficients, axis=-1, keepdims=True)
+    bits = (coefficients > median).astype(np.uint64)
+    weights = (np.uint64(1) << np.arange(HASH_BITS, dtype=np.uint64))
+    return (bits * weights).sum(axis=-1, dtype=np.uint64)
+
+
+def frame_coefficients(gray: np.ndarray, scale: float) -> np.ndarray:
+    """The 63 low-frequency DCT coefficients of a centre crop of `scale` of a luma frame, at 32x32."""
+    h, w = gray.shape
+    ch, cw = max(8, int(round(h * scale))), max(8, int(round(w * scale)))
+    y0, x0 = (h - ch) // 2, (w - cw) // 2
+    small = resize_area(gray[y0:y0 + ch, x0:x0 + cw], 32, 32).astype(np.float64)
+    dct = _dct_matrix() @ small @ _dct_matrix().T
+    return dct[:8, :8].reshape(-1)[1:]
+
+
+_MIRROR_SIGN = np.array([(-1.0 if (i % 8) % 2 else 1.0) for i in range(64)])[1:]  # odd horizontal frequencies flip
+
+
+def signature(clip: DecodedClip, cfg: NearDupConfig = NearDupConfig()) -> Signature:
+    """Hash frames on a fixed time grid from the clip's start, so a trimmed copy aligns with an offset."""
+    start = float(clip.times[0])
+    grid = np.arange(0.0, clip.duration_s, 1.0 / cfg.sample_fps)[: cfg.max_samples]
+    picks = [int(np.argmin(np.abs(clip.times - start - t))) for t in grid] if len(grid) else [0]
+    coefficients = np.empty((len(cfg.scales), len(picks), HASH_BITS))
+    for f, index in enumerate(picks):
+        gray = luma(clip.frames[index])
+        for s, scale in enumerate(cfg.scales):
+            coefficients[s, f] = frame_coefficients(gray, scale)
+    return Signature(np.stack([_bits(coefficients), _bits(coefficients * _MIRROR_SIGN)]))
+
+
+def distance(query: Signature, indexed: np.ndarray, cfg: NearDupConfig) -> float:
+    """Mean hamming bits at the best alignment of a query against one indexed clip's plain hashes [scales, frames]."""
+    return float(distances(query, indexed[None], cfg)[0])
+
+
+def distances(query: Signature, indexed: np.ndarray, cfg: NearDupConfig,
+              lengths: np.ndarray | None = None) -> np.ndarray:
+    """Best-alignment mean hamming of the query against C indexed clips [C, scales, frames] (padded to `lengths`)."""
+    count, _, width = indexed.shape
+    lengths = np.full(count, width) if lengths is None else lengths
+    q = query.hashes  # [2, S, Fq]
+    fq = q.shape[2]
+    # [C, 2, Sq, Si, Fq, Fi]
+    ham = np.bitwise_count(q[None, :, :, None, :, None] ^ indexed[:, None, None, :, None, :]).astype(np.float32)
+    best = np.full(count, np.inf, dtype=np.float32)
+    need = np.maximum(2, np.ceil(cfg.min_overlap * np.minimum(fq, lengths))).astype(int)
+    for offset in range(-(width - 1), fq):
+        qi = np.arange(max(0, offset), min(fq, offset + width))
+        ii = qi - offset
+        if len(qi) == 0:
+            continue
+        valid = ii[None, :] < lengths[:, None]  # [C, n]
+        overlap = valid.sum(axis=1)
+        sums = (ham[:, :, :, :, qi, ii] * valid[:, None, None, None, :]).sum(axis=-1)
+        means = sums / np.maximum(overlap, 1)[:, None, None, None]
+        candidate = means.reshape(count, -1).min(axis=1)
+        candidate[overlap < need] = np.inf
+        best = np.minimum(best, candidate)
+    return best
+
+
+def _band_keys(hashes: np.ndarray, cfg: NearDupConfig) -> np.ndarray:
+    """uint64 keys (band index in the top bits, band value below) for each hash: [..., bands]."""
+    keys = []
+    shift = 0
+    for band, bits in enumerate(cfg.band_bits):
+        value = (hashes >> np.uint64(shift)) & np.uint64((1 << bits) - 1)
+        keys.append(value | (np.uint64(band) << np.uint64(32)))
+        shift += bits
+    return np.stack(keys, axis=-1)
+
+
+@dataclass
+class Segment:
+    """A batch of indexed clips (one curation run): ids, content hashes, signatures and a sorted band table."""
+
+    clip_ids: list[str]
+    content_hashes: list[str]
+    hashes: np.ndarray            # uint64 [n, scales, frames], zero-padded
+    lengths: np.ndarray           # int32 [n]
+    keys: np.ndarray = field(default=None)     # sorted uint64 band keys
+    entries: np.ndarray = field(default=None)  # int32 clip position of each key
+
+    @classmethod
+    def build(cls, clip_ids: list[str], content_hashes: list[str], signatures: list[np.ndarray],
+              cfg: NearDupConfig) -> "Segment":
+        n = len(clip_ids)
+        scales = len(cfg.scales)
+        width = max([s.shape[1] for s in signatures], default=1)
+        hashes = np.zeros((n, scales, width), np.uint64)
+        lengths = np.zeros(n, np.int32)
+        for i, plain in enumerate(signatures):
+            hashes[i, :, : plain.shape[1]] = plain
+            lengths[i] = plain.shape[1]
+        segment = cls(list(clip_ids), list(content_hashes), hashes, lengths)
+        segment._index(cfg)
+        return segment
+
+    def _index(self, cfg: NearDupConfig) -> None:
+        n, scales, width = self.hashes.shape
+        valid = np.arange(width)[None, None, :] < self.lengths[:, None, None]  # [n, 1, F]
+        valid = np.broadcast_to(valid, self.hashes.shape)
+        keys = _band_keys(self.hashes, cfg)  # [n, S, F, B]
+        owner = np.broadcast_to(np.arange(n, dtype=np.int32)[:, None, None, None], keys.shape)
+        mask = np.broadcast_to(valid[..., None], keys.shape)
+        keys, owner = keys[mask], owner[mask]
+        # one entry per (clip, key): repeated frames would only inflate hit counts
+        pairs = np.unique(np.stack([keys, owner.astype(np.uint64)], axis=1), axis=0) if len(keys) else \
+            np.zeros((0, 2), np.uint64)
+        self.keys = np.ascontiguousarray(pairs[:, 0])
+        self.entries = pairs[:, 1].astype(np.int32)
+
+    def to_bytes(self) -> bytes:
+        buffer = io.BytesIO()
+        np.savez(buffer, clip_ids=np.asarray(self.clip_ids, dtype=str), content_hashes=np.asarray(self.content_hashes,
+                 dtype=str), hashes=self.hashes, lengths=self.lengths, keys=self.keys, entries=self.entries)
+        return buffer.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "Segment":
+        z = np.load(io.BytesIO(data), allow_pickle=False)
+        return cls([str(c) for c in z["clip_ids"]], [str(c) for c in z["content_hashes"]], z["hashes"],
+                   z["lengths"], z["keys"], z["entries"])
+
+
+class NearDupIndex:
+    """Frozen segments (earlier runs, loaded from the store) plus the clips kept so far in this run."""
+
+    def __init__(self, cfg: NearDupConfig = NearDupConfig(), segments: list[Segment] | None = None):
+        self.cfg = cfg
+        self.segments: list[Segment] = list(segments or [])
+        self.clip_ids: set[str] = {c for s in self.segments for c in s.clip_ids}
+        self.content: dict[str, str] = {h: c for s in self.segments for c, h in zip(s.clip_ids, s.content_hashes)}
+        self._live_ids: list[str] = []
+        self._live_content: list[str] = []
+        self._live_hashes: list[np.ndarray] = []
+        self._live_table: dict[int, list[int]] = {}
+
+    def __len__(self) -> int:
+        return sum(len(s.clip_ids) for s in self.segments) + len(self._live_ids)
+
+    def add(self, clip_id: str, content_hash: str, sig: Signature) -> None:
+        """Index a kept clip (its plain hashes only; queries try the mirrored view)."""
+        position = len(self._live_ids)
+        plain = sig.hashes[0]
+        self._live_ids.append(clip_id)
+        self._live_content.append(content_hash)
+        self._live_hashes.append(plain)
+        self.clip_ids.add(clip_id)
+        self.content.setdefault(content_hash, clip_id)
+        for key in np.unique(_band_keys(plain, self.cfg)).tolist():
+            self._live_table.setdefault(key, []).append(position)
+
+    def query(self, sig: Signature) -> NearDupMatch | None:
+        """The closest indexed clip within the threshold (ties: the earliest indexed), or None."""
+        keys = np.unique(_band_keys(sig.hashes, self.cfg))
+        best: NearDupMatch | None = None
+        for segment in self.segments:
+            lo = np.searchsorted(segment.keys, keys, "left")
+            hi = np.searchsorted(segment.keys, keys, "right")
+            sizes = hi - lo
+            keep = (sizes > 0) & (sizes <= self.cfg.max_bucket)
+            if not keep.any():
+                continue
+            lo, sizes = lo[keep], sizes[keep]
+            flat = np.repeat(lo - np.cumsum(np.r_[0, sizes[:-1]]), sizes) + np.arange(sizes.sum())
+            owners, hits = np.unique(segment.entries[flat], return_counts=True)
+            candidates = owners[hits >= self.cfg.min_band_hits]
+            best = self._better(best, self._verify(sig, candidates, segment.hashes, segment.lengths,
+                                                   segment.clip_ids))
+        if self._live_ids:
+            counts: dict[int, int] = {}
+            for key in keys.tolist():
+                bucket = self._live_table.get(key, ())
+                if len(bucket) > self.cfg.max_bucket:
+                    continue
+                for position in bucket:
+                    counts[position] = counts.get(position, 0) + 1
+            candidates = np.array(sorted(p for p, c in counts.items() if c >= self.cfg.min_band_hits), dtype=np.int64)
+            if len(candidates):
+                width = max(h.shape[1] for h in (self._live_hashes[i] for i in candidates))
+                stacked = np.zeros((len(candidates), len(self.cfg.scales), width), np.uint64)
+                lengths = np.zeros(len(candidates), np.int32)
+                for row, i in enumerate(candidates):
+                    stacked[row, :, : self._live_hashes[i].shape[1]] = self._live_hashes[i]
+                    lengths[row] = self._live_hashes[i].shape[1]
+                found = self._verify(sig, np.arange(len(candidates)), stacked, lengths,
+                                     [self._live_ids[i] for i in candidates])
+                best = self._better(best, found)
+        return best
+
+    def _verify(self, sig: Signature, candidates: np.ndarray, hashes: np.ndarray, lengths: np.ndarray,
+                ids: list[str]) -> NearDupMatch | None:
+        if len(candidates) == 0:
+            return None
+        d = distances(sig, hashes[candidates], self.cfg, lengths[candidates])
+        order = np.lexsort((candidates, d))
+        first = order[0]
+        if d[first] > self.cfg.max_mean_hamming:
+            return None
+        return NearDupMatch(ids[int(candidates[first])], float(d[first]))
+
+    @staticmethod
+    def _better(a: NearDupMatch | None, b: NearDupMatch | None) -> NearDupMatch | None:
+        if a is None:
+            return b
+        if b is None:
+            return a
+        return b if b.distance < a.distance else a  # ties keep the earlier segment's clip
+
+    def live_segment(self) -> Segment:
+        """The clips added in this run as a frozen segment, ready to persist."""
+        return Segment.build(self._live_ids, self._live_content, self._live_hashes, self.cfg)
+
+
+# --------------------------------------------------------------------------- persistence in the store
+
+
+def index_prefix(name: str) -> str:
+    return f"indexes/neardup/{name}"
+
+
+def load_index(store: ObjectStore, name: str, cfg: NearDupConfig = NearDupConfig(),
+               before_run: str | None = None) -> NearDupIndex:
+    """The index as committed by earlier runs; a re-run of `before_run` sees only what was there before it."""
+    manifest = read_manifest(store, name)
+    segments = []
+    for entry in manifest["segments"]:
+        if entry["run"] == before_run:
+            break
+        segments.append(Segment.from_bytes(store.get_bytes(entry["key"])))
+    return NearDupIndex(cfg, segments)
+
+
+def read_manifest(store: ObjectStore, name: str) -> dict:
+    key = f"{index_prefix(name)}/manifest.json"
+    if not store.exists(key):
+        return {"index": name, "segments": []}
+    try:
+        return json.loads(store.get_bytes(key))
+    except json.JSONDecodeError as e:
+        raise StoreError(f"{store.describe(key)}: near-duplicate index manifest is not JSON ({e}); restore it from "
+                         f"a backup or delete the index prefix to rebuild it") from e
+
+
+def commit_segment(store: ObjectStore, name: str, run: str, segment: Segment) -> str:
+    """Write this run's segment, then list it in the manifest (the commit marker); a re-run changes nothing."""
+    manifest = read_manifest(store, name)
+    key = f"{index_prefix(name)}/segments/{run}.npz"
+    if any(entry["run"] == run for entry in manifest["segments"]):
+        return key
+    store.put_bytes(key, segment.to_bytes())
+    manifest["segments"].append({"run": run, "key": key, "clips": len(segment.clip_ids)})
+    store.put_bytes(f"{index_prefix(name)}/manifest.json", json.dumps(manifest, indent=1).encode())
+    return key

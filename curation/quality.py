@@ -1,0 +1,225 @@
+"""Quality signals of one clip (luma, clipping, blur, letterbox, frozen content, motion profile) and the verdict."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, fields
+
+import numpy as np
+
+from curation.media import DecodedClip, luma, resize_area, sample_indices
+
+ANALYSIS_SIDE = 64  # signals are measured at this short side, so thresholds do not depend on resolution
+
+
+@dataclass(frozen=True)
+class QualityConfig:
+    """Every threshold of the quality stage; the defaults suit egocentric video at training resolution."""
+
+    min_duration_s: float = 1.0
+    min_frames: int = 8
+    min_short_side: int = 32            # of the source recording, in pixels
+    min_luma: float = 30.0              # mean luma below: too_dark
+    max_dark_fraction: float = 0.85     # share of pixels with luma < 16 above: too_dark
+    max_luma: float = 225.0             # mean luma above: too_bright
+    max_bright_fraction: float = 0.6    # share of pixels with luma > 239 above: too_bright
+    max_letterbox_fraction: float = 0.2  # share of the frame in black bars above: letterboxed
+    min_frame_diff: float = 0.2         # mean absolute luma change between frames below: frozen
+    min_sharpness: float = 0.05         # Laplacian variance / luma variance at the analysis size below: blurry
+    # motion profile from the IMU when the clip has one
+    static_gyro_rms: float = 0.02       # rad/s; below both static bounds: camera_static (lying on a table)
+    static_accel_std: float = 0.05      # m/s^2
+    shake_gyro_rms: float = 3.0         # rad/s; above either shake bound: violent_shake
+    shake_accel_std: float = 6.0        # m/s^2
+    # motion profile from frames (phase correlation) when it has none
+    static_speed: float = 0.005         # frame widths per second; below, with frame diff below static_frame_diff
+    static_frame_diff: float = 1.5
+    shake_jitter: float = 1.2           # median change of the image velocity, frame widths per second
+    check_camera_static: bool = True
+    check_violent_shake: bool = True
+
+    def thresholds(self) -> dict[str, list[float]]:
+        """The thresholds drawn on each signal's histogram in the report."""
+        return {
+            "duration_s": [self.min_duration_s], "short_side": [self.min_short_side],
+            "luma_mean": [self.min_luma, self.max_luma], "dark_fraction": [self.max_dark_fraction],
+            "bright_fraction": [self.max_bright_fraction], "letterbox_fraction": [self.max_letterbox_fraction],
+            "frame_diff_mean": [self.min_frame_diff], "sharpness": [self.min_sharpness],
+            "gyro_rms": [self.static_gyro_rms, self.shake_gyro_rms],
+            "accel_std": [self.static_accel_std, self.shake_accel_std],
+            "motion_speed": [self.static_speed], "motion_jitter": [self.shake_jitter],
+        }
+
+
+@dataclass(frozen=True)
+class QualitySignals:
+    """What the quality stage measured on one clip; stored in the selection table so thresholds can change later."""
+
+    duration_s: float
+    frames: int
+    short_side: int
+    luma_mean: float
+    luma_std: float
+    dark_fraction: float
+    bright_fraction: float
+    letterbox_fraction: float
+    frame_diff_mean: float
+    sharpness: float
+    motion_source: str            # "imu" or "frames"
+    gyro_rms: float | None        # rad/s, from the IMU
+    accel_std: float | None       # m/s^2, from the IMU
+    motion_speed: float           # image motion, frame widths per second (phase correlation)
+    motion_jitter: float          # median change of image velocity between intervals, widths per second
+
+    def to_json(self) -> str:
+        return json.dumps({k: (round(v, 6) if isinstance(v, float) else v) for k, v in asdict(self).items()},
+                          sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "QualitySignals":
+        data = json.loads(text)
+        return cls(**{f.name: data.get(f.name) for f in fields(cls)})
+
+
+REASONS = ("too_short", "too_small", "too_dark", "too_bright", "letterboxed", "frozen", "blurry",
+           "camera_static", "violent_shake")
+
+
+def measure(clip: DecodedClip, *, source_short_side: int | None = None, gyro_rms: float | None = None,
+            accel_std: float | None = None, samples: int = 16) -> QualitySignals:
+    """The signals of a decoded clip; IMU figures come from the clip table (ingest measured them at full rate)."""
+    y_all = luma(clip.frames)
+    picks = sample_indices(clip.times, samples)
+    h, w = y_all.shape[1:3]
+    scale = ANALYSIS_SIDE / min(h, w)
+    ah, aw = max(8, int(round(h * scale))), max(8, int(round(w * scale)))
+    small = np.stack([resize_area(y_all[i], ah, aw) for i in picks])
+    diffs = np.abs(np.diff(y_all, axis=0)).mean(axis=(1, 2)) if len(y_all) > 1 else np.zeros(1)
+    speed, jitter = _image_motion(small, clip.times[picks])
+    has_imu = gyro_rms is not None and accel_std is not None and math.isfinite(gyro_rms) and math.isfinite(accel_std)
+    return QualitySignals(
+        duration_s=clip.duration_s,
+        frames=int(len(clip.frames)),
+        short_side=int(source_short_side or min(h, w)),
+        luma_mean=float(y_all.mean()),
+        luma_std=float(y_all.std()),
+        dark_fraction=float((y_all < 16).mean()),
+        bright_fraction=float((y_all > 239).mean()),
+        letterbox_fraction=_letterbox_fraction(small),
+        frame_diff_mean=float(diffs.mean()),
+        sharpness=float(np.median([_relative_sharpness(f) for f in small])),
+        motion_source="imu" if has_imu else "frames",
+        gyro_rms=float(gyro_rms) if has_imu else None,
+        accel_std=float(accel_std) if has_imu else None,
+        motion_speed=speed,
+        motion_jitter=jitter,
+    )
+
+
+def quality_reason(signals: QualitySignals, cfg: QualityConfig) -> str | None:
+    """The first reason this clip fails the quality bar, or None if it passes."""
+    s = signals
+    if s.duration_s < cfg.min_duration_s or s.frames < cfg.min_frames:
+        return "too_short"
+    if s.short_side < cfg.min_short_side:
+        return "too_small"
+    if s.luma_mean < cfg.min_luma or s.dark_fraction > cfg.max_dark_fraction:
+        return "too_dark"
+    if s.luma_mean > cfg.max_luma or s.bright_fraction > cfg.max_bright_fraction:
+        return "too_bright"
+    if s.letterbox_fraction > cfg.max_letterbox_fraction:
+        return "letterboxed"
+    if s.frame_diff_mean < cfg.min_frame_diff:
+        return "frozen"
+    if s.sharpness < cfg.min_sharpness:
+        return "blurry"
+    if s.motion_source == "imu":
+        static = s.gyro_rms < cfg.static_gyro_rms and s.accel_std < cfg.static_accel_std
+        shake = s.gyro_rms > cfg.shake_gyro_rms or s.accel_std > cfg.shake_accel_std
+    else:
+        static = s.motion_speed < cfg.static_speed and s.frame_diff_mean < cfg.static_frame_diff
+        shake = s.motion_jitter > cfg.shake_jitter
+    if cfg.check_camera_static and static:
+        return "camera_static"
+    if cfg.check_violent_shake and shake:
+        return "violent_shake"
+    return None
+
+
+def quality_detail(reason: str, signals: QualitySignals, cfg: QualityConfig, clip_key: str) -> str:
+    """A sentence for a person: which clip, which signal, the bound it crossed, and what to do."""
+    s = signals
+    text = {
+        "too_short": f"lasts {s.duration_s:.2f} s / {s.frames} frames; the minimum is {cfg.min_duration_s} s and "
+                     f"{cfg.min_frames} frames",
+        "too_small": f"source short side is {s.short_side} px; the minimum is {cfg.min_short_side} px",
+        "too_dark": f"mean luma {s.luma_mean:.1f} (min {cfg.min_luma}), dark pixels {s.dark_fraction:.0%} "
+                    f"(max {cfg.max_dark_fraction:.0%})",
+        "too_bright": f"mean luma {s.luma_mean:.1f} (max {cfg.max_luma}), clipped pixels {s.bright_fraction:.0%} "
+                      f"(max {cfg.max_bright_fraction:.0%})",
+        "letterboxed": f"{s.letterbox_fraction:.0%} of the frame is black bars (max {cfg.max_letterbox_fraction:.0%})",
+        "frozen": f"mean frame change {s.frame_diff_mean:.2f} luma levels (min {cfg.min_frame_diff}): the picture "
+                  f"does not change",
+        "blurry": f"sharpness {s.sharpness:.3f} (Laplacian variance over luma variance at {ANALYSIS_SIDE} px, "
+                  f"min {cfg.min_sharpness})",
+        "camera_static": (f"IMU gyro rms {s.gyro_rms} rad/s, accel std {s.accel_std} m/s^2: the camera lies still"
+                          if s.motion_source == "imu" else
+                          f"image motion {s.motion_speed:.4f} widths/s and frame change {s.frame_diff_mean:.2f}: "
+                          f"the camera lies still"),
+        "violent_shake": (f"IMU gyro rms {s.gyro_rms} rad/s (max {cfg.shake_gyro_rms}), accel std {s.accel_std} m/s^2 "
+                          f"(max {cfg.shake_accel_std})" if s.motion_source == "imu" else
+                          f"image velocity jitter {s.motion_jitter:.2f} widths/s (max {cfg.shake_jitter})"),
+    }[reason]
+    return f"{clip_key}: {text}; change QualityConfig if this bound does not suit this partner's footage"
+
+
+def _relative_sharpness(image: np.ndarray) -> float:
+    """Variance of the Laplacian over the variance of luma: high-frequency share, independent of contrast."""
+    lap = (image[1:-1, :-2] + image[1:-1, 2:] + image[:-2, 1:-1] + image[2:, 1:-1] - 4 * image[1:-1, 1:-1])
+    return float(lap.var() / (image.var() + 1.0))
+
+
+def _letterbox_fraction(small: np.ndarray) -> float:
+    """Share of the frame in uniform black bars at the borders, consistent over the sampled frames."""
+    dark = small.max(axis=0) < 24  # dark in every sampled frame
+    rows = dark.mean(axis=1) > 0.98
+    cols = dark.mean(axis=0) > 0.98
+
+    def run(flags: np.ndarray) -> int:
+        n = 0
+        for flag in flags:
+            if not flag:
+                break
+            n += 1
+        return n
+
+    h, w = dark.shape
+    top, bottom = run(rows), run(rows[::-1])
+    left, right = run(cols), run(cols[::-1])
+    if top + bottom >= h or left + right >= w:
+        return 0.0  # an entirely dark frame is too_dark, not letterboxed
+    return float(1.0 - (h - top - bottom) * (w - left - right) / (h * w))
+
+
+def _image_motion(small: np.ndarray, times: np.ndarray) -> tuple[float, float]:
+    """Median image speed and velocity jitter (frame widths per second) from phase correlation of sampled frames."""
+    if len(small) < 2:
+        return 0.0, 0.0
+    h, w = small.shape[1:]
+    window = np.outer(np.hanning(h), np.hanning(w)).astype(np.float32)
+    spectra = np.fft.rfft2((small - small.mean(axis=(1, 2), keepdims=True)) * window)
+    velocities = []
+    for i in range(len(small) - 1):
+        cross = spectra[i + 1] * np.conj(spectra[i])
+        cross /= np.abs(cross) + 1e-6
+        surface = np.fft.irfft2(cross, s=(h, w))
+        dy, dx = np.unravel_index(int(np.argmax(surface)), surface.shape)
+        dy = dy - h if dy > h // 2 else dy
+        dx = dx - w if dx > w // 2 else dx
+        dt = max(float(times[i + 1] - times[i]), 1e-3)
+        velocities.append((dx / w / dt, dy / h / dt))
+    v = np.asarray(velocities)
+    speed = float(np.median(np.hypot(v[:, 0], v[:, 1])))
+    jitter = float(np.median(np.hypot(*np.diff(v, axis=0).T))) if len(v) > 1 else 0.0
+    return speed, jitter
