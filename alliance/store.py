@@ -316,7 +316,7 @@ class S3Store(ObjectStore):
             config=Config(
                 signature_version="s3v4",
                 s3={"addressing_style": "path"},
-                retries={"mode": "standard", "max_attempts": s3.max_attempts},
+                retries={"mode": "standard", "total_max_attempts": s3.max_attempts},
                 max_pool_connections=max(10, s3.max_inflight_parts * 2),
             ),
         )
