@@ -1,0 +1,108 @@
+"""The contribution ledger: curated hours and clips per partner in a version, and which training runs used it."""
+
+from __future__ import annotations
+
+import io
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from alliance.store import ObjectStore
+from sharding.manifest import load_manifest
+from sharding.versions import read_index, training_runs
+
+
+@dataclass(frozen=True)
+class PartnerCredit:
+    """What one partner contributed to a version."""
+
+    partner: str
+    clips: int
+    hours: float
+    share_of_hours: float
+    recordings: int
+    deliveries: int
+
+
+@dataclass(frozen=True)
+class RunUse:
+    """A training run that streamed some version of the dataset."""
+
+    run: str
+    dataset: str
+    version: int
+    steps: int
+    checkpoints: int
+    started_at: str
+    finished_at: str
+    used_this_version: bool
+
+
+@dataclass(frozen=True)
+class Ledger:
+    """Per version: partner credits, and the training runs that consumed any version of the dataset."""
+
+    name: str
+    version: int
+    clips: int
+    hours: float
+    partners: tuple[PartnerCredit, ...]
+    runs: tuple[RunUse, ...]
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}@v{self.version}"
+
+
+def ledger(store: ObjectStore, name: str, version: int) -> Ledger:
+    """The ledger of NAME@vN from its index (never from listing shards) and checkpoints/*/run.json."""
+    manifest = load_manifest(store, name, version, allow_withdrawn=True)
+    rows = read_index(store, name, version).select(["partner", "recording_id", "delivery", "seconds"]).to_pylist()
+    clips: dict[str, int] = defaultdict(int)
+    seconds: dict[str, float] = defaultdict(float)
+    recordings: dict[str, set[str]] = defaultdict(set)
+    deliveries: dict[str, set[str]] = defaultdict(set)
+    for row in rows:
+        p = row["partner"]
+        clips[p] += 1
+        seconds[p] += row["seconds"]
+        recordings[p].add(row["recording_id"])
+        deliveries[p].add(row["delivery"])
+    total = sum(seconds.values())
+    partners = tuple(PartnerCredit(p, clips[p], round(seconds[p] / 3600, 6),
+                                   round(seconds[p] / total, 6) if total else 0.0,
+                                   len(recordings[p]), len(deliveries[p])) for p in sorted(clips))
+    runs = tuple(RunUse(str(r.get("run")), name, int(r.get("version") or 0), int(r.get("steps") or 0),
+                        len(r.get("checkpoints") or ()), str(r.get("started_at") or ""),
+                        str(r.get("finished_at") or ""), r.get("version") == version)
+                 for r in training_runs(store) if r.get("dataset") == name)
+    return Ledger(name, version, manifest.samples, manifest.hours, partners, runs)
+
+
+PARTNER_SCHEMA = pa.schema([("dataset", pa.string()), ("version", pa.int32()), ("partner", pa.string()),
+                            ("clips", pa.int64()), ("hours", pa.float64()), ("share_of_hours", pa.float64()),
+                            ("recordings", pa.int64()), ("deliveries", pa.int64())])
+RUN_SCHEMA = pa.schema([("run", pa.string()), ("dataset", pa.string()), ("version", pa.int32()),
+                        ("steps", pa.int64()), ("checkpoints", pa.int64()), ("started_at", pa.string()),
+                        ("finished_at", pa.string()), ("used_this_version", pa.bool_())])
+
+
+def ledger_tables(book: Ledger) -> tuple[pa.Table, pa.Table]:
+    partners = pa.Table.from_pylist([{"dataset": book.name, "version": book.version, **asdict(p)}
+                                     for p in book.partners], schema=PARTNER_SCHEMA)
+    runs = pa.Table.from_pylist([asdict(r) for r in book.runs], schema=RUN_SCHEMA)
+    return partners, runs
+
+
+def write_ledger(store: ObjectStore, book: Ledger) -> tuple[str, str]:
+    """Store the ledger as ledgers/{name}/v{N}/partners.parquet and runs.parquet; returns both keys."""
+    keys = []
+    for kind, table in zip(("partners", "runs"), ledger_tables(book)):
+        sink = io.BytesIO()
+        pq.write_table(table, sink)
+        key = f"ledgers/{book.name}/v{book.version}/{kind}.parquet"
+        store.put_bytes(key, sink.getvalue())
+        keys.append(key)
+    return keys[0], keys[1]

@@ -1,0 +1,471 @@
+"""Dataset versions, exactly once: claim a version, write its shards (resumably), commit index and manifest last,
+and redact revoked recordings into a new version that rewrites only the affected shards."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+from collections import Counter, defaultdict
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Callable, Iterable, Sequence, TypeVar
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from alliance.errors import KeyNotFound
+from alliance.store import ObjectStore
+from sharding.errors import DatasetError
+from sharding.errors import VersionNotFound
+from sharding.layout import (index_key, manifest_key, parse_ref, plan_key, receipt_key, shard_key, withdrawn_key,
+                             work_prefix)
+from sharding.manifest import Manifest, ShardEntry, latest_version, load_manifest
+from sharding.plan import ShardPlan, VersionPlan, canonical
+from sharding.tario import TarSink, iter_members, split_name
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+R = TypeVar("R")
+Mapper = Callable[[Callable[[T], R], Sequence[T]], Iterable[R]]
+
+INDEX_SCHEMA = pa.schema([
+    ("key", pa.string()),            # the WebDataset __key__
+    ("clip_id", pa.string()),
+    ("shard", pa.int32()),           # position in the manifest's shard list
+    ("shard_key", pa.string()),      # store key of that shard (a redacted version may reuse its parent's)
+    ("json_offset", pa.int64()), ("json_size", pa.int64()),
+    ("mp4_offset", pa.int64()), ("mp4_size", pa.int64()),
+    ("members", pa.string()),        # JSON {extension: [data offset, size]} for every member, sensors included
+    ("partner", pa.string()),
+    ("recording_id", pa.string()),
+    ("delivery", pa.string()),
+    ("license", pa.string()),
+    ("consent", pa.string()),        # JSON
+    ("quality", pa.string()),        # JSON
+    ("cluster", pa.int32()),
+    ("t0", pa.float64()), ("t1", pa.float64()),
+    ("seconds", pa.float64()),
+])
+
+
+@dataclass(frozen=True)
+class ShardReceipt:
+    """Proof that a shard object was committed: size, hash and where each sample's members lie."""
+
+    index: int
+    key: str
+    bytes: int
+    sha256: str
+    samples: int
+    spans: dict[str, dict[str, list[int]]]  # sample key -> extension -> [data offset, size]
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), sort_keys=True).encode()
+
+    def entry(self) -> ShardEntry:
+        return ShardEntry(self.key, self.bytes, self.sha256, self.samples)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A version number reserved for one plan; `committed` is set when that plan was already committed."""
+
+    name: str
+    version: int
+    plan_sha256: str
+    committed: Manifest | None = None
+
+
+def _sequential(fn: Callable[[T], R], items: Sequence[T]) -> Iterable[R]:
+    return [fn(item) for item in items]
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+# --------------------------------------------------------------------------- claim
+
+
+def claim_version(store: ObjectStore, name: str, plan_sha256: str, *, samples: int = 0, shards: int = 0) -> Claim:
+    """The version this plan is (or will be) committed as; re-running a plan resumes or returns its version."""
+    latest = latest_version(store, name) or 0
+    for version in range(latest, 0, -1):
+        manifest = load_manifest(store, name, version, allow_withdrawn=True)
+        if manifest.plan_sha256 == plan_sha256:
+            return Claim(name, version, plan_sha256, manifest)
+    version = latest + 1
+    doc = canonical({"plan_sha256": plan_sha256, "claimed_at": _now(), "samples": samples, "shards": shards}).encode()
+    if store.put_if_absent(plan_key(name, version), doc):
+        return Claim(name, version, plan_sha256)
+    holder = json.loads(store.get_bytes(plan_key(name, version)))
+    if holder.get("plan_sha256") == plan_sha256:
+        return Claim(name, version, plan_sha256)  # our own crashed or concurrent attempt: resume it
+    raise DatasetError(
+        f"{name}@v{version} is claimed by an unfinished write of another plan (claimed {holder.get('claimed_at')}, "
+        f"{holder.get('samples')} samples); finish it by re-running the command that started it, or drop it with "
+        f"`alliance datasets gc --grace 0` and run again")
+
+
+# --------------------------------------------------------------------------- shards
+
+
+def load_receipt(store: ObjectStore, name: str, version: int, shard: int) -> ShardReceipt | None:
+    try:
+        raw = json.loads(store.get_bytes(receipt_key(name, version, shard)))
+    except KeyNotFound:
+        return None
+    return ShardReceipt(**raw)
+
+
+def _done(store: ObjectStore, name: str, version: int, shard: int) -> ShardReceipt | None:
+    receipt = load_receipt(store, name, version, shard)
+    if receipt is not None:
+        try:
+            if store.size(receipt.key) == receipt.bytes:
+                return receipt
+        except KeyNotFound:
+            return None
+    return None
+
+
+def write_planned_shard(store: ObjectStore, name: str, version: int, shard: ShardPlan) -> ShardReceipt:
+    """Stream one shard into the store (multipart on S3), then its receipt; a shard with a receipt is skipped."""
+    done = _done(store, name, version, shard.index)
+    if done is not None:
+        return done
+    key = shard_key(name, version, shard.index)
+    spans: dict[str, dict[str, list[int]]] = {}
+    with store.open_write(key) as writer:
+        tar = TarSink(writer)
+        for sample in shard.samples:
+            where = spans[sample.key] = {}
+            span = tar.add_bytes(f"{sample.key}.json", sample.meta_json.encode())
+            where["json"] = [span.offset, span.size]
+            for member in sample.members:
+                with store.open_read(member.key) as src:
+                    span = tar.add_stream(f"{sample.key}.{member.ext}", member.size, src, store.describe(member.key))
+                where[member.ext] = [span.offset, span.size]
+        total, sha = tar.finish()
+    receipt = ShardReceipt(shard.index, key, total, sha, len(shard.samples), spans)
+    store.put_bytes(receipt_key(name, version, shard.index), receipt.to_json())
+    return receipt
+
+
+# --------------------------------------------------------------------------- commit
+
+
+def _row_of(sample: Any, shard: int, shard_key_: str, spans: dict[str, list[int]]) -> dict[str, Any]:
+    return {
+        "key": sample.key, "clip_id": sample.clip_id, "shard": shard, "shard_key": shard_key_,
+        "json_offset": spans["json"][0], "json_size": spans["json"][1],
+        "mp4_offset": spans["mp4"][0], "mp4_size": spans["mp4"][1],
+        "members": canonical(spans), "partner": sample.partner, "recording_id": sample.recording_id,
+        "delivery": sample.delivery, "license": sample.license, "consent": sample.consent,
+        "quality": sample.quality, "cluster": sample.cluster, "t0": sample.t0, "t1": sample.t1,
+        "seconds": sample.seconds,
+    }
+
+
+def index_bytes(rows: list[dict[str, Any]]) -> bytes:
+    table = pa.Table.from_pylist(rows, schema=INDEX_SCHEMA)
+    sink = io.BytesIO()
+    pq.write_table(table, sink, compression="zstd", row_group_size=65536)
+    return sink.getvalue()
+
+
+def read_index(store: ObjectStore, name: str, version: int) -> pa.Table:
+    key = index_key(name, version)
+    try:
+        data = store.get_bytes(key)
+    except KeyNotFound as e:
+        raise DatasetError(f"{store.describe(key)} is missing; run `alliance datasets verify {name}@v{version}`") from e
+    return pq.read_table(io.BytesIO(data))
+
+
+def commit_version(store: ObjectStore, claim: Claim, entries: list[ShardEntry], rows: list[dict[str, Any]], *,
+                   parent: int | None, source: dict[str, Any], config: dict[str, Any],
+                   redaction: dict[str, Any] | None = None) -> Manifest:
+    """Check every shard is present at its size, write the index, then the manifest only if absent."""
+    for entry in entries:
+        try:
+            size = store.size(entry.key)
+        except KeyNotFound as e:
+            raise DatasetError(f"{store.describe(entry.key)} is missing before commit; re-run the same command "
+                               f"to write it") from e
+        if size != entry.bytes:
+            raise DatasetError(f"{store.describe(entry.key)} has {size} bytes, its receipt says {entry.bytes}; "
+                               f"re-run the same command to rewrite it")
+    data = index_bytes(rows)
+    store.put_bytes(index_key(claim.name, claim.version), data)
+    partners: dict[str, dict[str, float]] = defaultdict(lambda: {"samples": 0, "hours": 0.0})
+    clusters: Counter[str] = Counter()
+    for row in rows:
+        partners[row["partner"]]["samples"] += 1
+        partners[row["partner"]]["hours"] += row["seconds"] / 3600
+        clusters[str(row["cluster"])] += 1
+    manifest = Manifest(
+        name=claim.name, version=claim.version, parent=parent, shards=tuple(entries), samples=len(rows),
+        bytes=sum(e.bytes for e in entries), hours=round(sum(r["seconds"] for r in rows) / 3600, 6),
+        partners={p: {"samples": v["samples"], "hours": round(v["hours"], 6)} for p, v in sorted(partners.items())},
+        clusters=dict(sorted(clusters.items())),
+        index={"key": index_key(claim.name, claim.version), "bytes": len(data),
+               "sha256": hashlib.sha256(data).hexdigest()},
+        source=source, config=config, plan_sha256=claim.plan_sha256, redaction=redaction)
+    key = manifest_key(claim.name, claim.version)
+    if not store.put_if_absent(key, manifest.to_json()):
+        existing = load_manifest(store, claim.name, claim.version, allow_withdrawn=True)
+        if existing.plan_sha256 != claim.plan_sha256:
+            raise DatasetError(f"{claim.name}@v{claim.version} was committed by another plan meanwhile; "
+                               f"run the command again to write the next version")
+        manifest = existing
+    clean_work(store, claim.name, claim.version)
+    return manifest
+
+
+def clean_work(store: ObjectStore, name: str, version: int) -> int:
+    """Remove the claim and receipts of a committed version; returns how many objects went."""
+    keys = [o.key for o in store.list(work_prefix(name, version))]
+    for key in keys:
+        store.delete(key)
+    return len(keys)
+
+
+def write_version(store: ObjectStore, name: str, plan: VersionPlan, *, parent: int | None = None,
+                  map_shards: Mapper | None = None) -> Manifest:
+    """Write (or finish, or find) the version of this plan; `map_shards` runs shard writes, e.g. in a pool."""
+    claim = claim_version(store, name, plan.sha256, samples=plan.samples, shards=len(plan.shards))
+    if claim.committed is not None:
+        clean_work(store, name, claim.version)
+        return claim.committed
+    receipts = list((map_shards or _sequential)(
+        lambda shard: write_planned_shard(store, name, claim.version, shard), plan.shards))
+    return finish_version(store, claim, plan, receipts, parent=parent)
+
+
+def finish_version(store: ObjectStore, claim: Claim, plan: VersionPlan, receipts: list[ShardReceipt], *,
+                   parent: int | None = None) -> Manifest:
+    by_index = {r.index: r for r in receipts}
+    missing = [s.index for s in plan.shards if s.index not in by_index]
+    if missing:
+        raise DatasetError(f"{claim.name}@v{claim.version}: shards {missing[:5]} have no receipt; re-run the same "
+                           f"command to write them")
+    rows = [_row_of(sample, shard.index, by_index[shard.index].key, by_index[shard.index].spans[sample.key])
+            for shard in plan.shards for sample in shard.samples]
+    entries = [by_index[s.index].entry() for s in plan.shards]
+    return commit_version(store, claim, entries, rows, parent=parent, source=plan.source, config=plan.config)
+
+
+def collect_receipts(store: ObjectStore, claim: Claim, plan: VersionPlan) -> list[ShardReceipt]:
+    """Receipts of every planned shard whose object is present at its size (what parallel workers left)."""
+    found = []
+    for shard in plan.shards:
+        receipt = _done(store, claim.name, claim.version, shard.index)
+        if receipt is None:
+            raise DatasetError(f"{store.describe(shard_key(claim.name, claim.version, shard.index))} was not "
+                               f"written; re-run the same command to finish {claim.name}@v{claim.version}")
+        found.append(receipt)
+    return found
+
+
+# --------------------------------------------------------------------------- redaction
+
+
+@dataclass(frozen=True)
+class RewriteTask:
+    """Shard `index` of the new version: `source`'s members minus the samples in `drop`."""
+
+    index: int
+    source: str
+    drop: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class AffectedRun:
+    """A training run that consumed a version holding revoked samples."""
+
+    run: str
+    dataset: str
+    version: int
+    checkpoints: tuple[str, ...]
+    steps: int
+
+
+@dataclass(frozen=True)
+class RedactionReport:
+    """What a redaction did: the new version, what left it, which shards were rewritten, whom it concerns."""
+
+    name: str
+    parent: int
+    version: int | None  # None: nothing of the revoked recordings was in the parent, no new version
+    revoked_recordings: tuple[str, ...]  # revoked recordings found in the parent
+    removed_samples: int
+    removed_by_partner: dict[str, int]
+    rewritten_shards: tuple[str, ...]
+    reused_shards: int
+    dropped_shards: int
+    versions_containing: tuple[int, ...]  # every committed version of the dataset that held them
+    affected_runs: tuple[AffectedRun, ...]
+    purged_shards: tuple[str, ...] = field(default_factory=tuple)
+    manifest_key: str | None = None
+
+
+def rewrite_shard(store: ObjectStore, name: str, version: int, task: RewriteTask) -> ShardReceipt:
+    """Copy a shard without the dropped samples, member by member, in bounded memory."""
+    done = _done(store, name, version, task.index)
+    if done is not None:
+        return done
+    import tarfile
+
+    key = shard_key(name, version, task.index)
+    drop = set(task.drop)
+    spans: dict[str, dict[str, list[int]]] = {}
+    samples: list[str] = []
+    with store.open_read(task.source) as src, store.open_write(key) as writer:
+        tar = TarSink(writer)
+        try:
+            with tarfile.open(fileobj=src, mode="r|") as archive:
+                for info in archive:
+                    sample, ext = split_name(info.name)
+                    if not info.isreg() or sample is None or sample in drop:
+                        continue
+                    if sample not in spans:
+                        spans[sample] = {}
+                        samples.append(sample)
+                    handle = archive.extractfile(info)
+                    span = tar.add_stream(info.name, info.size, handle, f"{store.describe(task.source)}:{info.name}")
+                    spans[sample][ext] = [span.offset, span.size]
+        except tarfile.TarError as e:
+            raise DatasetError(f"{store.describe(task.source)}: not a readable tar ({e}); run "
+                               f"`alliance datasets verify` on the parent version") from e
+        total, sha = tar.finish()
+    receipt = ShardReceipt(task.index, key, total, sha, len(samples), spans)
+    store.put_bytes(receipt_key(name, version, task.index), receipt.to_json())
+    return receipt
+
+
+def training_runs(store: ObjectStore) -> list[dict[str, Any]]:
+    """Every `checkpoints/{run}/run.json` record (written by training), sorted by run id."""
+    runs = []
+    for info in store.list("checkpoints/"):
+        parts = info.key.split("/")
+        if len(parts) == 3 and parts[2] == "run.json":
+            try:
+                runs.append(json.loads(store.get_bytes(info.key)))
+            except ValueError as e:
+                log.warning("%s: not valid JSON (%s); skipped in lineage", store.describe(info.key), e)
+    return sorted(runs, key=lambda r: str(r.get("run")))
+
+
+def versions_containing(store: ObjectStore, name: str, recordings: set[str]) -> list[int]:
+    found = []
+    for version in range(1, (latest_version(store, name) or 0) + 1):
+        index = read_index(store, name, version).column("recording_id").to_pylist()
+        if recordings.intersection(index):
+            found.append(version)
+    return found
+
+
+def redact(store: ObjectStore, name: str, version: int, revoked: Iterable[str], *, purge: bool = False,
+           map_shards: Mapper | None = None) -> RedactionReport:
+    """A new version of NAME@vN without the samples of `revoked` recordings.
+
+    Only shards holding such samples are rewritten; the others are reused by key. The report names every
+    committed version that held them and every training run (from checkpoints/*/run.json) that read one.
+    With purge=True, the shards holding revoked samples are deleted from those versions, which are then
+    marked withdrawn (readers refuse them and point to the redacted successor).
+    """
+    manifest = load_manifest(store, name, version)
+    revoked_set = set(revoked)
+    index = read_index(store, name, version).to_pylist()
+    hit = [row for row in index if row["recording_id"] in revoked_set]
+    containing = versions_containing(store, name, revoked_set) if revoked_set else []
+    runs = tuple(AffectedRun(str(r.get("run")), name, int(r.get("version")), tuple(r.get("checkpoints") or ()),
+                             int(r.get("steps") or 0))
+                 for r in training_runs(store) if r.get("dataset") == name and r.get("version") in containing)
+    found = tuple(sorted({row["recording_id"] for row in hit}))
+    if not hit:
+        return RedactionReport(name, version, None, found, 0, {}, (), len(manifest.shards), 0, tuple(containing),
+                               runs)
+    drop_by_shard: dict[int, list[str]] = defaultdict(list)
+    for row in hit:
+        drop_by_shard[row["shard"]].append(row["key"])
+    source = {"redaction_of": version, "parent_plan_sha256": manifest.plan_sha256, "revoked_recordings": list(found)}
+    plan_sha = hashlib.sha256(canonical({"name": name, **source}).encode()).hexdigest()
+    claim = claim_version(store, name, plan_sha, samples=manifest.samples - len(hit), shards=len(manifest.shards))
+    if claim.committed is not None:
+        new = claim.committed
+    else:
+        # New shard positions: the parent's order, minus shards left empty.
+        positions: dict[int, int] = {}
+        tasks: list[RewriteTask] = []
+        for old, entry in enumerate(manifest.shards):
+            if old in drop_by_shard and len(drop_by_shard[old]) >= entry.samples:
+                continue
+            positions[old] = len(positions)
+            if old in drop_by_shard:
+                tasks.append(RewriteTask(positions[old], entry.key, tuple(sorted(drop_by_shard[old]))))
+        receipts = {r.index: r for r in (map_shards or _sequential)(
+            lambda task: rewrite_shard(store, name, claim.version, task), tasks)}
+        entries = []
+        for old, entry in enumerate(manifest.shards):
+            if old in positions:
+                new_pos = positions[old]
+                entries.append(receipts[new_pos].entry() if new_pos in receipts else entry)
+        rows = []
+        for row in index:
+            if row["recording_id"] in revoked_set:
+                continue
+            new_pos = positions[row["shard"]]
+            row = {**row, "shard": new_pos}
+            if new_pos in receipts:
+                spans = receipts[new_pos].spans[row["key"]]
+                row.update(shard_key=receipts[new_pos].key, members=canonical(spans),
+                           json_offset=spans["json"][0], json_size=spans["json"][1],
+                           mp4_offset=spans["mp4"][0], mp4_size=spans["mp4"][1])
+            rows.append(row)
+        redaction = {"revoked_recordings": list(found), "removed_samples": len(hit),
+                     "rewritten_shards": [receipts[i].key for i in sorted(receipts)]}
+        new = commit_version(store, claim, entries, rows, parent=version, source=source, config=manifest.config,
+                             redaction=redaction)
+    removed_by_partner = dict(sorted(Counter(row["partner"] for row in hit).items()))
+    rewritten = tuple((new.redaction or {}).get("rewritten_shards", ()))
+    purged: list[str] = []
+    if purge:
+        purged = purge_versions(store, name, [v for v in containing if v != new.version], revoked_set, new.version)
+    return RedactionReport(
+        name, version, new.version, found, len(hit), removed_by_partner, rewritten,
+        reused_shards=sum(1 for e in new.shards if e.key not in rewritten),
+        dropped_shards=len(manifest.shards) - len(new.shards), versions_containing=tuple(containing),
+        affected_runs=runs, purged_shards=tuple(purged), manifest_key=manifest_key(name, new.version))
+
+
+def purge_versions(store: ObjectStore, name: str, versions: Sequence[int], revoked: set[str],
+                   successor: int) -> list[str]:
+    """Delete the shards of `versions` that hold revoked samples and mark those versions withdrawn."""
+    keep = set(load_manifest(store, name, successor).shard_keys)
+    purged: list[str] = []
+    for version in versions:
+        index = read_index(store, name, version).to_pylist()
+        keys = sorted({row["shard_key"] for row in index if row["recording_id"] in revoked} - keep)
+        doc = {"name": name, "version": version, "successor": successor,
+               "revoked_recordings": sorted({r["recording_id"] for r in index if r["recording_id"] in revoked}),
+               "purged_shards": keys}
+        store.put_bytes(withdrawn_key(name, version), canonical(doc).encode())  # first: readers stop before bytes go
+        for key in keys:
+            store.delete(key)
+        purged.extend(keys)
+    return purged
+
+
+def resolve(store: ObjectStore, ref: str) -> tuple[str, int]:
+    """'NAME@vN' -> (name, N); 'NAME' -> its latest committed version."""
+    name, version = parse_ref(ref)
+    if version is None:
+        version = latest_version(store, name)
+        if version is None:
+            raise VersionNotFound(f"dataset {name!r} has no committed version; write one with "
+                                  f"`alliance pipeline shard --name {name} --selection RUN`")
+    return name, version
