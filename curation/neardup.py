@@ -153,14 +153,15 @@ class Segment:
 
     clip_ids: list[str]
     content_hashes: list[str]
+    clip_keys: list[str]
     hashes: np.ndarray            # uint64 [n, scales, frames], zero-padded
     lengths: np.ndarray           # int32 [n]
     keys: np.ndarray = field(default=None)     # sorted uint64 band keys
     entries: np.ndarray = field(default=None)  # int32 clip position of each key
 
     @classmethod
-    def build(cls, clip_ids: list[str], content_hashes: list[str], signatures: list[np.ndarray],
-              cfg: NearDupConfig) -> "Segment":
+    def build(cls, clip_ids: list[str], content_hashes: list[str], clip_keys: list[str],
+              signatures: list[np.ndarray], cfg: NearDupConfig) -> "Segment":
         n = len(clip_ids)
         scales = len(cfg.scales)
         width = max([s.shape[1] for s in signatures], default=1)
@@ -169,7 +170,7 @@ class Segment:
         for i, plain in enumerate(signatures):
             hashes[i, :, : plain.shape[1]] = plain
             lengths[i] = plain.shape[1]
-        segment = cls(list(clip_ids), list(content_hashes), hashes, lengths)
+        segment = cls(list(clip_ids), list(content_hashes), list(clip_keys), hashes, lengths)
         segment._index(cfg)
         return segment
 
@@ -189,15 +190,17 @@ class Segment:
 
     def to_bytes(self) -> bytes:
         buffer = io.BytesIO()
-        np.savez(buffer, clip_ids=np.asarray(self.clip_ids, dtype=str), content_hashes=np.asarray(self.content_hashes,
-                 dtype=str), hashes=self.hashes, lengths=self.lengths, keys=self.keys, entries=self.entries)
+        np.savez(buffer, clip_ids=np.asarray(self.clip_ids, dtype=str),
+                 content_hashes=np.asarray(self.content_hashes, dtype=str),
+                 clip_keys=np.asarray(self.clip_keys, dtype=str),
+                 hashes=self.hashes, lengths=self.lengths, keys=self.keys, entries=self.entries)
         return buffer.getvalue()
 
     @classmethod
     def from_bytes(cls, data: bytes) -> "Segment":
         z = np.load(io.BytesIO(data), allow_pickle=False)
-        return cls([str(c) for c in z["clip_ids"]], [str(c) for c in z["content_hashes"]], z["hashes"],
-                   z["lengths"], z["keys"], z["entries"])
+        return cls([str(c) for c in z["clip_ids"]], [str(c) for c in z["content_hashes"]],
+                   [str(c) for c in z["clip_keys"]], z["hashes"], z["lengths"], z["keys"], z["entries"])
 
 
 class NearDupIndex:
@@ -207,21 +210,29 @@ class NearDupIndex:
         self.cfg = cfg
         self.segments: list[Segment] = list(segments or [])
         self.clip_ids: set[str] = {c for s in self.segments for c in s.clip_ids}
-        self.content: dict[str, str] = {h: c for s in self.segments for c, h in zip(s.clip_ids, s.content_hashes)}
+        self.content: dict[str, str] = {}
+        self.keys: dict[str, str] = {}  # clip id -> clip key, to show pairs side by side
+        for segment in self.segments:
+            for clip_id, content_hash, clip_key in zip(segment.clip_ids, segment.content_hashes, segment.clip_keys):
+                self.content.setdefault(content_hash, clip_id)
+                self.keys[clip_id] = clip_key
         self._live_ids: list[str] = []
         self._live_content: list[str] = []
+        self._live_keys: list[str] = []
         self._live_hashes: list[np.ndarray] = []
         self._live_table: dict[int, list[int]] = {}
 
     def __len__(self) -> int:
         return sum(len(s.clip_ids) for s in self.segments) + len(self._live_ids)
 
-    def add(self, clip_id: str, content_hash: str, sig: Signature) -> None:
+    def add(self, clip_id: str, content_hash: str, sig: Signature, clip_key: str = "") -> None:
         """Index a kept clip (its plain hashes only; queries try the mirrored view)."""
         position = len(self._live_ids)
         plain = sig.hashes[0]
         self._live_ids.append(clip_id)
         self._live_content.append(content_hash)
+        self._live_keys.append(clip_key)
+        self.keys[clip_id] = clip_key
         self._live_hashes.append(plain)
         self.clip_ids.add(clip_id)
         self.content.setdefault(content_hash, clip_id)
@@ -287,7 +298,7 @@ class NearDupIndex:
 
     def live_segment(self) -> Segment:
         """The clips added in this run as a frozen segment, ready to persist."""
-        return Segment.build(self._live_ids, self._live_content, self._live_hashes, self.cfg)
+        return Segment.build(self._live_ids, self._live_content, self._live_keys, self._live_hashes, self.cfg)
 
 
 # --------------------------------------------------------------------------- persistence in the store

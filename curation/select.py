@@ -1,0 +1,267 @@
+"""The curation verdicts: per-clip analysis, then keep order, exact and near duplicates, SemDeDup and balance."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Iterable, Iterator
+
+import numpy as np
+
+from curation.balance import KMeansConfig, assign, balanced_sample, cluster_sizes, kmeans, normalize, \
+    streaming_kmeans, Hierarchy
+from curation.media import ClipDecodeError, DecodedClip, decode_clip
+from curation.neardup import NearDupConfig, NearDupIndex, Signature, signature
+from curation.quality import QualityConfig, QualitySignals, measure, quality_detail, quality_reason
+from curation.semdedup import SemDedupConfig, semdedup_cluster
+
+STAGES = ("ingest", "decode", "quality", "exact_dup", "near_dup", "semantic_dup", "balance")
+
+
+@dataclass(frozen=True)
+class CurateConfig:
+    """Every setting of a curation run; saved next to its report."""
+
+    quality: QualityConfig = QualityConfig()
+    neardup: NearDupConfig = NearDupConfig()
+    semantic: SemDedupConfig = SemDedupConfig()
+    index: str = "main"  # near-duplicate index under indexes/neardup/{index}/
+
+    def to_json(self) -> dict[str, Any]:
+        from dataclasses import asdict
+
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ClipAnalysis:
+    """What the per-clip stage learned: signals and verdict, decoded-content hash, near-dup signature."""
+
+    clip_id: str
+    signals: QualitySignals | None = None
+    content_hash: str = ""
+    signature: Signature | None = None
+    stage: str | None = None    # set when this clip is already refused: "ingest", "decode" or "quality"
+    reason: str | None = None
+    detail: str | None = None
+
+    def work_columns(self) -> dict[str, Any]:
+        """The columns the work table adds to a clip row."""
+        return {
+            "signals": self.signals.to_json() if self.signals else None,
+            "content_hash": self.content_hash,
+            "signature": self.signature.to_bytes() if self.signature else None,
+            "stage": self.stage, "reason": self.reason, "detail": self.detail,
+        }
+
+
+def analyze_clip(row: dict[str, Any], data: bytes | None, cfg: CurateConfig) -> tuple[ClipAnalysis, DecodedClip | None]:
+    """Decode one clip once and measure everything the later stages need; refusals come back as data."""
+    clip_id, key = row["clip_id"], row.get("clip_key") or row["clip_id"]
+    if (row.get("status") or "ingested") != "ingested":
+        return ClipAnalysis(clip_id, stage="ingest", reason=str(row["status"]),
+                            detail=f"{key}: ingest marked this clip {row['status']!r}; see the ingest rejections"), None
+    if data is None:
+        return ClipAnalysis(clip_id, stage="decode", reason="clip_missing",
+                            detail=f"{key}: the clip file is not in the store; re-run ingest for its recording"), None
+    try:
+        clip = decode_clip(data, key)
+    except ClipDecodeError as e:
+        return ClipAnalysis(clip_id, stage="decode", reason=e.reason, detail=str(e)), None
+    source_side = min(int(row.get("source_width") or 0), int(row.get("source_height") or 0)) or None
+    signals = measure(clip, source_short_side=source_side, gyro_rms=_number(row.get("imu_gyro_rms")),
+                      accel_std=_number(row.get("imu_accel_std")))
+    reason = quality_reason(signals, cfg.quality)
+    sig = signature(clip, cfg.neardup)
+    if reason:
+        return ClipAnalysis(clip_id, signals, clip.content_hash, sig, "quality", reason,
+                            quality_detail(reason, signals, cfg.quality, key)), clip
+    return ClipAnalysis(clip_id, signals, clip.content_hash, sig), clip
+
+
+def _number(value: Any) -> float | None:
+    if value is None:
+        return None
+    value = float(value)
+    return value if np.isfinite(value) else None
+
+
+# --------------------------------------------------------------------------- keep order
+
+
+def accepted_at(row: dict[str, Any]) -> str:
+    """When the clip's recording was accepted, as far as the contract metadata says (ISO text sorts by time)."""
+    try:
+        meta = json.loads(row.get("recording_meta") or "{}")
+    except json.JSONDecodeError:
+        meta = {}
+    delivery = meta.get("delivery") if isinstance(meta.get("delivery"), dict) else {}
+    return str(meta.get("accepted_at") or delivery.get("accepted_at") or "")
+
+
+def keep_order(row: dict[str, Any], signals: QualitySignals | None) -> tuple:
+    """Earliest accepted first; then quality: larger source, longer, sharper; then the clip id (a stable tie)."""
+    if signals is None:
+        return (accepted_at(row), row.get("delivery") or "", 0, 0.0, 0.0, row["clip_id"])
+    return (accepted_at(row), row.get("delivery") or "", -signals.short_side, -round(signals.duration_s, 3),
+            -round(signals.sharpness, 4), row["clip_id"])
+
+
+# --------------------------------------------------------------------------- verdicts
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Kept, or the stage and reason that dropped the clip, the clip it duplicates and the cluster it fell in."""
+
+    clip_id: str
+    kept: bool
+    stage: str | None = None
+    reason: str | None = None
+    duplicate_of: str | None = None
+    detail: str | None = None
+    cluster: int = -1
+    distance: float | None = None
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """The little the global stages need of one clip: its order, hashes and signature."""
+
+    clip_id: str
+    clip_key: str
+    order: tuple
+    content_hash: str
+    signature: Signature | None
+    stage: str | None
+    reason: str | None
+    detail: str | None
+
+
+def decide_duplicates(candidates: Iterable[Candidate], index: NearDupIndex) -> dict[str, Verdict]:
+    """Walk clips in keep order: earlier refusals stand; a clip already indexed, with a known decoded-content hash,
+    or near an indexed clip is dropped naming that clip; the rest are kept and indexed."""
+    verdicts: dict[str, Verdict] = {}
+    for c in sorted(candidates, key=lambda c: c.order):
+        if c.stage is not None:
+            verdicts[c.clip_id] = Verdict(c.clip_id, False, c.stage, c.reason, None, c.detail)
+            continue
+        if c.clip_id in index.clip_ids:
+            verdicts[c.clip_id] = Verdict(c.clip_id, False, "exact_dup", "duplicate_recording", c.clip_id,
+                                          f"{c.clip_key}: this clip of the same recording was already accepted "
+                                          f"(another delivery or an earlier curation run)")
+            continue
+        if c.content_hash in index.content:
+            first = index.content[c.content_hash]
+            verdicts[c.clip_id] = Verdict(c.clip_id, False, "exact_dup", "duplicate_content", first,
+                                          f"{c.clip_key}: decodes to the same frames as clip {first}")
+            continue
+        match = index.query(c.signature)
+        if match is not None:
+            verdicts[c.clip_id] = Verdict(c.clip_id, False, "near_dup", "near_duplicate", match.clip_id,
+                                          f"{c.clip_key}: {match.distance:.1f} of 63 hash bits from clip "
+                                          f"{match.clip_id} at the best alignment", distance=match.distance)
+            continue
+        index.add(c.clip_id, c.content_hash, c.signature, c.clip_key)
+        verdicts[c.clip_id] = Verdict(c.clip_id, True)
+    return verdicts
+
+
+EmbeddingBatches = Callable[[], Iterator[tuple[list[str], np.ndarray]]]  # (clip ids, [b, d]) per batch
+
+
+@dataclass(frozen=True)
+class SemanticOutcome:
+    """What the semantic stages did: verdict changes, each survivor's cluster, and cluster sizes before/after."""
+
+    verdicts: dict[str, Verdict]
+    clusters: int
+    sizes_before: list[int] = field(default_factory=list)
+    sizes_after: list[int] = field(default_factory=list)
+    upper_levels: tuple[int, ...] = ()
+
+
+def semantic_stage(order: dict[str, int], batches: EmbeddingBatches, cfg: SemDedupConfig,
+                   spill_dir: str | None = None) -> SemanticOutcome:
+    """K-means over the survivors' embeddings (streamed), SemDeDup within each cluster in keep order, then
+    hierarchical balancing to cfg.target. `order` maps each survivor to its keep rank; other ids are ignored."""
+    def survivors() -> Iterator[np.ndarray]:
+        for ids, emb in batches():
+            mask = np.fromiter((i in order for i in ids), bool, len(ids))
+            if mask.any():
+                yield emb[mask]
+
+    k = cfg.clusters_for(len(order))
+    centroids = streaming_kmeans(survivors, KMeansConfig(k=k, passes=cfg.passes, seed=cfg.seed))
+    k = len(centroids)
+    if k == 0:
+        return SemanticOutcome({}, 0)
+    ids_all: list[str] = []
+    rank_list: list[int] = []
+    label_list: list[int] = []
+    verdicts: dict[str, Verdict] = {}
+    with tempfile.TemporaryDirectory(dir=spill_dir, prefix="semdedup-") as spill:
+        files: dict[int, list[str]] = {}
+        for ids, emb in batches():  # one pass: each survivor to its cluster's spill file, bounded memory
+            keep = [j for j, i in enumerate(ids) if i in order]
+            if not keep:
+                continue
+            x = normalize(emb[keep])
+            labels, _ = assign(x, centroids)
+            for cluster in np.unique(labels):
+                rows = np.flatnonzero(labels == cluster)
+                with open(os.path.join(spill, f"{cluster}.f32"), "ab") as f:
+                    f.write(x[rows].astype(np.float32).tobytes())
+                files.setdefault(int(cluster), []).extend(ids[keep[r]] for r in rows)
+        dim = centroids.shape[1]
+        for cluster, members in sorted(files.items()):
+            x = np.fromfile(os.path.join(spill, f"{cluster}.f32"), dtype=np.float32).reshape(-1, dim)
+            rank = np.asarray([order[m] for m in members])
+            by_rank = np.argsort(rank, kind="stable")
+            duplicate_of = semdedup_cluster(x[by_rank], cfg.eps)
+            for position, dup in enumerate(duplicate_of):
+                member = members[by_rank[position]]
+                if dup >= 0:
+                    first = members[by_rank[dup]]
+                    sim = float(x[by_rank[position]] @ x[by_rank[dup]])
+                    verdicts[member] = Verdict(member, False, "semantic_dup", "semantic_duplicate", first,
+                                               f"clip {member}: cosine {sim:.3f} to kept clip {first} in cluster "
+                                               f"{cluster} (threshold {1 - cfg.eps:.3f})", cluster)
+                else:
+                    ids_all.append(member)
+                    rank_list.append(order[member])
+                    label_list.append(cluster)
+    ranks = np.asarray(rank_list, np.int64)
+    labels_all = np.asarray(label_list, np.int64)
+    sizes_before = cluster_sizes(labels_all, k).tolist()
+    hierarchy = Hierarchy((centroids,), ())
+    if cfg.hierarchy:
+        levels, parents = [centroids], []
+        for level, upper_k in enumerate(cfg.hierarchy, start=1):
+            upper, up_labels = kmeans(levels[-1], min(upper_k, len(levels[-1])), seed=cfg.seed + level)
+            levels.append(upper)
+            parents.append(up_labels)
+        hierarchy = Hierarchy(tuple(levels), tuple(parents))
+    chosen = (balanced_sample(labels_all, hierarchy, cfg.target, ranks) if cfg.target
+              else np.ones(len(ids_all), bool))
+    for member, cluster, keep in zip(ids_all, labels_all.tolist(), chosen.tolist()):
+        if keep:
+            verdicts[member] = Verdict(member, True, cluster=int(cluster))
+        else:
+            verdicts[member] = Verdict(member, False, "balance", "balanced_out", None,
+                                       f"clip {member}: cluster {cluster} already gives its even share of the "
+                                       f"{cfg.target} clips asked for", int(cluster))
+    sizes_after = cluster_sizes(labels_all, k, chosen).tolist()
+    return SemanticOutcome(verdicts, k, sizes_before, sizes_after, tuple(len(c) for c in hierarchy.centroids[1:]))
+
+
+def merge(verdicts: dict[str, Verdict], semantic: SemanticOutcome | None) -> dict[str, Verdict]:
+    """Duplicate verdicts updated by the semantic stages (which only see the clips kept so far)."""
+    if semantic is None:
+        return verdicts
+    out = dict(verdicts)
+    for clip_id, verdict in semantic.verdicts.items():
+        out[clip_id] = replace(verdict, distance=out[clip_id].distance if clip_id in out else None)
+    return out
