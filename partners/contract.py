@@ -24,12 +24,13 @@ DEVICE_KINDS = ("glasses", "headcam", "phone", "robot", "bodycam", "dashcam", "c
 SLUG = r"^[a-z0-9][a-z0-9._-]{0,63}$"
 SHA256 = r"^[0-9a-f]{64}$"
 MAX_PATH_DEPTH = 16
+MAX_FILE_BYTES = 1 << 44  # 16 TiB: what the contract can express; the service sets its own, lower limit
 
 ConsentScope = Literal["pretraining", "evaluation", "research", "commercial"]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, str_max_length=4096)
+    model_config = ConfigDict(extra="forbid", frozen=True, str_max_length=4096, allow_inf_nan=False)
 
 
 def check_relative_path(path: str) -> str:
@@ -78,7 +79,7 @@ class SensorFile(_Strict):
     stream: str = Field(pattern=r"^[a-z][a-z0-9_]{0,31}$", description="stream name, e.g. 'imu'")
     path: SafePath
     sha256: str = Field(pattern=SHA256)
-    bytes: int = Field(ge=0)
+    bytes: int = Field(ge=0, le=MAX_FILE_BYTES)
     format: Literal["csv", "npy"]
     columns: list[str] = Field(min_length=2, max_length=256, description="column names, timestamp included")
     units: dict[str, str] = Field(default_factory=dict, description="unit per column, e.g. {'ax': 'm/s^2'}")
@@ -105,7 +106,7 @@ class RecordingEntry(_Strict):
 
     path: SafePath
     sha256: str = Field(pattern=SHA256)
-    bytes: int = Field(ge=0)
+    bytes: int = Field(ge=0, le=MAX_FILE_BYTES)
     media_type: Literal["video/mp4", "video/quicktime", "video/x-matroska", "video/webm", "video/x-msvideo",
                         "video/mp2t"]
     device: Device
@@ -270,7 +271,7 @@ def parse_manifest(raw: bytes | str | dict, limits: ManifestLimits = ManifestLim
                                 "follow the schema from `alliance contract schema`")
         try:
             data = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        except ValueError as e:  # bad JSON, bad UTF-8, or an integer of thousands of digits
             raise ContractError("manifest_not_json", f"the manifest is not valid JSON: {e}") from e
     if not isinstance(data, dict):
         raise ContractError("manifest_invalid", "the manifest must be a JSON object: see `alliance contract schema`")

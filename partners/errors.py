@@ -40,6 +40,12 @@ class Conflict(PartnerError):
     status_code = 409
 
 
+class Forbidden(PartnerError):
+    """A presigned upload URL that is expired or was not issued for this part."""
+
+    status_code = 403
+
+
 class Unauthorized(PartnerError):
     """A missing, malformed, unknown or revoked API token."""
 

@@ -1,0 +1,334 @@
+"""The partner side: build a manifest from a folder, check it locally, upload it in resumable parts, read the verdict."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Iterator
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from alliance.store import CHUNK
+from partners.api import DeliveryStatus, DeliveryVerdict, ErrorOut, UploadPlan
+from partners.contract import Consent, ContractBounds, DeliveryManifest, Device, RecordingEntry, SensorFile
+from partners.errors import ContractError, DeliveryFailed
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+log = logging.getLogger(__name__)
+METADATA_FILES = ("delivery.toml", "delivery.json")
+HASH_CACHE = ".alliance-hashes.json"
+VIDEO_TYPES = {".mp4": "video/mp4", ".m4v": "video/mp4", ".mov": "video/quicktime", ".mkv": "video/x-matroska",
+               ".webm": "video/webm", ".avi": "video/x-msvideo", ".ts": "video/mp2t"}
+FINAL = ("accepted", "partial", "rejected")
+
+
+class SensorDefaults(BaseModel):
+    """How the sensor files of one stream look; files are found as `{video stem}.{stream}.csv|npy` beside each video."""
+
+    model_config = ConfigDict(extra="forbid")
+    rate_hz: float = Field(gt=0)
+    columns: list[str] | None = None  # CSV: read from the header when omitted; NPY: required
+    units: dict[str, str] = Field(default_factory=dict)
+    timestamp: str = "t"
+    clock_offset_s: float = 0.0
+
+
+class RecordingOverride(BaseModel):
+    """Per-recording facts that differ from the folder's defaults."""
+
+    model_config = ConfigDict(extra="forbid")
+    start_time: datetime | None = None
+    duration_s: float | None = None
+    device: Device | None = None
+
+
+class DeliveryMetadata(BaseModel):
+    """The small file a partner writes once per folder (delivery.toml): license, consent, device, sensor streams."""
+
+    model_config = ConfigDict(extra="forbid")
+    partner: str | None = None  # taken from the token when omitted
+    delivery: str | None = None  # default: the folder's name plus a hash of its contents
+    license: str
+    consent: Consent
+    device: Device
+    sensors: dict[str, SensorDefaults] = Field(default_factory=dict)
+    recordings: dict[str, RecordingOverride] = Field(default_factory=dict)
+    notes: str = ""
+
+
+def load_metadata(folder: str | Path) -> DeliveryMetadata:
+    """The folder's delivery.toml (or delivery.json); a missing or invalid one is a clear refusal."""
+    folder = Path(folder)
+    for name in METADATA_FILES:
+        path = folder / name
+        if not path.is_file():
+            continue
+        try:
+            data = tomllib.loads(path.read_text()) if name.endswith(".toml") else json.loads(path.read_text())
+            return DeliveryMetadata.model_validate(data)
+        except (ValueError, ValidationError) as e:
+            raise ContractError("metadata_invalid", f"{path}: {e}") from e
+    raise ContractError("metadata_missing", f"{folder}: no delivery.toml: write one with license, [consent] "
+                        "(scope, expires, faces_allowed), [device] (kind, model, mounting) and [sensors.imu] "
+                        "(rate_hz) if there are IMU files; see `alliance deliver --help`")
+
+
+# --------------------------------------------------------------------------- the folder
+
+
+def _progress(enabled: bool):
+    from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
+                               TransferSpeedColumn)
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                    TimeRemainingColumn(), disable=not enabled, transient=False)
+
+
+def _hashes(folder: Path, paths: list[str], progress: bool) -> dict[str, tuple[int, str]]:
+    """(bytes, sha256) per file, streamed, cached by size and mtime in the folder's .alliance-hashes.json."""
+    import hashlib
+
+    cache_path = folder / HASH_CACHE
+    try:
+        cache = json.loads(cache_path.read_text())
+    except (OSError, ValueError):
+        cache = {}
+    result: dict[str, tuple[int, str]] = {}
+    todo = []
+    for path in paths:
+        stat = (folder / path).stat()
+        cached = cache.get(path)
+        if cached and cached[0] == stat.st_size and cached[1] == stat.st_mtime_ns:
+            result[path] = (stat.st_size, cached[2])
+        else:
+            todo.append((path, stat))
+    with _progress(progress and bool(todo)) as bar:
+        task = bar.add_task("hashing", total=sum(s.st_size for _, s in todo))
+        for path, stat in todo:
+            digest = hashlib.sha256()
+            with open(folder / path, "rb") as f:
+                while chunk := f.read(CHUNK):
+                    digest.update(chunk)
+                    bar.advance(task, len(chunk))
+            result[path] = (stat.st_size, digest.hexdigest())
+            cache[path] = [stat.st_size, stat.st_mtime_ns, result[path][1]]
+    if todo:
+        try:
+            cache_path.write_text(json.dumps(cache))
+        except OSError as e:  # a read-only folder only loses the cache, never the delivery
+            log.info("could not write the hash cache %s: %s", cache_path, e)
+    return result
+
+
+def _csv_header(path: Path) -> list[str]:
+    with open(path, "rb") as f:
+        return [c.strip() for c in f.readline().decode("utf-8", errors="replace").strip().split(",")]
+
+
+def build_manifest(folder: str | Path, metadata: DeliveryMetadata, partner: str,
+                   progress: bool = False) -> DeliveryManifest:
+    """The manifest of every video in the folder (recursively) and its declared sensor files."""
+    import hashlib
+
+    folder = Path(folder).resolve()
+    videos = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")
+                    if p.is_file() and p.suffix.lower() in VIDEO_TYPES
+                    and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+    if not videos:
+        raise ContractError("no_recordings", f"{folder}: no video files ({', '.join(sorted(VIDEO_TYPES))})")
+    sensor_paths: dict[str, list[tuple[str, str, str]]] = {}
+    for video in videos:
+        stem = video[: -len(Path(video).suffix)]
+        sensor_paths[video] = [(stream, f"{stem}.{stream}.{fmt}", fmt) for stream in sorted(metadata.sensors)
+                               for fmt in ("csv", "npy") if (folder / f"{stem}.{stream}.{fmt}").is_file()]
+    all_paths = videos + [p for found in sensor_paths.values() for _, p, _ in found]
+    hashes = _hashes(folder, all_paths, progress)
+    recordings = []
+    for video in videos:
+        override = metadata.recordings.get(video, RecordingOverride())
+        mtime = datetime.fromtimestamp((folder / video).stat().st_mtime, timezone.utc)
+        sensors = []
+        for stream, path, fmt in sensor_paths[video]:
+            spec = metadata.sensors[stream]
+            columns = spec.columns or (_csv_header(folder / path) if fmt == "csv" else [])
+            sensors.append(SensorFile(stream=stream, path=path, sha256=hashes[path][1], bytes=hashes[path][0],
+                                      format=fmt, columns=columns, units=spec.units, rate_hz=spec.rate_hz,
+                                      clock_offset_s=spec.clock_offset_s, timestamp=spec.timestamp))
+        recordings.append(RecordingEntry(
+            path=video, sha256=hashes[video][1], bytes=hashes[video][0],
+            media_type=VIDEO_TYPES[Path(video).suffix.lower()], device=override.device or metadata.device,
+            start_time=override.start_time or mtime, duration_s=override.duration_s, sensors=sensors))
+    content = hashlib.sha256("\n".join(f"{p} {hashes[p][1]}" for p in all_paths).encode()).hexdigest()
+    name = metadata.delivery or f"{_slug(folder.name)}-{content[:10]}"
+    return DeliveryManifest(partner=metadata.partner or partner, delivery=name, license=metadata.license,
+                            consent=metadata.consent, recordings=recordings, notes=metadata.notes)
+
+
+def _slug(text: str) -> str:
+    import re
+
+    slug = re.sub(r"[^a-z0-9._-]+", "-", text.lower()).strip("-._")[:48]
+    return slug or "delivery"
+
+
+def check(folder: str | Path, *, metadata: DeliveryMetadata | None = None, partner: str = "local",
+          bounds: ContractBounds = ContractBounds(), progress: bool = False):
+    """`alliance deliver --check`: the same checks the service runs, on the local folder, before any upload."""
+    from partners.validate import assess, folder_locator
+
+    metadata = metadata or load_metadata(folder)
+    manifest = build_manifest(folder, metadata, partner, progress)
+    hashes = {f.path: (f.bytes, f.sha256) for f in manifest.files()}
+    return manifest, assess(manifest, folder_locator(folder, hashes), bounds)
+
+
+# --------------------------------------------------------------------------- the service
+
+
+class _Api:
+    """Calls to the delivery service, each refusal turned into a DeliveryFailed with the service's reason."""
+
+    def __init__(self, url: str, token: str, timeout_s: float = 60.0):
+        import httpx
+
+        self.http = httpx.Client(base_url=url.rstrip("/"), timeout=timeout_s,
+                                 headers={"Authorization": f"Bearer {token}"})
+        self.parts = httpx.Client(timeout=timeout_s)  # presigned URLs: never send the token to the store
+
+    def close(self) -> None:
+        self.http.close()
+        self.parts.close()
+
+    def call(self, method: str, path: str, **kwargs):
+        for attempt in range(6):
+            response = self.http.request(method, path, **kwargs)
+            if response.status_code == 429 and attempt < 5:
+                time.sleep(min(10.0, float(response.headers.get("retry-after", "1"))))
+                continue
+            break
+        if response.status_code >= 400:
+            try:
+                error = ErrorOut.model_validate_json(response.content)
+                problems = "".join(f"\n  {p.get('reason', p.get('field', ''))}: {p.get('detail', '')}"
+                                   for p in error.problems[1:])
+                raise DeliveryFailed(error.error, f"{method} {path}: {error.detail}{problems}", error.problems)
+            except ValidationError:
+                raise DeliveryFailed("service_error", f"{method} {path}: HTTP {response.status_code}: "
+                                     f"{response.text[:300]}") from None
+        return response
+
+    def put_part(self, url: str, data: bytes) -> None:
+        import httpx
+
+        for attempt in range(4):
+            try:
+                response = self.parts.put(url, content=data)
+            except httpx.TransportError as e:
+                if attempt == 3:
+                    raise DeliveryFailed("upload_failed", f"uploading a part failed: {e}") from e
+                time.sleep(0.5 * 2 ** attempt)
+                continue
+            if response.status_code < 300:
+                return
+            if response.status_code >= 500 and attempt < 3:
+                time.sleep(0.5 * 2 ** attempt)
+                continue
+            raise DeliveryFailed("upload_refused", f"the store refused a part: HTTP {response.status_code}: "
+                                 f"{response.text[:300]}")
+
+
+def _read_part(path: Path, offset: int, size: int) -> bytes:
+    with open(path, "rb") as f:
+        f.seek(offset)
+        return f.read(size)
+
+
+def deliver(folder: str | Path, url: str, token: str, *, metadata: DeliveryMetadata | None = None,
+            progress: bool = False, wait_s: float = 600.0,
+            on_part: Callable[[str, int], None] | None = None) -> DeliveryVerdict:
+    """Deliver a folder: manifest, resumable multipart upload, completion, then wait for and return the verdict.
+
+    Re-running after an interruption re-opens the same delivery and sends only the parts the store lacks.
+    `on_part(path, part)` is called after each part is sent (progress hooks, tests)."""
+    folder = Path(folder).resolve()
+    metadata = metadata or load_metadata(folder)
+    api = _Api(url, token)
+    try:
+        partner = metadata.partner or api.call("GET", "/me").json()["partner"]
+        manifest = build_manifest(folder, metadata, partner, progress)
+        opened = api.call("POST", "/deliveries", content=manifest.canonical_json(),
+                          headers={"Content-Type": "application/json"})
+        status = DeliveryStatus.model_validate_json(opened.content)
+        sent, skipped = 0, 0
+        pending = [f for f in status.files if f.state == "pending"]
+        with _progress(progress and bool(pending)) as bar:
+            task = bar.add_task(f"uploading {status.delivery}", total=sum(f.bytes for f in pending))
+            for file in pending:
+                plan = UploadPlan.model_validate_json(
+                    api.call("POST", f"/deliveries/{status.id}/files/{file.index}/upload").content)
+                skipped += len(plan.done)
+                bar.advance(task, sum(min(plan.part_size, file.bytes - (n - 1) * plan.part_size) for n in plan.done))
+                for part in plan.urls:
+                    data = _read_part(folder / file.path, (part.part - 1) * plan.part_size, part.bytes)
+                    api.put_part(part.url, data)
+                    sent += len(data)
+                    bar.advance(task, len(data))
+                    if on_part is not None:
+                        on_part(file.path, part.part)
+                api.call("POST", f"/deliveries/{status.id}/files/{file.index}/complete")
+        api.call("POST", f"/deliveries/{status.id}/complete")
+        status = _wait(api, status.id, wait_s)
+        report = api.call("GET", f"/deliveries/{status.id}/report.json").json()
+    finally:
+        api.close()
+    problems = [{"path": f["path"], "reason": p["reason"], "detail": p["detail"], "fix": p["fix"]}
+                for f in report["files"] for p in f["problems"]]
+    problems += [{"path": "manifest.json", **p} for p in report.get("delivery_problems", [])]
+    return DeliveryVerdict(delivery_id=status.id, delivery=status.delivery, status=status.status,
+                           recordings_accepted=report["recordings_accepted"],
+                           recordings_rejected=report["recordings_rejected"], reasons=report["reasons"],
+                           problems=problems, report_url=f"{url.rstrip('/')}{status.report_html_url}",
+                           report_key=status.report_key, uploaded_bytes=sent, skipped_parts=skipped)
+
+
+def _wait(api: _Api, delivery_id: str, wait_s: float) -> DeliveryStatus:
+    deadline = time.monotonic() + wait_s
+    delay = 0.2
+    while True:
+        status = DeliveryStatus.model_validate_json(api.call("GET", f"/deliveries/{delivery_id}").content)
+        if status.status in FINAL:
+            return status
+        if status.status == "error":
+            raise DeliveryFailed("validation_error", f"delivery {delivery_id}: the service could not validate it; "
+                                 "run `alliance deliver` again (it resumes), or contact the data team")
+        if time.monotonic() > deadline:
+            raise DeliveryFailed("validation_timeout", f"delivery {delivery_id} is still {status.status} after "
+                                 f"{wait_s:.0f}s: check later with GET /deliveries/{delivery_id}")
+        time.sleep(delay)
+        delay = min(2.0, delay * 1.5)
+
+
+def revoke(url: str, token: str, recording_id: str, reason: str) -> dict:
+    """Withdraw consent for one recording (its id is the sha256 of its bytes)."""
+    api = _Api(url, token)
+    try:
+        return api.call("POST", f"/recordings/{recording_id}/revoke", json={"reason": reason}).json()
+    finally:
+        api.close()
+
+
+def iter_recording_ids(folder: str | Path, names: list[str]) -> Iterator[tuple[str, str]]:
+    """(name, recording id) of files in a folder: the id is the sha256 of the bytes."""
+    from partners.validate import hash_file
+
+    for name in names:
+        yield name, hash_file(Path(folder) / name)[1]
+
