@@ -25,7 +25,7 @@ class VideoSpec:
     pix_fmt: str = "yuv420p"
     gop: int = 10
     bitrate: int = 0  # 0: codec default (crf-like quality)
-    scene: str = "moving_square"  # moving_square, noise, dark, static, pan, counter, cut
+    scene: str = "moving_square"  # moving_square, noise, dark, static, pan, counter, cut, head_motion
     seed: int = 0
     rotation: int = 0  # display rotation (counter-clockwise degrees) written as the stream's display matrix
     vfr: bool = False  # variable frame rate: frame durations cycle through 1x, 2x and 0.5x of 1/fps
@@ -58,6 +58,12 @@ def painter(spec: VideoSpec) -> FramePainter:
         ox = (i * 2) % w
         return np.ascontiguousarray(texture[oy:oy + h, ox:ox + w])
 
+    def head_motion(i: int) -> np.ndarray:  # smooth, fast yaw and pitch with a small tremor, never a jump
+        jitter = np.random.default_rng(spec.seed * 7919 + i).integers(-1, 2, size=2)
+        oy = int(np.clip((h / 2) * (1 + np.sin(i / 5.0 + 1.0)) + jitter[0], 0, h))
+        ox = int(np.clip((w / 2) * (1 + np.sin(i / 4.0)) + jitter[1], 0, w))
+        return np.ascontiguousarray(texture[oy:oy + h, ox:ox + w])
+
     def noise(i: int) -> np.ndarray:
         return np.random.default_rng(spec.seed * 100003 + i).integers(0, 255, (h, w, 3), dtype=np.uint8)
 
@@ -74,14 +80,16 @@ def painter(spec: VideoSpec) -> FramePainter:
             frame[h // 4: 3 * h // 4, bit * band:(bit + 1) * band] = 235 if (i >> bit) & 1 else 20
         return frame
 
-    other = painter(VideoSpec(width=w, height=h, scene="pan", seed=spec.seed + 1)) if spec.scene == "cut" else None
+    other = painter(VideoSpec(width=w, height=h, scene="head_motion", seed=spec.seed + 1)) if spec.scene == "cut" \
+        else None
 
     def cut(i: int) -> np.ndarray:
         at = spec.cut_at or spec.frames // 2
         return moving_square(i) if i < at else (255 - other(i)).astype(np.uint8)
 
+
     scenes = {"moving_square": moving_square, "pan": pan, "noise": noise, "dark": dark, "static": static,
-              "counter": counter, "cut": cut}
+              "counter": counter, "cut": cut, "head_motion": head_motion}
     if spec.scene not in scenes:
         raise ValueError(f"unknown scene {spec.scene!r}; known: {', '.join(sorted(scenes))}")
     return scenes[spec.scene]
@@ -119,9 +127,9 @@ def write_video(path: str | Path, spec: VideoSpec = VideoSpec(), frames: Iterato
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with av.open(str(path), mode="w", format=container_format) as container:
-        stream = container.add_stream(spec.codec, rate=spec.fps)
-        stream.width, stream.height, stream.pix_fmt = spec.width, spec.height, spec.pix_fmt
         ticks = 2 if spec.vfr else 1
+        stream = container.add_stream(spec.codec, rate=spec.fps * ticks)
+        stream.width, stream.height, stream.pix_fmt = spec.width, spec.height, spec.pix_fmt
         stream.time_base = Fraction(1, spec.fps * ticks)
         stream.codec_context.gop_size = spec.gop
         if spec.rotation:

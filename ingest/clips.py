@@ -1,0 +1,340 @@
+"""Cut a recording into clips: plan frame-exact windows, decode one window, split on hard cuts, re-encode, align sensors."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from ingest.container import DEFAULT_FORMATS, open_container
+from ingest.errors import DecodeError
+from ingest.probe import MAX_PIXELS, ProbeResult
+from ingest.scenes import detect_cuts, luma, luma_histogram, segments_between
+from ingest.sensors import SensorSlice, imu_stats, resample
+
+EPS = 1e-6
+
+
+@dataclass(frozen=True)
+class ClipConfig:
+    """How recordings become clips; saved with every run."""
+
+    clip_s: float = 4.0  # window length
+    stride_s: float = 0.0  # distance between window starts; 0: back to back (= clip_s)
+    short_side: int = 256  # training resolution
+    upscale: bool = False  # sources smaller than short_side keep their size unless this is set
+    fps: float = 0.0  # fixed output rate; 0: the source's rate (rounded real rate for variable-rate sources)
+    scene_split: bool = False  # split windows on hard cuts
+    scene_threshold: float = 0.35  # histogram distance (0..1) that can be a cut
+    min_clip_s: float = 1.0  # scene fragments shorter than this are dropped
+    crf: int = 23
+    preset: str = "veryfast"
+    stats_every: int = 2  # frame statistics on every n-th frame
+    max_pixels: int = MAX_PIXELS
+    allowed_formats: tuple[str, ...] = tuple(sorted(DEFAULT_FORMATS))
+    probe_timeout_s: float = 30.0
+    window_timeout_s: float = 120.0  # per clip window: decode, cut, encode
+    memory_limit_mb: int = 0  # per decoding child process; 0: unbounded
+
+    @property
+    def stride(self) -> float:
+        return self.stride_s or self.clip_s
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
+
+
+@dataclass(frozen=True)
+class ClipWindow:
+    """Output frames [start_frame, start_frame + frames) on the recording's fixed-rate output grid."""
+
+    index: int
+    start_frame: int
+    frames: int
+    fps: float
+
+    @property
+    def t0(self) -> float:
+        return self.start_frame / self.fps
+
+    @property
+    def t1(self) -> float:
+        return (self.start_frame + self.frames) / self.fps
+
+    def frame_times(self, first: int = 0, last: int | None = None) -> np.ndarray:
+        """Seconds from the recording's start of output frames [first, last) of this window."""
+        last = self.frames if last is None else last
+        return (self.start_frame + np.arange(first, last)) / self.fps
+
+
+@dataclass(frozen=True)
+class RecordingInfo:
+    """What every clip of a recording carries: ids, source facts and the contract's metadata."""
+
+    recording_id: str  # sha256 of the bytes
+    partner: str
+    delivery: str
+    source: str  # how messages name the file (store key or path)
+    codec: str
+    width: int
+    height: int
+    rotation_deg: int
+    meta_json: str = "{}"
+
+
+@dataclass(frozen=True)
+class WindowTask:
+    """One unit of parallel work: a window of a recording, with its sensor samples."""
+
+    recording: RecordingInfo
+    path: str  # local file the worker decodes
+    window: ClipWindow
+    config: ClipConfig
+    sensors: tuple[SensorSlice, ...] = ()
+
+
+@dataclass(frozen=True)
+class ClipOutput:
+    """A finished clip: its table row (CLIP_SCHEMA) and the local files to store under their keys."""
+
+    row: dict[str, Any]
+    files: dict[str, str] = field(default_factory=dict)  # store key -> local path
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A window (or part of one) that gave no clip; becomes a Rejection."""
+
+    key: str
+    stage: str
+    reason: str
+    detail: str
+
+
+# --------------------------------------------------------------------------- ids and planning
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    """The recording id: SHA-256 of the bytes, read in bounded memory."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def clip_id(recording_id: str, t0: float) -> str:
+    """Content-derived: the recording's sha256 and the start in milliseconds (sorts by time)."""
+    return f"{recording_id}-{int(round(t0 * 1000)):09d}"
+
+
+def clip_key(partner: str, recording_id: str, clip: str, suffix: str = "mp4") -> str:
+    return f"clips/{partner}/{recording_id}/{clip}.{suffix}"
+
+
+def output_fps(probe: ProbeResult, config: ClipConfig) -> float:
+    if config.fps > 0:
+        return float(config.fps)
+    if probe.variable_frame_rate:
+        return float(max(1, round(probe.fps_real)))
+    return float(Fraction(probe.fps_avg).limit_denominator(1001))
+
+
+def plan_windows(probe: ProbeResult, config: ClipConfig) -> list[ClipWindow]:
+    """Back-to-back (or strided) windows of whole output frames; a partial last window is not a clip."""
+    fps = output_fps(probe, config)
+    available = int(math.floor(probe.duration_s * fps + EPS))
+    length, stride = int(round(config.clip_s * fps)), max(1, int(round(config.stride * fps)))
+    if length < 1 or available < length:
+        raise DecodeError(probe.path, "too_short",
+                          f"lasts {probe.duration_s:.2f} s ({available} frames at {fps:g} fps), shorter than one "
+                          f"{config.clip_s:g} s clip; deliver longer recordings or lower clip_s")
+    return [ClipWindow(k, k * stride, length, fps) for k in range((available - length) // stride + 1)]
+
+
+def target_size(width: int, height: int, rotation_deg: int, config: ClipConfig) -> tuple[int, int]:
+    """(width, height) to scale the coded picture to, so that its displayed short side is config.short_side."""
+    short = min(width, height)
+    scale = config.short_side / short if (config.upscale or short > config.short_side) else 1.0
+    even = lambda x: max(2, int(round(x * scale / 2)) * 2)  # noqa: E731 - yuv420p needs even sides
+    return even(width), even(height)
+
+
+# --------------------------------------------------------------------------- decoding one window
+
+
+def window_frames(path: str, window: ClipWindow, size: tuple[int, int], rotation_deg: int,
+                  allowed_formats=DEFAULT_FORMATS, source: str | None = None) -> Iterator[np.ndarray]:
+    """The window's output frames as RGB uint8 [H, W, 3] at `size`, rotation applied, decoded from the keyframe
+    before it; frame-exact: output frame j shows the source frame nearest to (start_frame + j) / fps."""
+    import av
+
+    name = source or path
+    container, raw, _ = open_container(path, allowed_formats)
+    with raw, container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        base = stream.time_base
+        start = stream.start_time or 0
+        targets = window.frame_times()
+        half = 0.5 / window.fps
+        if window.start_frame > 0:
+            container.seek(start + int(math.floor((window.t0 - half) / base)), stream=stream, backward=True)
+        converted: dict[int, np.ndarray] = {}
+
+        def rgb(frame) -> np.ndarray:
+            key = frame.pts
+            if key not in converted:
+                converted.clear()
+                image = frame.reformat(width=size[0], height=size[1], format="rgb24").to_ndarray()
+                # an owned copy: arrays that view PyAV's buffers made the encoder's output vary between runs
+                converted[key] = np.array(np.rot90(image, k=(rotation_deg // 90) % 4), order="C", copy=True)
+            return converted[key]
+
+        j, previous, last_time = 0, None, None
+        try:
+            for frame in container.decode(stream):
+                if frame.pts is None:
+                    continue
+                t = float((frame.pts - start) * base)
+                if frame.is_corrupt:
+                    raise DecodeError(name, "decode_failed", f"the frame at {t:.3f} s is corrupt; re-export the file")
+                if previous is None and window.start_frame > 0 and t > targets[0] + half:
+                    raise DecodeError(name, "decode_failed", f"seeking to {window.t0:.3f} s landed at {t:.3f} s; "
+                                                             f"the file's index is unusable: remux it")
+                while j < len(targets) and t >= targets[j] - EPS:
+                    nearer_previous = previous is not None and (targets[j] - previous[0]) <= (t - targets[j]) + EPS
+                    if previous is None and t - targets[j] > half + EPS:
+                        raise DecodeError(name, "decode_failed", f"no frame near {targets[j]:.3f} s (the first "
+                                                                 f"is at {t:.3f} s); re-export the file")
+                    yield rgb(previous[1] if nearer_previous else frame)
+                    j += 1
+                if j >= len(targets):
+                    return
+                previous, last_time = (t, frame), t
+        except av.error.FFmpegError as e:
+            where = f"{last_time:.3f} s" if last_time is not None else f"{window.t0:.3f} s"
+            raise DecodeError(name, "decode_failed", f"frames after {where} do not decode ({e}); "
+                                                     f"re-export the file") from e
+        # the end of the stream: the last frame stands for targets within half a frame of it
+        while previous is not None and j < len(targets) and targets[j] - previous[0] <= half + EPS:
+            yield rgb(previous[1])
+            j += 1
+        if j < len(targets):
+            ended = f"{last_time:.3f} s" if last_time is not None else "its start"
+            raise DecodeError(name, "truncated", f"the video ends at {ended}, inside the clip "
+                                                 f"{window.t0:.3f}-{window.t1:.3f} s; upload the complete file")
+
+
+# --------------------------------------------------------------------------- encoding and statistics
+
+
+def encode_clip(frames: list[np.ndarray], fps: float, path: str | Path, config: ClipConfig) -> Path:
+    """H.264 in MP4 at a fixed rate; deterministic for the same frames and settings."""
+    import av
+
+    path = Path(path)
+    rate = Fraction(fps).limit_denominator(1001)
+    height, width = frames[0].shape[:2]
+    with av.open(str(path), mode="w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=rate)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.time_base = 1 / rate
+        stream.codec_context.gop_size = max(1, int(round(fps)))
+        # mbtree off: with it x264 gave different bytes for the same frames from run to run (seen with PyAV 18)
+        stream.codec_context.options = {"preset": config.preset, "crf": str(config.crf), "threads": "1", "mbtree": "0"}
+        for index, image in enumerate(frames):
+            # converted here, not by the encoder's own path: that one made the output differ from run to run
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24").reformat(format="yuv420p")
+            frame.pts = index
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def frame_stats(frames: list[np.ndarray], every: int = 2) -> dict[str, float]:
+    """The basic frame statistics curation needs, on every n-th frame at training resolution."""
+    sampled = [luma(f) for f in frames[::max(1, every)]]
+    stack = np.stack(sampled)
+    diffs = [float(np.mean(np.abs(b - a))) for a, b in zip(sampled, sampled[1:])]
+    laplacian = [np.var(y[:-2, 1:-1] + y[2:, 1:-1] + y[1:-1, :-2] + y[1:-1, 2:] - 4 * y[1:-1, 1:-1])
+                 for y in sampled if min(y.shape) >= 3]
+    return {
+        "luma_mean": float(stack.mean()), "luma_std": float(stack.std()),
+        "dark_fraction": float((stack < 16).mean()), "bright_fraction": float((stack > 239).mean()),
+        "frame_diff_mean": float(np.mean(diffs)) if diffs else 0.0,
+        "sharpness": float(np.mean(laplacian)) if laplacian else 0.0,
+    }
+
+
+# --------------------------------------------------------------------------- one window, end to end
+
+
+def cut_window(task: WindowTask, out_dir: str | Path) -> tuple[list[ClipOutput], list[Refusal]]:
+    """Decode the window, split it on hard cuts (optional), re-encode each part, align sensors; files in out_dir.
+
+    Memory: one window of frames at training resolution. Raises DecodeError when the window does not decode.
+    """
+    rec, window, config = task.recording, task.window, task.config
+    size = target_size(rec.width, rec.height, rec.rotation_deg, config)
+    frames = list(window_frames(task.path, window, size, rec.rotation_deg, config.allowed_formats, rec.source))
+    min_frames = max(1, int(round(config.min_clip_s * window.fps)))
+    cuts = detect_cuts([luma_histogram(f) for f in frames], config.scene_threshold) if config.scene_split else []
+    outputs, refusals = [], []
+    for first, last in segments_between(len(frames), cuts):
+        t0 = (window.start_frame + first) / window.fps
+        clip = clip_id(rec.recording_id, t0)
+        if last - first < min_frames:
+            refusals.append(Refusal(clip, "cut", "scene_fragment",
+                                    f"{rec.source}: {last - first} frames at {t0:.3f} s between hard cuts, shorter "
+                                    f"than min_clip_s={config.min_clip_s:g} s; not a clip"))
+            continue
+        outputs.append(_clip_output(task, clip, frames[first:last], window.frame_times(first, last), out_dir))
+    return outputs, refusals
+
+
+def _clip_output(task: WindowTask, clip: str, frames: list[np.ndarray], times: np.ndarray,
+                 out_dir: str | Path) -> ClipOutput:
+    rec, config, fps = task.recording, task.config, task.window.fps
+    out_dir = Path(out_dir)
+    key = clip_key(rec.partner, rec.recording_id, clip)
+    files = {key: str(encode_clip(frames, fps, out_dir / f"{clip}.mp4", config))}
+    sensor_keys, sensor_channels, statuses = {}, {}, []
+    gyro_rms = accel_std = None
+    for samples in task.sensors:
+        values, status = resample(samples, times)
+        statuses.append(status)
+        if values is None:
+            continue
+        stream_key = clip_key(rec.partner, rec.recording_id, clip, f"{samples.stream}.npy")
+        local = out_dir / f"{clip}.{samples.stream}.npy"
+        np.save(local, values.astype(np.float32))
+        files[stream_key] = str(local)
+        sensor_keys[samples.stream] = stream_key
+        sensor_channels[samples.stream] = list(samples.channels)
+        if samples.stream == "imu":
+            gyro_rms, accel_std = imu_stats(samples.channels, samples.units, values)
+    order = ["ok", "sensor_gap", "sensor_invalid"]
+    sensor_status = max(statuses, key=order.index) if statuses else "none"
+    height, width = frames[0].shape[:2]
+    source_w, source_h = (rec.height, rec.width) if rec.rotation_deg in (90, 270) else (rec.width, rec.height)
+    row = {
+        "clip_id": clip, "recording_id": rec.recording_id, "partner": rec.partner, "delivery": rec.delivery,
+        "clip_key": key, "t0": float(times[0]), "t1": float(times[0] + len(frames) / fps), "frames": len(frames),
+        "fps": float(fps), "width": width, "height": height, "source_width": source_w, "source_height": source_h,
+        "source_codec": rec.codec, "sensor_status": sensor_status,
+        "sensor_keys": json.dumps(sensor_keys, sort_keys=True),
+        "sensor_channels": json.dumps(sensor_channels, sort_keys=True),
+        "imu_gyro_rms": gyro_rms, "imu_accel_std": accel_std,
+        **frame_stats(frames, config.stats_every),
+        "recording_meta": rec.meta_json, "status": "ingested",
+    }
+    return ClipOutput(row, files)

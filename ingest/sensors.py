@@ -1,0 +1,234 @@
+"""Sensor streams (IMU first): read as declared, convert units, slice per clip window, resample to frame times."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping, Sequence
+
+import numpy as np
+
+from alliance.errors import AllianceError
+
+CHUNK_ROWS = 65536
+# unit as declared -> (canonical unit, factor to it)
+UNITS: dict[str, tuple[str, float]] = {
+    "m/s^2": ("m/s^2", 1.0), "m/s2": ("m/s^2", 1.0), "g": ("m/s^2", 9.80665), "mg": ("m/s^2", 9.80665e-3),
+    "rad/s": ("rad/s", 1.0), "mrad/s": ("rad/s", 1e-3), "deg/s": ("rad/s", math.pi / 180), "dps": ("rad/s", math.pi / 180),
+    "ut": ("uT", 1.0), "µt": ("uT", 1.0), "t": ("uT", 1e6), "mt": ("uT", 1e3), "gauss": ("uT", 100.0),
+    "s": ("s", 1.0), "ms": ("s", 1e-3), "us": ("s", 1e-6), "µs": ("s", 1e-6), "ns": ("s", 1e-9),
+}
+SENSOR_REASONS = frozenset({"sensor_columns", "sensor_unreadable", "timestamps_not_monotonic"})
+
+
+class SensorError(AllianceError):
+    """A sensor file that cannot be used as declared; `reason` is stable snake_case, the message names the file."""
+
+    def __init__(self, path: str, reason: str, detail: str):
+        self.path, self.reason, self.detail = str(path), reason, detail
+        super().__init__(f"{self.path}: {detail} ({reason})")
+
+    def __reduce__(self):
+        return (SensorError, (self.path, self.reason, self.detail))
+
+
+def canonical_unit(unit: str) -> tuple[str, float]:
+    """(canonical unit, factor); units we do not know pass through unchanged."""
+    return UNITS.get(unit.strip().lower(), (unit, 1.0)) if unit else ("", 1.0)
+
+
+@dataclass(frozen=True)
+class SensorSpec:
+    """One declared stream of a recording: where its file is and how to read it (from the delivery manifest)."""
+
+    stream: str  # "imu", "gaze", ...
+    path: str  # a local path (ingest workers fetch store files first)
+    format: str  # "csv" or "npy"
+    columns: tuple[str, ...]  # timestamp included
+    units: Mapping[str, str] = field(default_factory=dict)
+    rate_hz: float = 100.0
+    clock_offset_s: float = 0.0  # added to sensor timestamps gives seconds from the video's start
+    timestamp: str = "t"
+    label: str = ""  # how messages name the file (its store key); the local path when empty
+
+    @property
+    def name(self) -> str:
+        return self.label or self.path
+
+    @property
+    def channels(self) -> tuple[str, ...]:
+        return tuple(c for c in self.columns if c != self.timestamp)
+
+    @property
+    def max_gap_s(self) -> float:
+        """Longest interval between samples that interpolation may bridge."""
+        return max(0.1, 2.5 / self.rate_hz)
+
+    @classmethod
+    def from_manifest(cls, entry: Mapping[str, Any], path: str, label: str = "") -> "SensorSpec":
+        """From one `sensors` item of a delivery manifest (plain JSON), its file at `path`."""
+        return cls(stream=entry["stream"], path=path, format=entry["format"], columns=tuple(entry["columns"]),
+                   units=dict(entry.get("units") or {}), rate_hz=float(entry["rate_hz"]),
+                   clock_offset_s=float(entry.get("clock_offset_s") or 0.0), timestamp=entry.get("timestamp", "t"),
+                   label=label)
+
+
+@dataclass(frozen=True)
+class SensorSlice:
+    """A stream's samples around one clip window, in video seconds and canonical units; or why there are none."""
+
+    stream: str
+    channels: tuple[str, ...]
+    units: tuple[str, ...]
+    times: np.ndarray  # float64 [n], video seconds, strictly increasing
+    values: np.ndarray  # float64 [n, channels], NaN rows dropped
+    max_gap_s: float
+    problem: str = ""  # a SENSOR_REASONS reason when the stream could not be used for this window
+    detail: str = ""  # the SensorError message behind the problem
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _chunks(spec: SensorSpec) -> Iterator[np.ndarray]:
+    """The file as float64 [rows, columns] chunks in the declared column order."""
+    path = Path(spec.path)
+    if spec.format == "npy":
+        try:
+            table = np.load(path, mmap_mode="r", allow_pickle=False)  # never unpickle partner bytes
+        except (OSError, ValueError) as e:
+            raise SensorError(spec.name, "sensor_unreadable", f"cannot read it as .npy ({e}); save it with np.save") from e
+        if table.ndim != 2 or table.shape[1] != len(spec.columns):
+            raise SensorError(spec.name, "sensor_columns", f"array of shape {table.shape}, the manifest declares "
+                                                           f"{len(spec.columns)} columns {list(spec.columns)}")
+        for start in range(0, table.shape[0], CHUNK_ROWS):
+            yield np.asarray(table[start:start + CHUNK_ROWS], dtype=np.float64)
+        return
+    if spec.format != "csv":
+        raise SensorError(spec.name, "sensor_unreadable", f"format {spec.format!r}: declare csv or npy")
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    try:
+        reader = pacsv.open_csv(path, read_options=pacsv.ReadOptions(block_size=1 << 20),
+                                convert_options=pacsv.ConvertOptions(null_values=["", "nan", "NaN", "NA"]))
+    except (pa.ArrowInvalid, OSError) as e:
+        raise SensorError(spec.name, "sensor_unreadable", f"cannot read it as CSV with a header ({e})") from e
+    header = [name.strip() for name in reader.schema.names]
+    missing = [c for c in spec.columns if c not in header]
+    if missing:
+        raise SensorError(spec.name, "sensor_columns", f"columns {missing} are declared but the CSV header is "
+                                                       f"{header}: fix the header or the manifest")
+    index = [header.index(c) for c in spec.columns]
+    try:
+        for batch in reader:
+            columns = [batch.column(i) for i in index]
+            yield np.stack([c.to_numpy(zero_copy_only=False).astype(np.float64) for c in columns], axis=1)
+    except (pa.ArrowInvalid, ValueError, TypeError) as e:
+        raise SensorError(spec.name, "sensor_unreadable", f"a value is not a number ({e}); write numbers only") from e
+
+
+def read_stream(spec: SensorSpec) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(video-time seconds [n], canonical values [n, c]) chunks; rows with a NaN are dropped (they become gaps).
+
+    Raises SensorError when the file is unreadable, lacks a declared column, or its timestamps do not increase.
+    """
+    t_index = spec.columns.index(spec.timestamp) if spec.timestamp in spec.columns else -1
+    if t_index < 0:
+        raise SensorError(spec.name, "sensor_columns", f"timestamp column {spec.timestamp!r} is not among "
+                                                       f"{list(spec.columns)}")
+    _, t_factor = canonical_unit(spec.units.get(spec.timestamp, "s"))
+    keep = [i for i in range(len(spec.columns)) if i != t_index]
+    factors = np.array([canonical_unit(spec.units.get(spec.columns[i], ""))[1] for i in keep])
+    last, row = -math.inf, 0
+    for chunk in _chunks(spec):
+        t = chunk[:, t_index]
+        finite = np.isfinite(t)
+        steps = np.diff(np.concatenate([[last], t[finite]]))
+        if (steps <= 0).any():
+            bad = row + int(np.flatnonzero(finite)[int(np.argmax(steps <= 0))])
+            raise SensorError(spec.name, "timestamps_not_monotonic",
+                              f"timestamps stop increasing at data row {bad + 1}: sort the rows and drop repeated "
+                              f"samples")
+        values = chunk[:, keep] * factors
+        good = finite & np.isfinite(values).all(axis=1)
+        row += len(chunk)
+        if finite.any():
+            last = float(t[finite][-1])
+        yield t[good] * t_factor + spec.clock_offset_s, values[good]
+
+
+def window_slices(spec: SensorSpec, windows: Sequence[tuple[float, float]]) -> Iterator[SensorSlice]:
+    """One slice per (t0, t1) window, in order, reading the file once; the memory held is one window's samples.
+
+    A problem with the file gives every window not yet served a slice with `problem` and `detail` set (windows
+    served before the problem keep their samples).
+    """
+    channels = spec.channels
+    units = tuple(canonical_unit(spec.units.get(c, ""))[0] for c in channels)
+    margin = spec.max_gap_s
+    empty_t, empty_v = np.empty(0), np.empty((0, len(channels)))
+
+    def make(t: np.ndarray, v: np.ndarray, problem: str = "", detail: str = "") -> SensorSlice:
+        return SensorSlice(spec.stream, channels, units, t, v, spec.max_gap_s, problem, detail)
+
+    served = 0
+    buffer_t, buffer_v = empty_t, empty_v
+    try:
+        for t, v in read_stream(spec):
+            buffer_t, buffer_v = np.concatenate([buffer_t, t]), np.concatenate([buffer_v, v])
+            while served < len(windows) and buffer_t.size and buffer_t[-1] > windows[served][1] + margin:
+                yield _cut(make, buffer_t, buffer_v, windows[served], margin)
+                served += 1
+                if served < len(windows):
+                    keep = buffer_t >= windows[served][0] - margin
+                    buffer_t, buffer_v = buffer_t[keep], buffer_v[keep]
+    except SensorError as e:
+        for _ in windows[served:]:
+            yield make(empty_t, empty_v, e.reason, str(e))
+        return
+    for window in windows[served:]:
+        yield _cut(make, buffer_t, buffer_v, window, margin)
+
+
+def _cut(make, t: np.ndarray, v: np.ndarray, window: tuple[float, float], margin: float) -> SensorSlice:
+    inside = (t >= window[0] - margin) & (t <= window[1] + margin)
+    return make(t[inside].copy(), v[inside].copy())
+
+
+# --------------------------------------------------------------------------- resampling
+
+
+def resample(samples: SensorSlice, frame_times: np.ndarray) -> tuple[np.ndarray | None, str]:
+    """(float32 [frames, channels] or None, status): linear interpolation at the frame times.
+
+    status is "ok", "sensor_gap" (a frame falls where samples are further apart than max_gap_s, or outside them:
+    no data is invented), or the slice's problem.
+    """
+    if samples.problem:
+        return None, "sensor_invalid"
+    t = samples.times
+    if t.size < 2:
+        return None, "sensor_gap"
+    right = np.clip(np.searchsorted(t, frame_times), 1, t.size - 1)
+    span = t[right] - t[right - 1]
+    tolerance = 1e-6
+    outside = (frame_times < t[0] - tolerance) | (frame_times > t[-1] + tolerance)
+    if outside.any() or (span > samples.max_gap_s + tolerance).any():
+        return None, "sensor_gap"
+    out = np.empty((frame_times.size, samples.values.shape[1]), np.float32)
+    for c in range(samples.values.shape[1]):
+        out[:, c] = np.interp(frame_times, t, samples.values[:, c])
+    return out, "ok"
+
+
+def imu_stats(channels: Iterable[str], units: Iterable[str], values: np.ndarray) -> tuple[float | None, float | None]:
+    """(gyro RMS magnitude in rad/s, std of the accelerometer magnitude in m/s^2), None where absent."""
+    channels, units = list(channels), list(units)
+    gyro = [i for i, (c, u) in enumerate(zip(channels, units)) if u == "rad/s" or (not u and c.lower().startswith("g"))]
+    accel = [i for i, (c, u) in enumerate(zip(channels, units))
+             if u == "m/s^2" or (not u and c.lower().startswith("a"))]
+    gyro_rms = float(np.sqrt(np.mean(np.sum(values[:, gyro] ** 2, axis=1)))) if len(gyro) >= 1 and values.size else None
+    accel_std = float(np.std(np.linalg.norm(values[:, accel], axis=1))) if len(accel) >= 1 and values.size else None
+    return gyro_rms, accel_std
