@@ -5,18 +5,18 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
 from ingest.container import DEFAULT_FORMATS, open_container
 from ingest.errors import DecodeError
-from ingest.probe import MAX_PIXELS, ProbeResult
+from ingest.probe import MAX_PIXELS, ProbeResult, probe
 from ingest.scenes import detect_cuts, luma, luma_histogram, segments_between
-from ingest.sensors import SensorSlice, imu_stats, resample
+from ingest.sensors import SensorSlice, SensorSpec, imu_stats, resample, window_slices
 
 EPS = 1e-6
 
@@ -81,10 +81,10 @@ class RecordingInfo:
     partner: str
     delivery: str
     source: str  # how messages name the file (store key or path)
-    codec: str
-    width: int
-    height: int
-    rotation_deg: int
+    codec: str = ""  # the rest is filled in from the probe by plan_recording
+    width: int = 0
+    height: int = 0
+    rotation_deg: int = 0
     meta_json: str = "{}"
 
 
@@ -284,6 +284,7 @@ def cut_window(task: WindowTask, out_dir: str | Path) -> tuple[list[ClipOutput],
     Memory: one window of frames at training resolution. Raises DecodeError when the window does not decode.
     """
     rec, window, config = task.recording, task.window, task.config
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
     size = target_size(rec.width, rec.height, rec.rotation_deg, config)
     frames = list(window_frames(task.path, window, size, rec.rotation_deg, config.allowed_formats, rec.source))
     min_frames = max(1, int(round(config.min_clip_s * window.fps)))
@@ -338,3 +339,28 @@ def _clip_output(task: WindowTask, clip: str, frames: list[np.ndarray], times: n
         "recording_meta": rec.meta_json, "status": "ingested",
     }
     return ClipOutput(row, files)
+
+
+# --------------------------------------------------------------------------- a recording, planned
+
+
+def plan_recording(path: str, recording: RecordingInfo, sensors: Sequence[SensorSpec],
+                   config: ClipConfig) -> Iterator[WindowTask | Refusal]:
+    """Probe (bounded time), plan the windows and attach each stream's samples: a stream of WindowTasks, plus one
+    Refusal per sensor stream that cannot be used. Raises DecodeError when the recording gives no window at all."""
+    result = probe(path, timeout_s=config.probe_timeout_s, max_pixels=config.max_pixels,
+                   allowed_formats=config.allowed_formats)
+    windows = plan_windows(result, config)
+    rec = replace(recording, codec=result.codec, width=result.width, height=result.height,
+                  rotation_deg=result.rotation_deg)
+    spans = [(w.t0, w.t1) for w in windows]
+    streams = [window_slices(spec, spans) for spec in sensors]
+    reported: set[str] = set()
+    for window in windows:
+        slices = tuple(next(stream) for stream in streams)
+        for spec, samples in zip(sensors, slices):
+            if samples.problem and spec.stream not in reported:
+                reported.add(spec.stream)
+                yield Refusal(spec.name, "sensors", samples.problem,
+                              f"{samples.detail}; clips from {window.t0:.3f} s on carry no {spec.stream} data")
+        yield WindowTask(rec, path, window, config, slices)
