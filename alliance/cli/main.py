@@ -8,6 +8,7 @@ import click
 import typer
 
 from alliance.cli import catalog, config, demo, pipeline, status, store
+from alliance.cli import datasets as datasets_cli
 from alliance.cli import contract as contract_cli, deliver as deliver_cli, partners as partners_cli, serve as serve_cli
 from alliance.cli.common import console, state
 
@@ -30,6 +31,7 @@ app.command("status", help="One screen: store, catalog, deliveries, runs, datase
 app.add_typer(store.app, name="store")
 app.add_typer(catalog.app, name="catalog")
 app.add_typer(pipeline.app, name="pipeline")
+app.add_typer(datasets_cli.app, name="datasets")
 app.add_typer(demo.app, name="demo")
 app.add_typer(partners_cli.app, name="partners")
 app.add_typer(contract_cli.app, name="contract")

@@ -1,0 +1,166 @@
+"""The shard pipeline: a selection becomes a committed dataset version; Beam writes the shards in parallel,
+the launching process plans, claims, commits the index and manifest last, and records the catalog."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import apache_beam as beam
+
+from alliance.errors import AllianceError
+from alliance.settings import Settings
+from alliance.store import ObjectStore, open_store
+from alliance.tables import Rejection
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ShardSummary:
+    """What `run_shard` produced: the committed version and its figures."""
+
+    name: str
+    version: int
+    samples: int
+    shards: int
+    bytes: int
+    hours: float
+    manifest_key: str
+    selection: str
+    partners: dict[str, dict[str, float]] = field(default_factory=dict)
+    shards_written: int = 0  # by this run; 0 when the version already existed
+    revoked_skipped: int = 0  # selected clips of revoked recordings, left out
+    already_committed: bool = False
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}@v{self.version}"
+
+
+def read_selection(store: ObjectStore, run: str) -> list[dict[str, Any]]:
+    """The kept rows of tables/selections/{run}/part-*.parquet, in file order."""
+    import pyarrow.parquet as pq
+
+    from sharding.errors import DatasetError
+
+    prefix = f"tables/selections/{run}/"
+    parts = [o.key for o in store.list(prefix) if o.key.endswith(".parquet")]
+    if not parts:
+        raise DatasetError(f"no selection table at {store.describe(prefix)}part-*.parquet; run "
+                           f"`alliance pipeline curate` first or pass the run id it printed")
+    rows: list[dict[str, Any]] = []
+    for key in parts:
+        table = pq.read_table(io.BytesIO(store.get_bytes(key)))
+        if "kept" not in table.column_names:
+            raise DatasetError(f"{store.describe(key)} has no `kept` column: not a selection table")
+        rows += [r for r in table.to_pylist() if r["kept"]]
+    return rows
+
+
+class WriteShard(beam.DoFn):
+    """Writes one planned shard (skipped when its receipt is there); a failure leaves as a tagged rejection."""
+
+    def __init__(self, settings: Settings, name: str, version: int):
+        self.settings, self.name, self.version = settings, name, version
+        self.store: ObjectStore | None = None
+        self.written = beam.metrics.Metrics.counter("shard", "shards_written")
+        self.failed = beam.metrics.Metrics.counter("shard", "shard_write_failed")
+
+    def setup(self) -> None:
+        self.store = open_store(settings=self.settings)
+
+    def process(self, shard):
+        from sharding.versions import write_planned_shard
+
+        try:
+            receipt = write_planned_shard(self.store, self.name, self.version, shard)
+        except AllianceError as e:
+            self.failed.inc()
+            yield beam.pvalue.TaggedOutput("rejected", Rejection(
+                f"datasets/{self.name}/v{self.version}/shard-{shard.index:06d}.tar", "shard", "shard_write_failed",
+                f"{e}; re-run the same command to retry this shard"))
+            return
+        self.written.inc()
+        yield receipt.index
+
+
+def store_rejection(rejection: Rejection, settings: Settings, prefix: str) -> None:
+    """Workers hand failures to the launching process through the store, never the catalog."""
+    body = json.dumps(rejection.to_dict(), sort_keys=True).encode()
+    open_store(settings=settings).put_bytes(f"{prefix}{hashlib.sha256(body).hexdigest()[:16]}.json", body)
+
+
+def write_shards_with_beam(settings: Settings, name: str, version: int, shards: Sequence[Any],
+                           beam_flags: Sequence[str]) -> list[Rejection]:
+    """Run the shard writes as a Beam job; returns the shards that failed, as rejections."""
+    from pipelines.options import pipeline_options
+
+    store = open_store(settings=settings)
+    prefix = f"datasets/{name}/v{version}/_work/rejections/"
+    for info in list(store.list(prefix)):
+        store.delete(info.key)
+    with beam.Pipeline(options=pipeline_options(settings, beam_flags)) as pipeline:
+        results = (pipeline
+                   | "Shards" >> beam.Create(list(shards))
+                   | "Spread" >> beam.Reshuffle()
+                   | "Write" >> beam.ParDo(WriteShard(settings, name, version)).with_outputs("rejected",
+                                                                                           main="written"))
+        _ = results.rejected | "Report" >> beam.Map(store_rejection, settings, prefix)
+    return [Rejection(**json.loads(store.get_bytes(info.key))) for info in store.list(prefix)]
+
+
+def run_shard(settings: Settings, name: str, selection_run: str, beam_flags: Sequence[str] = (), *,
+              config: Any = None, record: bool = True, use_beam: bool = True) -> ShardSummary:
+    """Shard the kept clips of selection `selection_run` into the next version of dataset `name`.
+
+    Re-running the same command (after a crash, a kill -9, or success) finishes or returns the same version;
+    clips of recordings revoked in the catalog are left out. Beam flags go to the runner as given.
+    """
+    from alliance.catalog import Catalog
+    from sharding.errors import DatasetError
+    from sharding.layout import check_name, manifest_key
+    from sharding.plan import ShardConfig, plan_samples, plan_version
+    from sharding.records import record_version, revoked_recordings
+    from sharding.versions import claim_version, collect_receipts, finish_version, write_planned_shard
+
+    check_name(name)
+    config = config or ShardConfig()
+    store = open_store(settings=settings)
+    catalog = Catalog(settings.effective_catalog_url) if record else None
+    if catalog is not None:
+        catalog.upgrade()
+    rows = read_selection(store, selection_run)
+    revoked = revoked_recordings(catalog) if catalog is not None else set()
+    kept = [r for r in rows if r["recording_id"] not in revoked]
+    plan = plan_version(plan_samples(kept, store), config, {"selection": selection_run})
+    claim = claim_version(store, name, plan.sha256, samples=plan.samples, shards=len(plan.shards))
+    written = 0
+    if claim.committed is not None:
+        manifest = claim.committed
+    else:
+        from sharding.versions import load_receipt
+
+        todo = [s for s in plan.shards if load_receipt(store, name, claim.version, s.index) is None
+                or not store.exists(f"datasets/{name}/v{claim.version}/shard-{s.index:06d}.tar")]
+        if todo and use_beam:
+            rejected = write_shards_with_beam(settings, name, claim.version, todo, beam_flags)
+            if rejected:
+                raise DatasetError(f"{len(rejected)} shard(s) of {name}@v{claim.version} failed: "
+                                   f"{rejected[0].detail}")
+        elif todo:
+            for shard in todo:
+                write_planned_shard(store, name, claim.version, shard)
+        written = len(todo)
+        manifest = finish_version(store, claim, plan, collect_receipts(store, claim, plan))
+    if catalog is not None:
+        record_version(catalog, manifest, run_id=f"shard-{name}-v{manifest.version}-{manifest.plan_sha256[:12]}",
+                       config={"selection": selection_run, **plan.config, "beam_flags": list(beam_flags)})
+        catalog.dispose()
+    return ShardSummary(name, manifest.version, manifest.samples, len(manifest.shards), manifest.bytes,
+                        manifest.hours, manifest_key(name, manifest.version), selection_run, manifest.partners,
+                        written, len(rows) - len(kept), claim.committed is not None)
