@@ -1,0 +1,379 @@
+"""`alliance pipeline curate`: clip tables in, a selection table out (Beam analyses clips, then global verdicts)."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from typing import Any, Iterator, Sequence
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from apache_beam.metrics import Metrics
+
+from alliance.errors import AllianceError, KeyNotFound, StoreError
+from alliance.settings import Settings
+from alliance.store import ObjectStore, open_store
+from alliance.tables import CLIP_SCHEMA, REJECTION_SCHEMA, SELECTION_SCHEMA, Rejection
+from curation.embed import EncoderSpec, clip_tensor, load_encoder_spec
+from curation.neardup import Signature, commit_segment, load_index
+from curation.quality import QualitySignals
+from curation.select import Candidate, CurateConfig, SemanticOutcome, Verdict, analyze_clip, decide_duplicates, \
+    keep_order, merge, semantic_stage
+
+log = logging.getLogger(__name__)
+
+WORK_SCHEMA = pa.schema([
+    *CLIP_SCHEMA,
+    ("signals", pa.string()), ("content_hash", pa.string()), ("signature", pa.binary()),
+    ("stage", pa.string()), ("reason", pa.string()), ("detail", pa.string()),
+    ("embedding", pa.list_(pa.float32())),
+])
+
+
+class CurationInputError(AllianceError):
+    """The clip table to curate is missing or unreadable."""
+
+
+@dataclass(frozen=True)
+class CurateSummary:
+    """What one curation run did: clips in, kept, dropped per stage and reason, where its outputs are."""
+
+    run: str
+    clips_run: str
+    clips_in: int
+    kept: int
+    dropped: dict[str, dict[str, int]]
+    selection_prefix: str
+    rejections_key: str
+    report_key: str
+    index_key: str
+    semantic: str  # what the semantic stages did, or why they were skipped
+    seconds: float = 0.0
+    per_partner: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        from dataclasses import asdict
+
+        return asdict(self)
+
+
+def work_prefix(run: str) -> str:
+    return f"tables/curation-work/{run}"
+
+
+def _shard(clip_id: str, shards: int) -> int:
+    return int(hashlib.sha1(clip_id.encode()).hexdigest()[:8], 16) % shards
+
+
+def read_parquet(store: ObjectStore, key: str, columns: Sequence[str] | None = None) -> pa.Table:
+    try:
+        return pq.read_table(io.BytesIO(store.get_bytes(key)), columns=list(columns) if columns else None)
+    except pa.ArrowInvalid as e:
+        raise CurationInputError(f"{store.describe(key)}: not a readable parquet table ({e}); re-run the stage "
+                                 f"that wrote it") from e
+
+
+def write_parquet(store: ObjectStore, key: str, table: pa.Table) -> None:
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer, compression="zstd")
+    store.put_bytes(key, buffer.getvalue())
+
+
+# --------------------------------------------------------------------------- Beam: per-clip work
+
+
+class ReadClipRows(beam.DoFn):
+    """A clip table part -> its rows."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+
+    def setup(self) -> None:
+        self.store = open_store(settings=self.settings)
+
+    def process(self, key: str) -> Iterator[dict[str, Any]]:
+        yield from read_parquet(self.store, key).to_pylist()
+
+
+class AnalyzeClip(beam.DoFn):
+    """Decode a clip once: quality signals and verdict, decoded-content hash, near-dup signature, encoder input."""
+
+    def __init__(self, settings: Settings, cfg: CurateConfig, spec: EncoderSpec | None, shards: int):
+        self.settings, self.cfg, self.spec, self.shards = settings, cfg, spec, shards
+
+    def setup(self) -> None:
+        self.store = open_store(settings=self.settings)
+
+    def process(self, row: dict[str, Any]):
+        data: bytes | None = None
+        unreadable = None
+        if (row.get("status") or "ingested") == "ingested":
+            try:
+                data = self.store.get_bytes(row["clip_key"])
+            except KeyNotFound:
+                data = None
+            except StoreError as e:
+                unreadable = str(e)
+        if unreadable:
+            work = {"stage": "decode", "reason": "clip_unreadable", "detail": f"{unreadable}; check the store and "
+                    f"re-run curation", "signals": None, "content_hash": "", "signature": None}
+            clip = None
+        else:
+            analysis, clip = analyze_clip(row, data, self.cfg)
+            work = analysis.work_columns()
+        Metrics.counter("curation", work["reason"] or "analyzed").inc()
+        yield _shard(row["clip_id"], self.shards), ("row", {**row, **work})
+        if self.spec is not None and clip is not None and work["stage"] is None:
+            yield beam.pvalue.TaggedOutput("embed", (row["clip_id"], clip_tensor(clip.frames, self.spec)))
+
+
+class WriteWorkPart(beam.DoFn):
+    """One shard of analysed rows (with their embeddings) -> tables/curation-work/{run}/part-NNNNN.parquet."""
+
+    def __init__(self, settings: Settings, run: str):
+        self.settings, self.run = settings, run
+
+    def setup(self) -> None:
+        self.store = open_store(settings=self.settings)
+
+    def process(self, element) -> Iterator[int]:
+        shard, values = element
+        rows: dict[str, dict[str, Any]] = {}
+        embeddings: dict[str, list[float]] = {}
+        for kind, value in values:
+            if kind == "row":
+                rows[value["clip_id"]] = value  # a clip listed twice in the input is analysed once
+            else:
+                embeddings[value[0]] = value[1]
+        ordered = [dict(rows[c], embedding=embeddings.get(c)) for c in sorted(rows)]
+        table = pa.Table.from_pylist([{f.name: r.get(f.name) for f in WORK_SCHEMA} for r in ordered],
+                                     schema=WORK_SCHEMA)
+        write_parquet(self.store, f"{work_prefix(self.run)}/part-{shard:05d}.parquet", table)
+        yield len(ordered)
+
+
+def build_pipeline(pipeline: beam.Pipeline, settings: Settings, clip_parts: list[str], run: str, cfg: CurateConfig,
+                   spec: EncoderSpec | None, shards: int):
+    rows = (pipeline
+            | "ClipTables" >> beam.Create(clip_parts)
+            | "ReadRows" >> beam.ParDo(ReadClipRows(settings))
+            | "Spread" >> beam.Reshuffle())
+    analysed = rows | "Analyze" >> beam.ParDo(AnalyzeClip(settings, cfg, spec, shards)).with_outputs("embed",
+                                                                                                      main="rows")
+    branches = [analysed.rows]
+    if spec is not None:
+        from pipelines.embed_handler import EmbedClips  # torch only when embeddings are asked for
+
+        vectors = analysed.embed | "Embed" >> EmbedClips(settings, spec)
+        branches.append(vectors | "KeyEmbeddings" >> beam.Map(lambda kv, n: (_shard(kv[0], n), ("embedding", kv)),
+                                                             shards))
+    return (branches
+            | "Merge" >> beam.Flatten()
+            | "ByShard" >> beam.GroupByKey()
+            | "WriteWork" >> beam.ParDo(WriteWorkPart(settings, run)))
+
+
+# --------------------------------------------------------------------------- after the job: global verdicts
+
+
+def _work_parts(store: ObjectStore, run: str) -> list[str]:
+    return [o.key for o in store.list(f"{work_prefix(run)}/") if o.key.endswith(".parquet")]
+
+
+def _accepted_times(settings: Settings, recording_ids: set[str]) -> dict[str, str]:
+    """Acceptance time of each recording from the catalog (the keep rule's first key); empty if none is recorded."""
+    from sqlalchemy import select
+
+    from alliance.catalog import Catalog
+    from alliance.errors import CatalogError
+    from alliance.models import Recording
+
+    catalog = Catalog(settings.effective_catalog_url)
+    found: dict[str, str] = {}
+    try:
+        catalog.ensure_current()
+        ids = sorted(recording_ids)
+        with catalog.session() as session:
+            for start in range(0, len(ids), 500):
+                query = select(Recording.id, Recording.accepted_at).where(Recording.id.in_(ids[start:start + 500]))
+                found.update({rid: at.isoformat() for rid, at in session.execute(query)})
+    except CatalogError as e:
+        log.warning("keep order without catalog acceptance times: %s", e)
+    finally:
+        catalog.dispose()
+    return found
+
+
+def _candidates(store: ObjectStore, parts: list[str], accepted: dict[str, str]) -> tuple[list[Candidate], dict]:
+    columns = ["clip_id", "clip_key", "recording_id", "delivery", "recording_meta", "signals", "content_hash",
+               "signature", "stage", "reason", "detail"]
+    candidates: list[Candidate] = []
+    signals: dict[str, QualitySignals] = {}
+    for key in parts:
+        for row in read_parquet(store, key, columns).to_pylist():
+            s = QualitySignals.from_json(row["signals"]) if row["signals"] else None
+            if s is not None:
+                signals[row["clip_id"]] = s
+            order = keep_order(row, s)
+            order = (accepted.get(row["recording_id"], ""), *order)
+            sig = Signature.from_bytes(row["signature"]) if row["signature"] else None
+            candidates.append(Candidate(row["clip_id"], row["clip_key"] or "", order, row["content_hash"] or "", sig,
+                                        row["stage"], row["reason"], row["detail"]))
+    return candidates, signals
+
+
+def _embedding_batches(store: ObjectStore, parts: list[str]):
+    def batches():
+        for key in parts:
+            table = read_parquet(store, key, ["clip_id", "embedding"])
+            table = table.filter(pa.compute.is_valid(table["embedding"]))
+            if table.num_rows == 0:
+                continue
+            ids = table["clip_id"].to_pylist()
+            flat = table["embedding"].combine_chunks().flatten().to_numpy(zero_copy_only=False)
+            yield ids, flat.astype(np.float32).reshape(len(ids), -1)
+    return batches
+
+
+def _selection_columns(table: pa.Table, verdicts: dict[str, Verdict]) -> pa.Table:
+    ids = table["clip_id"].to_pylist()
+    signals = table["signals"].to_pylist()
+    hashes = table["content_hash"].to_pylist()
+    chosen = [verdicts[c] for c in ids]
+    quality = []
+    for s, h, v in zip(signals, hashes, chosen):
+        entry = json.loads(s) if s else {}
+        entry.update({"content_hash": h, "detail": v.detail})
+        if v.distance is not None:
+            entry["near_dup_distance"] = round(v.distance, 3)
+        quality.append(json.dumps(entry, sort_keys=True))
+    columns = {f.name: table[f.name] for f in CLIP_SCHEMA}
+    columns.update({
+        "kept": pa.array([v.kept for v in chosen], pa.bool_()),
+        "drop_stage": pa.array([v.stage for v in chosen], pa.string()),
+        "drop_reason": pa.array([v.reason for v in chosen], pa.string()),
+        "duplicate_of": pa.array([v.duplicate_of for v in chosen], pa.string()),
+        "cluster": pa.array([v.cluster for v in chosen], pa.int32()),
+        "quality": pa.array(quality, pa.string()),
+    })
+    return pa.Table.from_pydict(columns, schema=SELECTION_SCHEMA)
+
+
+def finalize(settings: Settings, store: ObjectStore, clips_run: str, run: str, cfg: CurateConfig,
+             spec: EncoderSpec | None, started: float) -> CurateSummary:
+    """Keep order, exact and near duplicates against the stored index, the semantic stages, then the selection
+    table, the rejections, the index segment (committed last) and the report."""
+    from curation.report import ReportInput, write_report
+
+    parts = _work_parts(store, run)
+    if not parts:
+        raise CurationInputError(f"{store.describe(work_prefix(run))}/: the Beam job wrote no analysed clips; "
+                                 f"check the job's log")
+    recording_ids = {r for key in parts for r in read_parquet(store, key, ["recording_id"])["recording_id"]
+                     .to_pylist()}
+    candidates, signals = _candidates(store, parts, _accepted_times(settings, recording_ids))
+    index = load_index(store, cfg.index, cfg.neardup, before_run=run)
+    verdicts = decide_duplicates(candidates, index)
+    semantic: SemanticOutcome | None = None
+    if spec is None:
+        semantic_note = "skipped: no encoder given (--encoder CHECKPOINT_RUN); every clip has cluster -1"
+    else:
+        ranked = sorted((c for c in candidates if verdicts[c.clip_id].kept), key=lambda c: c.order)
+        order = {c.clip_id: rank for rank, c in enumerate(ranked)}
+        semantic = semantic_stage(order, _embedding_batches(store, parts), cfg.semantic)
+        verdicts = merge(verdicts, semantic)
+        semantic_note = (f"encoder {spec.name}: {semantic.clusters} clusters, SemDeDup eps {cfg.semantic.eps}, "
+                         + (f"balanced to {cfg.semantic.target} clips" if cfg.semantic.target else "no balancing target"))
+
+    selection_prefix = f"tables/selections/{run}"
+    for old in store.list(f"{selection_prefix}/"):
+        store.delete(old.key)
+    rejections: list[Rejection] = []
+    partners: dict[str, Counter] = {}
+    for i, key in enumerate(parts):
+        table = read_parquet(store, key)
+        selection = _selection_columns(table, verdicts)
+        write_parquet(store, f"{selection_prefix}/part-{i:05d}.parquet", selection)
+        for row in selection.select(["clip_id", "clip_key", "partner", "kept", "drop_stage", "drop_reason"]).to_pylist():
+            tally = partners.setdefault(row["partner"], Counter())
+            tally["in"] += 1
+            tally["kept"] += int(row["kept"])
+            if not row["kept"]:
+                v = verdicts[row["clip_id"]]
+                rejections.append(Rejection(row["clip_key"] or row["clip_id"], v.stage, v.reason,
+                                            v.detail or f"{row['clip_key']}: dropped at {v.stage} ({v.reason})"))
+    rejections_key = f"tables/rejections/{run}/part-00000.parquet"
+    write_parquet(store, rejections_key, pa.Table.from_pylist([r.to_dict() for r in rejections],
+                                                              schema=REJECTION_SCHEMA))
+    index_key = commit_segment(store, cfg.index, run, index.live_segment())
+
+    dropped: dict[str, dict[str, int]] = {}
+    for v in verdicts.values():
+        if not v.kept:
+            dropped.setdefault(v.stage, {}).setdefault(v.reason, 0)
+            dropped[v.stage][v.reason] += 1
+    kept = sum(v.kept for v in verdicts.values())
+    report_key = f"reports/curation/{run}/index.html"
+    summary = CurateSummary(run, clips_run, len(verdicts), kept, dropped, selection_prefix, rejections_key,
+                            report_key, index_key, semantic_note, round(time.perf_counter() - started, 2),
+                            {p: dict(c) for p, c in sorted(partners.items())})
+    write_report(store, ReportInput(run=run, clips_run=clips_run, config=cfg, summary=summary.to_json(),
+                                    candidates=candidates, verdicts=verdicts, signals=signals, semantic=semantic,
+                                    index_keys=index.keys, partners=summary.per_partner))
+    store.put_bytes(f"reports/curation/{run}/summary.json", json.dumps(summary.to_json(), indent=1).encode())
+    store.put_bytes(f"reports/curation/{run}/config.json", json.dumps(cfg.to_json(), indent=1, default=list).encode())
+    return summary
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def run_curate(settings: Settings, clips_run: str, run_id: str, encoder_run: str | None = None,
+               beam_flags: Sequence[str] = (), config: CurateConfig = CurateConfig(), shards: int = 4,
+               record: bool = True) -> CurateSummary:
+    """Curate the clip table of ingest run `clips_run` into tables/selections/{run_id}/ and its report."""
+    from pipelines.options import pipeline_options
+
+    started = time.perf_counter()
+    store = open_store(settings=settings)
+    clip_parts = [o.key for o in store.list(f"tables/clips/{clips_run}/") if o.key.endswith(".parquet")]
+    if not clip_parts:
+        raise CurationInputError(f"{store.describe(f'tables/clips/{clips_run}')}/: no clip table parts; run "
+                                 f"`alliance pipeline ingest` first or check the run id")
+    spec = load_encoder_spec(store, encoder_run) if encoder_run else None
+    for old in store.list(f"{work_prefix(run_id)}/"):
+        store.delete(old.key)
+    started_at = datetime.now(timezone.utc)
+    with beam.Pipeline(options=pipeline_options(settings, beam_flags)) as pipeline:
+        build_pipeline(pipeline, settings, clip_parts, run_id, config, spec, shards)
+    summary = finalize(settings, store, clips_run, run_id, config, spec, started)
+    if record:
+        _record_run(settings, run_id, config, summary, started_at, clips_run, encoder_run)
+    return summary
+
+
+def _record_run(settings: Settings, run_id: str, cfg: CurateConfig, summary: CurateSummary, started_at: datetime,
+                clips_run: str, encoder_run: str | None) -> None:
+    """The launcher, not the workers, records the run in the catalog."""
+    from alliance.catalog import Catalog
+    from alliance.models import Run
+
+    catalog = Catalog(settings.effective_catalog_url)
+    try:
+        catalog.upgrade()
+        with catalog.session() as session:
+            session.merge(Run(id=run_id, kind="curate", status="succeeded",
+                              config={"clips_run": clips_run, "encoder_run": encoder_run,
+                                      **json.loads(json.dumps(cfg.to_json(), default=list))},
+                              summary=summary.to_json(), started_at=started_at.replace(tzinfo=None),
+                              finished_at=datetime.now(timezone.utc).replace(tzinfo=None)))
+    finally:
+        catalog.dispose()

@@ -1,0 +1,118 @@
+"""`alliance pipeline curate` end to end on PyAV-made clips from two partners: selection, rejections, index, report."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pyarrow.parquet as pq
+import pytest
+
+from alliance.settings import Settings
+from alliance.store import open_store
+from alliance.tables import REJECTION_SCHEMA, SELECTION_SCHEMA
+from curation.embed import write_tiny_encoder
+from curation.evalset import blur, camera_frames, encode, remux, scale_brightness
+from curation.select import CurateConfig
+from curation.semdedup import SemDedupConfig
+from pipelines.curate import run_curate
+from tests.curation.conftest import clip_row, write_clip_table
+
+BEAM = ("--direct_num_workers=2",)
+
+
+def _table(store, prefix):
+    tables = [pq.read_table(io.BytesIO(store.get_bytes(o.key))) for o in store.list(prefix) if o.key.endswith(".parquet")]
+    return tables
+
+
+def make_deliveries(store):
+    """Partner A delivers first; partner B later re-delivers some of A's scenes, mirrored or remuxed."""
+    src = {i: camera_frames(200 + i, 40) for i in range(4)}
+    a = [clip_row(store, "glasses-a", "d1", f"src{i}", encode(src[i]), accepted_at="2026-01-01T00:00:00")
+         for i in range(3)]
+    a += [
+        clip_row(store, "glasses-a", "d1", "blurred", encode(blur(src[3], 5)), accepted_at="2026-01-01T00:00:00"),
+        clip_row(store, "glasses-a", "d1", "dark", encode(scale_brightness(src[3], 0.08)),
+                 accepted_at="2026-01-01T00:00:00"),
+        clip_row(store, "glasses-a", "d1", "frozen", encode([src[3][0]] * 40), accepted_at="2026-01-01T00:00:00"),
+        clip_row(store, "glasses-a", "d1", "shaky-imu", encode(src[3]), gyro=5.0, accel=9.0,
+                 accepted_at="2026-01-01T00:00:00"),
+        clip_row(store, "glasses-a", "d1", "handheld-imu", encode(camera_frames(300, 40, handheld=4, shake=2)),
+                 gyro=1.3, accel=2.0, accepted_at="2026-01-01T00:00:00"),
+    ]
+    b = [
+        clip_row(store, "robot-b", "d7", "src0-mirror", encode([f[:, ::-1].copy() for f in src[0]]),
+                 accepted_at="2026-02-01T00:00:00"),
+        clip_row(store, "robot-b", "d7", "src1-mkv", remux(encode(src[1])), accepted_at="2026-02-01T00:00:00"),
+        clip_row(store, "robot-b", "d7", "src3", encode(src[3]), accepted_at="2026-02-01T00:00:00"),
+        clip_row(store, "robot-b", "d7", "garbage", b"\x00not a video" * 50, accepted_at="2026-02-01T00:00:00"),
+        clip_row(store, "robot-b", "d7", "ingest-refused", b"", status="too_short",
+                 accepted_at="2026-02-01T00:00:00"),
+    ]
+    return a, b
+
+
+def _by_name(table):
+    return {json.loads(r["recording_meta"])["name"]: r for r in table.to_pylist()}
+
+
+def test_curate_without_encoder_two_partners_in_two_runs(tmp_path):
+    settings = Settings(home=tmp_path / ".alliance")
+    store = open_store(settings=settings)
+    a, b = make_deliveries(store)
+    write_clip_table(store, "ingest-a", a)
+    write_clip_table(store, "ingest-b", b)
+
+    first = run_curate(settings, "ingest-a", "cur-a", beam_flags=BEAM)
+    assert (first.clips_in, first.kept) == (8, 4)
+    assert first.dropped == {"quality": {"blurry": 1, "too_dark": 1, "frozen": 1, "violent_shake": 1}}
+    assert "skipped" in first.semantic
+
+    second = run_curate(settings, "ingest-b", "cur-b", beam_flags=BEAM)
+    tables = _table(store, "tables/selections/cur-b/")
+    assert all(t.schema.equals(SELECTION_SCHEMA) for t in tables)
+    rows = _by_name(tables[0].__class__.from_batches([b for t in tables for b in t.to_batches()], SELECTION_SCHEMA))
+    a_ids = {json.loads(r["recording_meta"])["name"]: r["clip_id"] for r in a}
+    assert rows["src3"]["kept"] and rows["src3"]["cluster"] == -1
+    assert (rows["src0-mirror"]["drop_stage"], rows["src0-mirror"]["drop_reason"],
+            rows["src0-mirror"]["duplicate_of"]) == ("near_dup", "near_duplicate", a_ids["src0"])
+    assert (rows["src1-mkv"]["drop_reason"], rows["src1-mkv"]["duplicate_of"]) == ("duplicate_content", a_ids["src1"])
+    assert (rows["garbage"]["drop_stage"], rows["garbage"]["drop_reason"]) == ("decode", "decode_failed")
+    assert (rows["ingest-refused"]["drop_stage"], rows["ingest-refused"]["drop_reason"]) == ("ingest", "too_short")
+    assert json.loads(rows["src3"]["quality"])["sharpness"] > 0.05
+    assert second.kept == 1
+
+    rejections = _table(store, "tables/rejections/cur-b/")[0]
+    assert rejections.schema.equals(REJECTION_SCHEMA) and rejections.num_rows == 4
+    assert all("clips/robot-b/" in d for d in rejections["detail"].to_pylist()[:2] + rejections["key"].to_pylist())
+
+    page = store.get_bytes(second.report_key).decode()
+    assert "near_duplicate" in page and "skipped" in page and "robot-b" in page
+    assert any(o.key.endswith(".jpg") for o in store.list("reports/curation/cur-b/thumbs/"))
+
+    # a re-run of the same run id gives the same selection and adds nothing to the index
+    again = run_curate(settings, "ingest-b", "cur-b", beam_flags=BEAM)
+    assert (again.kept, again.dropped) == (second.kept, second.dropped)
+    manifest = json.loads(store.get_bytes("indexes/neardup/main/manifest.json"))
+    assert [s["run"] for s in manifest["segments"]] == ["cur-a", "cur-b"]
+
+
+def test_curate_with_encoder_embeds_dedups_and_balances(tmp_path):
+    settings = Settings(home=tmp_path / ".alliance")
+    store = open_store(settings=settings)
+    a, b = make_deliveries(store)
+    write_clip_table(store, "ingest-ab", a + b)
+    write_tiny_encoder(store, "train-tiny")
+    config = CurateConfig(semantic=SemDedupConfig(eps=1e-6, clusters=2, hierarchy=(1,), target=3))
+    summary = run_curate(settings, "ingest-ab", "cur-ab", encoder_run="train-tiny", beam_flags=BEAM, config=config)
+    assert "train-tiny" in summary.semantic
+    assert summary.kept == 3 and summary.dropped["balance"] == {"balanced_out": 2}
+    work = _table(store, "tables/curation-work/cur-ab/")
+    embedded = [r for t in work for r in t.select(["clip_id", "embedding", "stage"]).to_pylist()]
+    assert all((r["embedding"] is not None) == (r["stage"] is None) for r in embedded)
+    assert {len(r["embedding"]) for r in embedded if r["embedding"]} == {16}
+    selection = [r for t in _table(store, "tables/selections/cur-ab/") for r in t.to_pylist()]
+    assert all(r["cluster"] in (0, 1) for r in selection if r["kept"])
+    page = store.get_bytes(summary.report_key).decode()
+    assert "after balancing" in page
