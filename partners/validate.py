@@ -71,9 +71,11 @@ def store_locator(store: ObjectStore, partner: str, delivery: str) -> Locator:
     @contextmanager
     def locate(file: ManifestFile) -> Iterator[LocalCopy | None]:
         key = file_key(partner, delivery, file.path)
-        if not store.exists(key):
-            yield None
-            return
+        if not store.exists(key):  # a re-validation finds refused files where the first one put them
+            key = f"{quarantine_prefix(partner, delivery)}/files/{file.path}"
+            if not store.exists(key):
+                yield None
+                return
         suffix = Path(file.path).suffix[:8]
         fd, tmp = tempfile.mkstemp(prefix="alliance-validate-", suffix=suffix)
         try:
@@ -228,11 +230,20 @@ def _move_to_quarantine(store: ObjectStore, partner: str, delivery: str, path: s
 
 
 def validate_delivery(store: ObjectStore, catalog: Catalog, delivery_id: str, *,
-                      bounds: ContractBounds = ContractBounds(), probe_timeout_s: float = 10.0) -> DeliveryReport:
-    """Validate an uploaded delivery end to end; writes catalog rows, quarantine and the report; re-runnable."""
+                      bounds: ContractBounds = ContractBounds(), probe_timeout_s: float = 10.0,
+                      force: bool = False) -> DeliveryReport:
+    """Validate an uploaded delivery end to end; writes catalog rows, quarantine and the report.
+
+    Re-runnable: a delivery already validated returns its stored report unless `force`, and a forced run reaches
+    the same verdicts (refused files are read back from quarantine, accepted rows are not added twice)."""
     with catalog.session() as session:
         detail = session.get(DeliveryDetail, delivery_id)
         partner, name, manifest_key = detail.partner_id, detail.name, detail.manifest_key
+        delivery = session.get(Delivery, delivery_id)
+        done = delivery.status in ("accepted", "partial", "rejected") and delivery.report_key
+        report_key = delivery.report_key
+    if done and not force and store.exists(report_key):
+        return DeliveryReport.model_validate_json(store.get_bytes(report_key))
     manifest = parse_manifest(store.get_bytes(manifest_key))
     assessment = assess(manifest, store_locator(store, partner, name), bounds, probe_timeout_s)
     files = assessment.files
