@@ -1,0 +1,1 @@
+"""Reliability tests: crash and resume, failing servers, hostile media, fuzzing and load."""

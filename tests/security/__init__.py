@@ -1,0 +1,1 @@
+"""Security tests: partner isolation, tokens, presigned URLs and path tricks against the delivery service."""
