@@ -42,7 +42,7 @@ def serving(settings: Settings, config: ServiceConfig = ServiceConfig(), *, host
     sock.bind((host, port))
     bound = sock.getsockname()[1]
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on",
-                                           timeout_graceful_shutdown=5))
+                                           timeout_graceful_shutdown=1))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="alliance-serve", daemon=True)
     thread.start()
     deadline = time.monotonic() + timeout_s

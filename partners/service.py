@@ -344,7 +344,7 @@ def create_app(settings: Settings, config: ServiceConfig = ServiceConfig(), *, s
             if row.bytes == 0:  # nothing to send: the empty object is written here
                 store.put_bytes(key, b"")
                 row.state, row.updated_at = "uploaded", utcnow()
-                plan.state, plan.done = "uploaded", [1]
+                plan.state = "uploaded"
                 return plan
             if row.upload_id is None and isinstance(store, S3Store):
                 row.upload_id = uploads.begin(key)

@@ -43,7 +43,7 @@ def deliver(folder: Path = typer.Argument(..., exists=True, file_okay=False, hel
                       f"{len(manifest.recordings) - len(refused)} would be accepted, {len(refused)} refused")
         if problems:
             _print_problems(problems)
-            raise typer.Exit(3)
+            raise SystemExit(3)  # not typer.Exit: the exit status must survive the CLI's non-standalone mode
         console.print("every file passes the contract's checks: deliver it with --to URL --token TOKEN")
         return
     if not to or not token:
@@ -59,4 +59,4 @@ def deliver(folder: Path = typer.Argument(..., exists=True, file_okay=False, hel
         _print_problems(verdict.problems)
     console.print(f"report: {verdict.report_url} (stored at {verdict.report_key})")
     if verdict.status != "accepted":
-        raise typer.Exit(3)
+        raise SystemExit(3)
