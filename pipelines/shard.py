@@ -1,5 +1,4 @@
-"""The shard pipeline: a selection becomes a committed dataset version; Beam writes the shards in parallel,
-the launching process plans, claims, commits the index and manifest last, and records the catalog."""
+"""The shard pipeline: Beam writes a selection's shards in parallel; the launching process plans, commits, records."""
 
 from __future__ import annotations
 
@@ -8,9 +7,8 @@ import io
 import json
 import logging
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Any, Sequence
-
-import apache_beam as beam
 
 from alliance.errors import AllianceError
 from alliance.settings import Settings
@@ -62,31 +60,38 @@ def read_selection(store: ObjectStore, run: str) -> list[dict[str, Any]]:
     return rows
 
 
-class WriteShard(beam.DoFn):
-    """Writes one planned shard (skipped when its receipt is there); a failure leaves as a tagged rejection."""
+@cache
+def write_shard_dofn() -> type:
+    """The Beam DoFn class, built on first use so that importing this module (the demo, the CLI) skips Beam."""
+    import apache_beam as beam
 
-    def __init__(self, settings: Settings, name: str, version: int):
-        self.settings, self.name, self.version = settings, name, version
-        self.store: ObjectStore | None = None
-        self.written = beam.metrics.Metrics.counter("shard", "shards_written")
-        self.failed = beam.metrics.Metrics.counter("shard", "shard_write_failed")
+    class WriteShard(beam.DoFn):
+        """Writes one planned shard (skipped when its receipt is there); a failure leaves as a tagged rejection."""
 
-    def setup(self) -> None:
-        self.store = open_store(settings=self.settings)
+        def __init__(self, settings: Settings, name: str, version: int):
+            self.settings, self.name, self.version = settings, name, version
+            self.store: ObjectStore | None = None
+            self.written = beam.metrics.Metrics.counter("shard", "shards_written")
+            self.failed = beam.metrics.Metrics.counter("shard", "shard_write_failed")
 
-    def process(self, shard):
-        from sharding.versions import write_planned_shard
+        def setup(self) -> None:
+            self.store = open_store(settings=self.settings)
 
-        try:
-            receipt = write_planned_shard(self.store, self.name, self.version, shard)
-        except AllianceError as e:
-            self.failed.inc()
-            yield beam.pvalue.TaggedOutput("rejected", Rejection(
-                f"datasets/{self.name}/v{self.version}/shard-{shard.index:06d}.tar", "shard", "shard_write_failed",
-                f"{e}; re-run the same command to retry this shard"))
-            return
-        self.written.inc()
-        yield receipt.index
+        def process(self, shard):
+            from sharding.versions import write_planned_shard
+
+            try:
+                receipt = write_planned_shard(self.store, self.name, self.version, shard)
+            except AllianceError as e:
+                self.failed.inc()
+                yield beam.pvalue.TaggedOutput("rejected", Rejection(
+                    f"datasets/{self.name}/v{self.version}/shard-{shard.index:06d}.tar", "shard",
+                    "shard_write_failed", f"{e}; re-run the same command to retry this shard"))
+                return
+            self.written.inc()
+            yield receipt.index
+
+    return WriteShard
 
 
 def store_rejection(rejection: Rejection, settings: Settings, prefix: str) -> None:
@@ -98,6 +103,8 @@ def store_rejection(rejection: Rejection, settings: Settings, prefix: str) -> No
 def write_shards_with_beam(settings: Settings, name: str, version: int, shards: Sequence[Any],
                            beam_flags: Sequence[str]) -> list[Rejection]:
     """Run the shard writes as a Beam job; returns the shards that failed, as rejections."""
+    import apache_beam as beam
+
     from pipelines.options import pipeline_options
 
     store = open_store(settings=settings)
@@ -108,7 +115,7 @@ def write_shards_with_beam(settings: Settings, name: str, version: int, shards: 
         results = (pipeline
                    | "Shards" >> beam.Create(list(shards))
                    | "Spread" >> beam.Reshuffle()
-                   | "Write" >> beam.ParDo(WriteShard(settings, name, version)).with_outputs("rejected",
+                   | "Write" >> beam.ParDo(write_shard_dofn()(settings, name, version)).with_outputs("rejected",
                                                                                            main="written"))
         _ = results.rejected | "Report" >> beam.Map(store_rejection, settings, prefix)
     return [Rejection(**json.loads(store.get_bytes(info.key))) for info in store.list(prefix)]
@@ -126,7 +133,8 @@ def run_shard(settings: Settings, name: str, selection_run: str, beam_flags: Seq
     from sharding.layout import check_name, manifest_key
     from sharding.plan import ShardConfig, plan_samples, plan_version
     from sharding.records import record_version, revoked_recordings
-    from sharding.versions import claim_version, collect_receipts, finish_version, write_planned_shard
+    from sharding.versions import (claim_version, clean_work, collect_receipts, finish_version, load_receipt,
+                                   write_planned_shard)
 
     check_name(name)
     config = config or ShardConfig()
@@ -142,9 +150,8 @@ def run_shard(settings: Settings, name: str, selection_run: str, beam_flags: Seq
     written = 0
     if claim.committed is not None:
         manifest = claim.committed
+        clean_work(store, name, manifest.version)  # a run killed right after its commit left these
     else:
-        from sharding.versions import load_receipt
-
         todo = [s for s in plan.shards if load_receipt(store, name, claim.version, s.index) is None
                 or not store.exists(f"datasets/{name}/v{claim.version}/shard-{s.index:06d}.tar")]
         if todo and use_beam:

@@ -1,5 +1,4 @@
-"""Dataset versions, exactly once: claim a version, write its shards (resumably), commit index and manifest last,
-and redact revoked recordings into a new version that rewrites only the affected shards."""
+"""Dataset versions exactly once: claim, write shards resumably, commit index and manifest last; and redaction."""
 
 from __future__ import annotations
 
