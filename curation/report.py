@@ -158,12 +158,13 @@ def _dropped(data: ReportInput, thumbs: "_Thumbnails") -> str:
             by_reason.setdefault((v.stage, v.reason), []).append(clip_id)
     if not by_reason:
         return "<p>nothing was dropped</p>"
-    out = []
+    out = ['<div class=grid>']
     for (stage, reason), ids in sorted(by_reason.items(), key=lambda kv: STAGES.index(kv[0][0])
                                        if kv[0][0] in STAGES else 99):
-        out.append(f"<h3>{_e(stage)} / {_e(reason)} ({len(ids)})</h3>")
+        out.append(f"<div class=group><h3>{_e(stage)} / {_e(reason)} ({len(ids)})</h3>")
         out.append(_gallery(ids[:PER_REASON_SAMPLE], data, thumbs))
-    return "".join(out)
+        out.append("</div>")
+    return "".join(out) + "</div>"
 
 
 def _gallery(ids: list[str], data: ReportInput, thumbs: "_Thumbnails") -> str:
@@ -172,9 +173,9 @@ def _gallery(ids: list[str], data: ReportInput, thumbs: "_Thumbnails") -> str:
     cells = []
     for clip_id in ids:
         v = data.verdicts[clip_id]
-        caption = v.detail or "kept"
-        cells.append(f'<figure class=thumb>{thumbs.img(clip_id)}<figcaption title="{_e(caption)}">'
-                     f'{_e(_short(clip_id))}<br><small>{_e(caption[:140])}</small></figcaption></figure>')
+        caption = _why(v, thumbs.keys.get(clip_id, ""))
+        cells.append(f'<figure class=thumb>{thumbs.img(clip_id)}<figcaption title="{_e(v.detail or "kept")}">'
+                     f'{_e(_short(clip_id))}<br><small>{_e(caption[:160])}</small></figcaption></figure>')
     return '<div class=grid>' + "".join(cells) + "</div>"
 
 
@@ -187,7 +188,7 @@ def _pairs(data: ReportInput, thumbs: "_Thumbnails") -> str:
     for v in pairs[:PAIRS]:
         rows.append(f"<tr><td>{thumbs.img(v.duplicate_of)}<br><small>{_e(_short(v.duplicate_of))}</small></td>"
                     f"<td>{thumbs.img(v.clip_id)}<br><small>{_e(_short(v.clip_id))}</small></td>"
-                    f"<td>{_e(v.reason)}<br><small>{_e(v.detail or '')}</small></td></tr>")
+                    f"<td>{_e(v.reason)}<br><small>{_e(_why(v, thumbs.keys.get(v.clip_id, '')))}</small></td></tr>")
     rows.append(f"</table><p class=note>{len(pairs)} pairs in all; the first {min(len(pairs), PAIRS)} shown</p>")
     return "".join(rows)
 
@@ -244,6 +245,15 @@ class _Thumbnails:
         return name
 
 
+def _why(verdict: Verdict, clip_key: str) -> str:
+    """The verdict's detail without the clip key it starts with (the thumbnail already names the clip)."""
+    detail = verdict.detail or ("kept" if verdict.kept else verdict.reason or "")
+    for prefix in (f"{clip_key}: " if clip_key else None, f"clip {verdict.clip_id}: "):
+        if prefix and detail.startswith(prefix):
+            return detail[len(prefix):]
+    return detail
+
+
 def _ordered(data: ReportInput) -> list[str]:
     return [c.clip_id for c in sorted(data.candidates, key=lambda c: c.order)]
 
@@ -275,10 +285,10 @@ body {{ font: 14px/1.4 system-ui, sans-serif; margin: 24px; color: #222; max-wid
 h1 {{ font-size: 22px; margin-bottom: 4px; }} h2 {{ font-size: 17px; border-bottom: 1px solid #ddd; }}
 h3 {{ font-size: 14px; margin: 12px 0 4px; }}
 code {{ background: #f3f3f3; padding: 0 3px; }} .meta, .note {{ color: #555; }}
-table {{ border-collapse: collapse; margin: 8px 0; }} td, th {{ border: 1px solid #ddd; padding: 3px 8px;
+table {{ border-collapse: collapse; margin: 8px 0; max-width: 100%; }} td, th {{ border: 1px solid #ddd; padding: 3px 8px;
   text-align: left; vertical-align: top; }}
 .grid {{ display: flex; flex-wrap: wrap; gap: 10px; }} figure {{ margin: 0; }}
-figure.thumb {{ width: 170px; }} figcaption {{ font-size: 11px; color: #444; word-break: break-all; }}
+figure.thumb {{ width: 170px; }} .group {{ margin-right: 18px; }} figcaption {{ font-size: 11px; color: #444; word-break: break-all; }}
 .nothumb {{ width: 160px; height: 90px; background: #eee; color: #888; display: flex; align-items: center;
   justify-content: center; }}
 svg text {{ font-family: system-ui, sans-serif; font-size: 12px; }}

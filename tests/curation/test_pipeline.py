@@ -116,3 +116,78 @@ def test_curate_with_encoder_embeds_dedups_and_balances(tmp_path):
     assert all(r["cluster"] in (0, 1) for r in selection if r["kept"])
     page = store.get_bytes(summary.report_key).decode()
     assert "after balancing" in page
+
+
+def screenshot(page: str, png: str, height: int = 1600) -> None:
+    """Headless Debian chromium (see RECIPES.md), with the flags that keep it off the network."""
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as profile:
+        subprocess.run(["/usr/bin/chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                        "--no-first-run", "--disable-background-networking", "--disable-component-update",
+                        "--disable-sync", f"--user-data-dir={profile}", f"--window-size=1280,{height}",
+                        f"--screenshot={png}", f"file://{page}"], check=True, capture_output=True, timeout=60)
+
+
+def test_report_renders_in_headless_chromium(tmp_path):
+    import av
+    import numpy as np
+
+    settings = Settings(home=tmp_path / ".alliance")
+    store = open_store(settings=settings)
+    a, b = make_deliveries(store)
+    write_clip_table(store, "ingest-r", a + b)
+    summary = run_curate(settings, "ingest-r", "cur-r", beam_flags=BEAM, record=False)
+    page = store.root / summary.report_key
+    png = tmp_path / "report.png"
+    screenshot(str(page), str(png))
+    with av.open(str(png)) as container:
+        image = next(container.decode(video=0)).to_ndarray(format="rgb24")
+    assert image.shape[:2] == (1600, 1280)
+    assert image.std() > 20  # text, charts and thumbnails, not a blank page
+    # thumbnails are real pictures the page links relatively
+    html = page.read_text()
+    thumbs = [o.key for o in store.list("reports/curation/cur-r/thumbs/")]
+    assert thumbs and all(k.split("/", 3)[-1] in html for k in thumbs)
+    assert np.frombuffer(store.get_bytes(thumbs[0])[:2], np.uint8).tolist() == [0xFF, 0xD8]
+
+
+@pytest.mark.slow
+def test_portable_runner_on_s3_with_encoder(tmp_path, s3_store, seaweed):
+    """The same pipeline on Beam's PortableRunner (local job service, LOOPBACK) against the real S3 server."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import s3_settings
+
+    settings = Settings(home=tmp_path / ".alliance", store_url=s3_store.url, s3=s3_settings(seaweed))
+    a, b = make_deliveries(s3_store)
+    write_clip_table(s3_store, "ingest-s3", a[:4] + b[:3])
+    write_tiny_encoder(s3_store, "train-tiny")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    service = subprocess.Popen([sys.executable, "-m", "apache_beam.runners.portability.local_job_service_main",
+                                "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.2)
+        summary = run_curate(settings, "ingest-s3", "cur-s3", encoder_run="train-tiny", record=False,
+                             config=CurateConfig(semantic=SemDedupConfig(eps=1e-6)),
+                             beam_flags=("--runner=PortableRunner", f"--job_endpoint=localhost:{port}",
+                                         "--environment_type=LOOPBACK"))
+    finally:
+        service.terminate()
+        service.wait(timeout=30)
+    # src0..2 and the blurred clip from A; B's mirrored src0 and remuxed src1 are duplicates, src3 is new
+    assert summary.kept == 4 and summary.dropped["quality"] == {"blurry": 1}
+    assert summary.dropped["near_dup"] == {"near_duplicate": 1} and summary.dropped["exact_dup"] == {
+        "duplicate_content": 1}
+    assert s3_store.exists(summary.report_key) and "train-tiny" in summary.semantic
