@@ -61,3 +61,62 @@ def curate(ctx: typer.Context,
         console.print(f"  {stage}: " + ", ".join(f"{reason} {n}" for reason, n in sorted(reasons.items())))
     console.print(f"  semantic stages: {summary.semantic}")
     console.print(f"  selection {summary.selection_prefix}/  report {summary.report_key}")
+
+
+@app.command("ingest", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def ingest(ctx: typer.Context,
+           source: str = typer.Option("catalog", "--source", help="'catalog' (accepted recordings), a local folder "
+                                      "of videos, or a store prefix such as landing/glassco/"),
+           run: str = typer.Option("", "--run", help="Run id (default: ingest-UTCTIME); clips are shared between "
+                                   "runs, tables are per run."),
+           partner: str = typer.Option("local", "--partner", help="Partner of folder/prefix sources."),
+           clip_s: float = typer.Option(4.0, "--clip-s", help="Clip length in seconds."),
+           stride_s: float = typer.Option(0.0, "--stride-s", help="Distance between clip starts (0: back to back)."),
+           short_side: int = typer.Option(256, "--short-side", help="Training resolution: the short side in pixels."),
+           fps: float = typer.Option(0.0, "--fps", help="Fixed output rate (0: the source's)."),
+           scene_split: bool = typer.Option(False, "--scene-split", help="Split clips on hard cuts."),
+           timeout_s: float = typer.Option(120.0, "--timeout-s", help="Time bound per clip window; a hang becomes "
+                                           "a decode_timeout rejection."),
+           overwrite: bool = typer.Option(False, "--overwrite", help="Rewrite clip files that already exist (after "
+                                          "changing encode settings).")) -> None:
+    """Decode, cut, re-encode and align sensors: recordings -> clips/ + tables/clips/RUN + tables/rejections/RUN."""
+    from datetime import datetime, timezone
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.table import Table
+
+    from alliance.cli.common import console, settings
+    from ingest.clips import ClipConfig
+    from pipelines.ingest import run_ingest
+
+    run = run or f"ingest-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
+    config = ClipConfig(clip_s=clip_s, stride_s=stride_s, short_side=short_side, fps=fps, scene_split=scene_split,
+                        window_timeout_s=timeout_s)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[extra]}"),
+               TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=False) as bar:
+        recordings = bar.add_task("recordings planned", total=None, extra="")
+        windows = bar.add_task("clip windows done", total=None, extra="")
+
+        def show(counts: dict[str, int], recordings_in: int) -> None:
+            refused = sum(v for k, v in counts.items() if k.startswith("rejected_"))
+            bar.update(recordings, total=recordings_in,
+                       completed=counts.get("recordings_planned", 0) + counts.get("recordings_refused", 0),
+                       extra=f"{counts.get('recordings_refused', 0)} refused")
+            bar.update(windows, total=counts.get("windows_planned") or None, completed=counts.get("windows_done", 0),
+                       extra=f"{counts.get('clips_out', 0)} clips, {refused} rejections")
+
+        summary = run_ingest(settings(), source, run, tuple(ctx.args), partner=partner, config=config,
+                             overwrite=overwrite, on_progress=show)
+    table = Table(title=f"ingest {summary.run_id}: {summary.seconds:.1f} s")
+    table.add_column("")
+    table.add_column("count", justify="right")
+    table.add_row("recordings in", str(summary.recordings_in))
+    table.add_row("recordings with clips", str(summary.recordings_with_clips))
+    table.add_row("clips kept", str(summary.clips_written))
+    table.add_row("clip files new this run", str(summary.clip_files_new))
+    for reason, n in summary.rejections.items():
+        table.add_row(f"refused: {reason}", str(n))
+    console.print(table)
+    console.print(f"clip table {summary.clip_table_prefix}/, rejections {summary.rejection_table_prefix}/ "
+                  f"(rejections.jsonl for reading)")
