@@ -117,8 +117,8 @@ def service(s3_service_store, catalog_url, tmp_path) -> Service:
 
 @pytest.fixture
 def file_service(tmp_path) -> Service:
-    """The service over a file:// store: parts go to its own signed upload endpoint (64 KiB parts)."""
-    config = ServiceConfig(part_size=64 << 10, rate_per_s=1000.0, rate_burst=5000, max_file_bytes=8 << 20)
+    """The service over a file:// store: parts go to its own signed upload endpoint (1 KiB parts)."""
+    config = ServiceConfig(part_size=1 << 10, rate_per_s=1000.0, rate_burst=5000, max_file_bytes=8 << 20)
     settings = Settings(home=tmp_path / ".alliance")
     store = LocalStore(tmp_path / "store")
     catalog, a, b = _partners(settings.effective_catalog_url)
