@@ -1,0 +1,95 @@
+"""Shapes of the encoder and predictor, the EMA update and schedule, SIGReg, IMU actions and collapse statistics."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from tests.training.conftest import small_config
+from training.masks import MaskGenerator
+from training.model import Predictor, VideoEncoder, sincos_3d
+from training.objectives import (collapse_stats, ema_update, epps_pulley, imu_actions, layer_normed, momentum,
+                                 sigreg)
+
+
+def test_encoder_and_predictor_shapes(small):
+    m = small.model
+    assert m.grid == (4, 4, 4) and m.tokens == 64
+    encoder = VideoEncoder(m)
+    clip = torch.rand(3, 3, m.frames, m.size, m.size)
+    assert encoder(clip).shape == (3, 64, m.embed_dim)
+    masks = MaskGenerator(small.mask, m)(3, 0)
+    predictor = Predictor(m, len(masks))
+    for i, pair in enumerate(masks):
+        context = encoder(clip, pair.context)
+        assert context.shape == (3, pair.context.shape[1], m.embed_dim)
+        assert predictor(context, pair.context, pair.target, i).shape == (3, pair.target.shape[1], m.embed_dim)
+
+
+def test_action_conditioned_predictor_uses_the_actions(small):
+    m = small.model
+    torch.manual_seed(0)
+    encoder, predictor = VideoEncoder(m), Predictor(m, 1, action_dim=12)
+    pair = MaskGenerator(small.mask.__class__(kind="future"), m)(2, 0)[0]
+    context = encoder(torch.rand(2, 3, m.frames, m.size, m.size), pair.context)
+    actions = torch.randn(2, m.grid[0], 12)
+    a = predictor(context, pair.context, pair.target, 0, actions)
+    b = predictor(context, pair.context, pair.target, 0, actions.roll(1, dims=1))  # shifted by one step
+    assert a.shape == b.shape and not torch.allclose(a, b)
+
+
+def test_sincos_positions_are_distinct_and_fixed():
+    table = sincos_3d(64, (4, 4, 4))
+    assert table.shape == (64, 64)
+    assert torch.cdist(table, table).add(torch.eye(64) * 10).min() > 0.1
+    assert torch.equal(table, sincos_3d(64, (4, 4, 4)))
+
+
+def test_ema_update_and_momentum_schedule():
+    online, target = torch.nn.Linear(4, 4), torch.nn.Linear(4, 4)
+    before = target.weight.detach().clone()
+    ema_update(target, online, 0.9)
+    assert torch.allclose(target.weight, 0.9 * before + 0.1 * online.weight)
+    ema_update(target, online, 1.0)  # momentum 1.0 freezes the target
+    assert torch.allclose(target.weight, 0.9 * before + 0.1 * online.weight)
+    assert momentum(0, 100, 0.998, 1.0) == 0.998 and momentum(50, 100, 0.998, 1.0) == pytest.approx(0.999)
+    assert momentum(500, 100, 0.998, 1.0) == 1.0
+
+
+def test_sigreg_is_low_for_gaussian_and_high_for_collapsed_embeddings():
+    g = torch.Generator().manual_seed(0)
+    gaussian = torch.randn(2048, 64, generator=g)
+    collapsed = torch.randn(2048, 1, generator=g).expand(-1, 64) * 0.01 + 1.0
+    low_rank = torch.randn(2048, 2, generator=g) @ torch.randn(2, 64, generator=g)
+    s_gauss = float(sigreg(gaussian, 128, torch.Generator().manual_seed(1)))
+    s_collapsed = float(sigreg(collapsed, 128, torch.Generator().manual_seed(1)))
+    s_low_rank = float(sigreg(low_rank, 128, torch.Generator().manual_seed(1)))
+    assert s_gauss < 1.0  # about the statistic's null mean
+    assert s_collapsed > 100 * s_gauss and s_low_rank > 10 * s_gauss
+    # the 1-D statistic itself: N(0,1) small, a shifted or squeezed sample large
+    x = torch.randn(4096, 1, generator=g)
+    assert float(epps_pulley(x)) < 1.0 < float(epps_pulley(x * 0.2)) and float(epps_pulley(x + 1.0)) > 50
+
+
+def test_sigreg_gives_gradients_towards_isotropy():
+    z = (torch.randn(512, 16) * 0.1).requires_grad_(True)
+    sigreg(z, 32, torch.Generator().manual_seed(0)).backward()
+    assert z.grad is not None and torch.isfinite(z.grad).all() and z.grad.abs().sum() > 0
+
+
+def test_imu_actions_per_tubelet():
+    imu = np.arange(16 * 6, dtype=np.float32).reshape(16, 6)
+    actions = imu_actions(imu, tubelet=2, action_dim=12)
+    assert actions.shape == (8, 12)
+    assert np.allclose(actions[0, :6], imu[:2].mean(0)) and np.allclose(actions[0, 6:], imu[1] - imu[0])
+    assert imu_actions(np.zeros((0, 0), np.float32), 2, 12).shape == (0, 12)
+
+
+def test_collapse_stats_tell_collapse_from_spread():
+    spread = collapse_stats(layer_normed(torch.randn(4, 256, 32)))
+    to_a_point = collapse_stats(torch.randn(1, 1, 32).expand(4, 256, 32) + torch.randn(4, 256, 32) * 1e-4)
+    to_a_plane = collapse_stats(torch.randn(4, 256, 2) @ torch.randn(2, 32))
+    assert spread["std_min"] > 0.5 and spread["rankme"] > 25
+    assert to_a_point["std_mean"] < 1e-3  # complete collapse: no spread at all
+    assert to_a_plane["rankme"] < 3  # dimensional collapse: spread, but in two directions
