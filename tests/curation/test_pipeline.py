@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -18,7 +19,8 @@ from curation.semdedup import SemDedupConfig
 from pipelines.curate import run_curate
 from tests.curation.conftest import clip_row, write_clip_table
 
-BEAM = ("--direct_num_workers=2",)
+BEAM = ("--direct_num_workers=2",)  # the default runner: FnApiRunner, multi_processing
+QUICK = ("--direct_running_mode=in_memory",)  # same runner, one process: faster for the pure-logic checks
 
 
 def _table(store, prefix):
@@ -57,6 +59,7 @@ def _by_name(table):
     return {json.loads(r["recording_meta"])["name"]: r for r in table.to_pylist()}
 
 
+@pytest.mark.slow
 def test_curate_without_encoder_two_partners_in_two_runs(tmp_path):
     settings = Settings(home=tmp_path / ".alliance")
     store = open_store(settings=settings)
@@ -69,10 +72,10 @@ def test_curate_without_encoder_two_partners_in_two_runs(tmp_path):
     assert first.dropped == {"quality": {"blurry": 1, "too_dark": 1, "frozen": 1, "violent_shake": 1}}
     assert "skipped" in first.semantic
 
-    second = run_curate(settings, "ingest-b", "cur-b", beam_flags=BEAM)
+    second = run_curate(settings, "ingest-b", "cur-b", beam_flags=QUICK)
     tables = _table(store, "tables/selections/cur-b/")
     assert all(t.schema.equals(SELECTION_SCHEMA) for t in tables)
-    rows = _by_name(tables[0].__class__.from_batches([b for t in tables for b in t.to_batches()], SELECTION_SCHEMA))
+    rows = _by_name(pa.concat_tables(tables))
     a_ids = {json.loads(r["recording_meta"])["name"]: r["clip_id"] for r in a}
     assert rows["src3"]["kept"] and rows["src3"]["cluster"] == -1
     assert (rows["src0-mirror"]["drop_stage"], rows["src0-mirror"]["drop_reason"],
@@ -89,15 +92,16 @@ def test_curate_without_encoder_two_partners_in_two_runs(tmp_path):
 
     page = store.get_bytes(second.report_key).decode()
     assert "near_duplicate" in page and "skipped" in page and "robot-b" in page
-    assert any(o.key.endswith(".jpg") for o in store.list("reports/curation/cur-b/thumbs/"))
+    assert_renders(store.root / second.report_key, tmp_path / "report.png")
 
     # a re-run of the same run id gives the same selection and adds nothing to the index
-    again = run_curate(settings, "ingest-b", "cur-b", beam_flags=BEAM)
+    again = run_curate(settings, "ingest-b", "cur-b", beam_flags=QUICK)
     assert (again.kept, again.dropped) == (second.kept, second.dropped)
     manifest = json.loads(store.get_bytes("indexes/neardup/main/manifest.json"))
     assert [s["run"] for s in manifest["segments"]] == ["cur-a", "cur-b"]
 
 
+@pytest.mark.slow
 def test_curate_with_encoder_embeds_dedups_and_balances(tmp_path):
     settings = Settings(home=tmp_path / ".alliance")
     store = open_store(settings=settings)
@@ -105,7 +109,7 @@ def test_curate_with_encoder_embeds_dedups_and_balances(tmp_path):
     write_clip_table(store, "ingest-ab", a + b)
     write_tiny_encoder(store, "train-tiny")
     config = CurateConfig(semantic=SemDedupConfig(eps=1e-6, clusters=2, hierarchy=(1,), target=3))
-    summary = run_curate(settings, "ingest-ab", "cur-ab", encoder_run="train-tiny", beam_flags=BEAM, config=config)
+    summary = run_curate(settings, "ingest-ab", "cur-ab", encoder_run="train-tiny", beam_flags=QUICK, config=config)
     assert "train-tiny" in summary.semantic
     assert summary.kept == 3 and summary.dropped["balance"] == {"balanced_out": 2}
     work = _table(store, "tables/curation-work/cur-ab/")
@@ -118,6 +122,21 @@ def test_curate_with_encoder_embeds_dedups_and_balances(tmp_path):
     assert "after balancing" in page
 
 
+def assert_renders(page, png) -> None:
+    """The page renders in headless Chromium to a picture that is not blank, and its thumbnails are JPEGs."""
+    import av
+
+    screenshot(str(page), str(png))
+    with av.open(str(png)) as container:
+        image = next(container.decode(video=0)).to_ndarray(format="rgb24")
+    assert image.shape[:2] == (1600, 1280)
+    assert image.std() > 20  # text, charts and thumbnails, not a blank page
+    html = page.read_text()
+    thumbs = sorted(page.parent.glob("thumbs/*.jpg"))
+    assert thumbs and all(f"thumbs/{t.name}" in html for t in thumbs)
+    assert thumbs[0].read_bytes()[:2] == b"\xff\xd8"
+
+
 def screenshot(page: str, png: str, height: int = 1600) -> None:
     """Headless Debian chromium (see RECIPES.md), with the flags that keep it off the network."""
     import subprocess
@@ -128,29 +147,6 @@ def screenshot(page: str, png: str, height: int = 1600) -> None:
                         "--no-first-run", "--disable-background-networking", "--disable-component-update",
                         "--disable-sync", f"--user-data-dir={profile}", f"--window-size=1280,{height}",
                         f"--screenshot={png}", f"file://{page}"], check=True, capture_output=True, timeout=60)
-
-
-def test_report_renders_in_headless_chromium(tmp_path):
-    import av
-    import numpy as np
-
-    settings = Settings(home=tmp_path / ".alliance")
-    store = open_store(settings=settings)
-    a, b = make_deliveries(store)
-    write_clip_table(store, "ingest-r", a + b)
-    summary = run_curate(settings, "ingest-r", "cur-r", beam_flags=BEAM, record=False)
-    page = store.root / summary.report_key
-    png = tmp_path / "report.png"
-    screenshot(str(page), str(png))
-    with av.open(str(png)) as container:
-        image = next(container.decode(video=0)).to_ndarray(format="rgb24")
-    assert image.shape[:2] == (1600, 1280)
-    assert image.std() > 20  # text, charts and thumbnails, not a blank page
-    # thumbnails are real pictures the page links relatively
-    html = page.read_text()
-    thumbs = [o.key for o in store.list("reports/curation/cur-r/thumbs/")]
-    assert thumbs and all(k.split("/", 3)[-1] in html for k in thumbs)
-    assert np.frombuffer(store.get_bytes(thumbs[0])[:2], np.uint8).tolist() == [0xFF, 0xD8]
 
 
 @pytest.mark.slow
