@@ -1,4 +1,4 @@
-"""Cut a recording into clips: plan frame-exact windows, decode one window, split on hard cuts, re-encode, align sensors."""
+"""Cut recordings into clips: frame-exact windows, split on hard cuts, re-encoded, sensors aligned to the frames."""
 
 from __future__ import annotations
 
@@ -19,6 +19,8 @@ from ingest.scenes import detect_cuts, luma, luma_histogram, segments_between
 from ingest.sensors import SensorSlice, SensorSpec, imu_stats, resample, window_slices
 
 EPS = 1e-6
+MAX_HOLD_S = 0.5  # an output frame may show a source frame at most this far from its time (or 2.5 frames)
+SPARSE_TIMELINE = 0.25  # frames over the timestamps' span below this share of the declared rate: holes, not video
 
 
 @dataclass(frozen=True)
@@ -149,6 +151,11 @@ def output_fps(probe: ProbeResult, config: ClipConfig) -> float:
 def plan_windows(probe: ProbeResult, config: ClipConfig) -> list[ClipWindow]:
     """Back-to-back (or strided) windows of whole output frames; a partial last window is not a clip."""
     fps = output_fps(probe, config)
+    if probe.packets and probe.fps_avg and probe.fps_real < SPARSE_TIMELINE * probe.fps_avg:
+        raise DecodeError(probe.path, "corrupt",
+                          f"its {probe.packets} frames are spread over {probe.duration_s:.0f} s of timestamps "
+                          f"({probe.fps_real:.4g} frames/s against a declared {probe.fps_avg:g}): the timeline has "
+                          f"holes; re-mux the file with correct timestamps")
     available = int(math.floor(probe.duration_s * fps + EPS))
     length, stride = int(round(config.clip_s * fps)), max(1, int(round(config.stride * fps)))
     if length < 1 or available < length:
@@ -162,17 +169,26 @@ def target_size(width: int, height: int, rotation_deg: int, config: ClipConfig) 
     """(width, height) to scale the coded picture to, so that its displayed short side is config.short_side."""
     short = min(width, height)
     scale = config.short_side / short if (config.upscale or short > config.short_side) else 1.0
-    even = lambda x: max(2, int(round(x * scale / 2)) * 2)  # noqa: E731 - yuv420p needs even sides
-    return even(width), even(height)
+    return _even(width * scale), _even(height * scale)
+
+
+def _even(side: float) -> int:
+    """yuv420p needs even sides."""
+    return max(2, int(round(side / 2)) * 2)
 
 
 # --------------------------------------------------------------------------- decoding one window
 
 
 def window_frames(path: str, window: ClipWindow, size: tuple[int, int], rotation_deg: int,
-                  allowed_formats=DEFAULT_FORMATS, source: str | None = None) -> Iterator[np.ndarray]:
-    """The window's output frames as RGB uint8 [H, W, 3] at `size`, rotation applied, decoded from the keyframe
-    before it; frame-exact: output frame j shows the source frame nearest to (start_frame + j) / fps."""
+                  allowed_formats=DEFAULT_FORMATS, source: str | None = None,
+                  pix_fmt: str = "rgb24") -> Iterator[np.ndarray]:
+    """The window's output frames at `size`, rotation applied, decoded from the keyframe before it; frame-exact:
+    output frame j shows the source frame nearest to (start_frame + j) / fps.
+
+    pix_fmt "rgb24": uint8 [H, W, 3]; "yuv420p": uint8 [H * 3 / 2, W], PyAV's packed planes (what the encoder
+    takes, one scaling pass and no colour conversion back and forth).
+    """
     import av
 
     name = source or path
@@ -184,6 +200,7 @@ def window_frames(path: str, window: ClipWindow, size: tuple[int, int], rotation
         start = stream.start_time or 0
         targets = window.frame_times()
         half = 0.5 / window.fps
+        hold = max(MAX_HOLD_S, 2.5 / window.fps)
         if window.start_frame > 0:
             container.seek(start + int(math.floor((window.t0 - half) / base)), stream=stream, backward=True)
         converted: dict[int, np.ndarray] = {}
@@ -192,9 +209,8 @@ def window_frames(path: str, window: ClipWindow, size: tuple[int, int], rotation
             key = frame.pts
             if key not in converted:
                 converted.clear()
-                image = frame.reformat(width=size[0], height=size[1], format="rgb24").to_ndarray()
-                # an owned copy: arrays that view PyAV's buffers made the encoder's output vary between runs
-                converted[key] = np.array(np.rot90(image, k=(rotation_deg // 90) % 4), order="C", copy=True)
+                image = frame.reformat(width=size[0], height=size[1], format=pix_fmt).to_ndarray()
+                converted[key] = rotate(image, rotation_deg, pix_fmt)
             return converted[key]
 
         j, previous, last_time = 0, None, None
@@ -213,6 +229,10 @@ def window_frames(path: str, window: ClipWindow, size: tuple[int, int], rotation
                     if previous is None and t - targets[j] > half + EPS:
                         raise DecodeError(name, "decode_failed", f"no frame near {targets[j]:.3f} s (the first "
                                                                  f"is at {t:.3f} s); re-export the file")
+                    distance = (targets[j] - previous[0]) if nearer_previous else (t - targets[j])
+                    if distance > hold + EPS:
+                        raise DecodeError(name, "decode_failed", f"no frame within {hold:.2f} s of {targets[j]:.3f} "
+                                                                 f"s (the timeline has a gap); re-export the file")
                     yield rgb(previous[1] if nearer_previous else frame)
                     j += 1
                 if j >= len(targets):
@@ -232,16 +252,43 @@ def window_frames(path: str, window: ClipWindow, size: tuple[int, int], rotation
                                                  f"{window.t0:.3f}-{window.t1:.3f} s; upload the complete file")
 
 
+def rotate(image: np.ndarray, rotation_deg: int, pix_fmt: str = "rgb24") -> np.ndarray:
+    """Turn a frame counter-clockwise by the display rotation; always an owned, contiguous copy (arrays that view
+    PyAV's buffers made the encoder's output vary between runs)."""
+    turns = (rotation_deg // 90) % 4
+    if pix_fmt != "yuv420p" or turns == 0:
+        return np.array(np.rot90(image, k=turns), order="C", copy=True)
+    height, width = image.shape[0] * 2 // 3, image.shape[1]
+    flat = image.reshape(-1)
+    planes = [flat[:height * width].reshape(height, width),
+              flat[height * width:height * width * 5 // 4].reshape(height // 2, width // 2),
+              flat[height * width * 5 // 4:].reshape(height // 2, width // 2)]
+    turned = [np.rot90(plane, k=turns) for plane in planes]
+    new_height, new_width = turned[0].shape
+    return np.concatenate([plane.reshape(-1) for plane in turned]).reshape(new_height * 3 // 2, new_width)
+
+
+def luma_of(image: np.ndarray, pix_fmt: str = "rgb24") -> np.ndarray:
+    """Full-range luma (0..255, float32): from RGB, or from a packed yuv420p frame's limited-range Y plane."""
+    if pix_fmt != "yuv420p":
+        return luma(image)
+    y = image[: image.shape[0] * 2 // 3].astype(np.float32)
+    return np.clip((y - 16.0) * (255.0 / 219.0), 0.0, 255.0)
+
+
 # --------------------------------------------------------------------------- encoding and statistics
 
 
-def encode_clip(frames: list[np.ndarray], fps: float, path: str | Path, config: ClipConfig) -> Path:
+def encode_clip(frames: list[np.ndarray], fps: float, path: str | Path, config: ClipConfig,
+                pix_fmt: str = "rgb24") -> Path:
     """H.264 in MP4 at a fixed rate; deterministic for the same frames and settings."""
     import av
 
     path = Path(path)
     rate = Fraction(fps).limit_denominator(1001)
     height, width = frames[0].shape[:2]
+    if pix_fmt == "yuv420p":
+        height = height * 2 // 3
     with av.open(str(path), mode="w", format="mp4") as container:
         stream = container.add_stream("libx264", rate=rate)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
@@ -251,7 +298,9 @@ def encode_clip(frames: list[np.ndarray], fps: float, path: str | Path, config: 
         stream.codec_context.options = {"preset": config.preset, "crf": str(config.crf), "threads": "1", "mbtree": "0"}
         for index, image in enumerate(frames):
             # converted here, not by the encoder's own path: that one made the output differ from run to run
-            frame = av.VideoFrame.from_ndarray(image, format="rgb24").reformat(format="yuv420p")
+            frame = av.VideoFrame.from_ndarray(image, format=pix_fmt)
+            if pix_fmt != "yuv420p":
+                frame = frame.reformat(format="yuv420p")
             frame.pts = index
             for packet in stream.encode(frame):
                 container.mux(packet)
@@ -260,9 +309,9 @@ def encode_clip(frames: list[np.ndarray], fps: float, path: str | Path, config: 
     return path
 
 
-def frame_stats(frames: list[np.ndarray], every: int = 2) -> dict[str, float]:
-    """The basic frame statistics curation needs, on every n-th frame at training resolution."""
-    sampled = [luma(f) for f in frames[::max(1, every)]]
+def frame_stats(lumas: list[np.ndarray], every: int = 2) -> dict[str, float]:
+    """The basic frame statistics curation needs, from full-range luma planes, on every n-th frame."""
+    sampled = lumas[::max(1, every)]
     stack = np.stack(sampled)
     diffs = [float(np.mean(np.abs(b - a))) for a, b in zip(sampled, sampled[1:])]
     laplacian = [np.var(y[:-2, 1:-1] + y[2:, 1:-1] + y[1:-1, :-2] + y[1:-1, 2:] - 4 * y[1:-1, 1:-1])
@@ -286,9 +335,11 @@ def cut_window(task: WindowTask, out_dir: str | Path) -> tuple[list[ClipOutput],
     rec, window, config = task.recording, task.window, task.config
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     size = target_size(rec.width, rec.height, rec.rotation_deg, config)
-    frames = list(window_frames(task.path, window, size, rec.rotation_deg, config.allowed_formats, rec.source))
+    frames = list(window_frames(task.path, window, size, rec.rotation_deg, config.allowed_formats, rec.source,
+                                pix_fmt="yuv420p"))
+    lumas = [luma_of(f, "yuv420p") for f in frames]
     min_frames = max(1, int(round(config.min_clip_s * window.fps)))
-    cuts = detect_cuts([luma_histogram(f) for f in frames], config.scene_threshold) if config.scene_split else []
+    cuts = detect_cuts([luma_histogram(y) for y in lumas], config.scene_threshold) if config.scene_split else []
     outputs, refusals = [], []
     for first, last in segments_between(len(frames), cuts):
         t0 = (window.start_frame + first) / window.fps
@@ -298,16 +349,17 @@ def cut_window(task: WindowTask, out_dir: str | Path) -> tuple[list[ClipOutput],
                                     f"{rec.source}: {last - first} frames at {t0:.3f} s between hard cuts, shorter "
                                     f"than min_clip_s={config.min_clip_s:g} s; not a clip"))
             continue
-        outputs.append(_clip_output(task, clip, frames[first:last], window.frame_times(first, last), out_dir))
+        outputs.append(_clip_output(task, clip, frames[first:last], lumas[first:last],
+                                    window.frame_times(first, last), out_dir))
     return outputs, refusals
 
 
-def _clip_output(task: WindowTask, clip: str, frames: list[np.ndarray], times: np.ndarray,
+def _clip_output(task: WindowTask, clip: str, frames: list[np.ndarray], lumas: list[np.ndarray], times: np.ndarray,
                  out_dir: str | Path) -> ClipOutput:
     rec, config, fps = task.recording, task.config, task.window.fps
     out_dir = Path(out_dir)
     key = clip_key(rec.partner, rec.recording_id, clip)
-    files = {key: str(encode_clip(frames, fps, out_dir / f"{clip}.mp4", config))}
+    files = {key: str(encode_clip(frames, fps, out_dir / f"{clip}.mp4", config, pix_fmt="yuv420p"))}
     sensor_keys, sensor_channels, statuses = {}, {}, []
     gyro_rms = accel_std = None
     for samples in task.sensors:
@@ -325,7 +377,7 @@ def _clip_output(task: WindowTask, clip: str, frames: list[np.ndarray], times: n
             gyro_rms, accel_std = imu_stats(samples.channels, samples.units, values)
     order = ["ok", "sensor_gap", "sensor_invalid"]
     sensor_status = max(statuses, key=order.index) if statuses else "none"
-    height, width = frames[0].shape[:2]
+    height, width = lumas[0].shape
     source_w, source_h = (rec.height, rec.width) if rec.rotation_deg in (90, 270) else (rec.width, rec.height)
     row = {
         "clip_id": clip, "recording_id": rec.recording_id, "partner": rec.partner, "delivery": rec.delivery,
@@ -335,7 +387,7 @@ def _clip_output(task: WindowTask, clip: str, frames: list[np.ndarray], times: n
         "sensor_keys": json.dumps(sensor_keys, sort_keys=True),
         "sensor_channels": json.dumps(sensor_channels, sort_keys=True),
         "imu_gyro_rms": gyro_rms, "imu_accel_std": accel_std,
-        **frame_stats(frames, config.stats_every),
+        **frame_stats(lumas, config.stats_every),
         "recording_meta": rec.meta_json, "status": "ingested",
     }
     return ClipOutput(row, files)

@@ -14,8 +14,12 @@ def luma(frame: np.ndarray) -> np.ndarray:
 
 
 def luma_histogram(frame: np.ndarray) -> np.ndarray:
-    """A normalized 32-bin luma histogram of every other pixel: blind to where things are, so pans barely move it."""
-    counts = np.bincount((luma(frame[::2, ::2]) * (BINS / 256.0)).astype(np.int32).clip(0, BINS - 1).ravel(),
+    """A normalized 32-bin luma histogram of every other pixel: blind to where things are, so pans barely move it.
+
+    Takes an RGB frame [H, W, 3] or a luma plane [H, W] (0..255).
+    """
+    y = luma(frame[::2, ::2]) if frame.ndim == 3 else frame[::2, ::2]
+    counts = np.bincount((y * (BINS / 256.0)).astype(np.int32).clip(0, BINS - 1).ravel(),
                          minlength=BINS).astype(np.float64)
     return counts / max(1.0, counts.sum())
 

@@ -15,7 +15,8 @@ CHUNK_ROWS = 65536
 # unit as declared -> (canonical unit, factor to it)
 UNITS: dict[str, tuple[str, float]] = {
     "m/s^2": ("m/s^2", 1.0), "m/s2": ("m/s^2", 1.0), "g": ("m/s^2", 9.80665), "mg": ("m/s^2", 9.80665e-3),
-    "rad/s": ("rad/s", 1.0), "mrad/s": ("rad/s", 1e-3), "deg/s": ("rad/s", math.pi / 180), "dps": ("rad/s", math.pi / 180),
+    "rad/s": ("rad/s", 1.0), "mrad/s": ("rad/s", 1e-3), "deg/s": ("rad/s", math.pi / 180),
+    "dps": ("rad/s", math.pi / 180),
     "ut": ("uT", 1.0), "µt": ("uT", 1.0), "t": ("uT", 1e6), "mt": ("uT", 1e3), "gauss": ("uT", 100.0),
     "s": ("s", 1.0), "ms": ("s", 1e-3), "us": ("s", 1e-6), "µs": ("s", 1e-6), "ns": ("s", 1e-9),
 }
@@ -97,11 +98,15 @@ def _chunks(spec: SensorSpec) -> Iterator[np.ndarray]:
     if spec.format == "npy":
         try:
             table = np.load(path, mmap_mode="r", allow_pickle=False)  # never unpickle partner bytes
-        except (OSError, ValueError) as e:
-            raise SensorError(spec.name, "sensor_unreadable", f"cannot read it as .npy ({e}); save it with np.save") from e
+        except (OSError, ValueError, EOFError) as e:
+            raise SensorError(spec.name, "sensor_unreadable",
+                              f"cannot read it as .npy ({e}); save it with np.save") from e
         if table.ndim != 2 or table.shape[1] != len(spec.columns):
             raise SensorError(spec.name, "sensor_columns", f"array of shape {table.shape}, the manifest declares "
                                                            f"{len(spec.columns)} columns {list(spec.columns)}")
+        if table.dtype.kind not in "biuf":
+            raise SensorError(spec.name, "sensor_unreadable", f"holds {table.dtype} values, not numbers; save a "
+                                                              f"float or integer array")
         for start in range(0, table.shape[0], CHUNK_ROWS):
             yield np.asarray(table[start:start + CHUNK_ROWS], dtype=np.float64)
         return
@@ -113,9 +118,9 @@ def _chunks(spec: SensorSpec) -> Iterator[np.ndarray]:
     try:
         reader = pacsv.open_csv(path, read_options=pacsv.ReadOptions(block_size=1 << 20),
                                 convert_options=pacsv.ConvertOptions(null_values=["", "nan", "NaN", "NA"]))
-    except (pa.ArrowInvalid, OSError) as e:
-        raise SensorError(spec.name, "sensor_unreadable", f"cannot read it as CSV with a header ({e})") from e
-    header = [name.strip() for name in reader.schema.names]
+        header = [name.strip() for name in reader.schema.names]
+    except (pa.ArrowInvalid, OSError, UnicodeDecodeError) as e:
+        raise SensorError(spec.name, "sensor_unreadable", f"cannot read it as UTF-8 CSV with a header ({e})") from e
     missing = [c for c in spec.columns if c not in header]
     if missing:
         raise SensorError(spec.name, "sensor_columns", f"columns {missing} are declared but the CSV header is "
@@ -125,7 +130,7 @@ def _chunks(spec: SensorSpec) -> Iterator[np.ndarray]:
         for batch in reader:
             columns = [batch.column(i) for i in index]
             yield np.stack([c.to_numpy(zero_copy_only=False).astype(np.float64) for c in columns], axis=1)
-    except (pa.ArrowInvalid, ValueError, TypeError) as e:
+    except (pa.ArrowInvalid, ValueError, TypeError, UnicodeDecodeError) as e:
         raise SensorError(spec.name, "sensor_unreadable", f"a value is not a number ({e}); write numbers only") from e
 
 

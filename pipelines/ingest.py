@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import shutil
 import tempfile
@@ -14,7 +13,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import apache_beam as beam
 
@@ -23,14 +22,12 @@ from alliance.settings import Settings
 from alliance.store import LocalStore, ObjectStore, open_store, validate_key
 from alliance.tables import CLIP_SCHEMA, REJECTION_SCHEMA, Rejection
 from ingest.bounded import run_bounded
-from ingest.clips import (ClipConfig, RecordingInfo, Refusal, WindowTask, clip_id, cut_window, plan_recording,
-                          sha256_file)
+from ingest.clips import ClipConfig, RecordingInfo, Refusal, clip_id, cut_window, plan_recording, sha256_file
 from ingest.errors import DecodeError
 from ingest.sensors import SensorSpec
 from pipelines.sinks import (ProgressWriter, WriteParts, WriteRejections, clear_prefix, count, counters, ensure_part,
                              read_progress, read_table, table_prefix, write_jsonl)
 
-log = logging.getLogger(__name__)
 NAMESPACE = "ingest"
 VIDEO_SUFFIXES = (".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi", ".ts", ".mts")
 MEDIA_TYPES = {".mp4": "video/mp4", ".m4v": "video/mp4", ".mov": "video/quicktime", ".mkv": "video/x-matroska",
@@ -153,7 +150,8 @@ class PlanRecording(beam.DoFn):
             for item in plan_recording(path, info, sensors, self.config):
                 if isinstance(item, Refusal):
                     count(NAMESPACE, f"rejected_{item.reason}")
-                    yield beam.pvalue.TaggedOutput("rejected", Rejection(item.key, item.stage, item.reason, item.detail))
+                    yield beam.pvalue.TaggedOutput("rejected",
+                                                   Rejection(item.key, item.stage, item.reason, item.detail))
                     continue
                 windows += 1
                 yield ref, item

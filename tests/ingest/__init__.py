@@ -1,0 +1,1 @@
+"""Tests of ingest: probe, clip cutting, re-encoding, sensor alignment."""

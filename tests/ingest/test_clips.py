@@ -153,3 +153,36 @@ def test_frame_statistics_tell_dark_from_lit(tmp_path):
     assert dark_row["luma_mean"] < 20 < lit_row["luma_mean"]
     assert dark_row["dark_fraction"] > 0.5 > lit_row["dark_fraction"]
     assert lit_row["frame_diff_mean"] > 0 and lit_row["sharpness"] > 0
+
+
+def _write_with_pts(path: Path, pts: list[int], fmt: str) -> Path:
+    """A 10 fps stream whose frames carry the given timestamps (ticks of 1/10 s)."""
+    paint = painter(VideoSpec(scene="counter"))
+    with av.open(str(path), mode="w", format=fmt) as container:
+        stream = container.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 64, 64, "yuv420p"
+        stream.codec_context.options = {"preset": "ultrafast", "bf": "0"}
+        for i, stamp in enumerate(pts):
+            frame = av.VideoFrame.from_ndarray(paint(i), format="rgb24")
+            frame.pts = stamp
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def test_a_gap_in_the_timeline_refuses_only_the_windows_inside_it(tmp_path):
+    path = _write_with_pts(tmp_path / "gap.mp4", list(range(20)) + list(range(50, 80)), "mp4")
+    outputs, _, errors = cut_all(path, ClipConfig(clip_s=1.0, fps=10), tmp_path / "out")
+    assert [o.row["t0"] for o in outputs] == [0.0, 1.0, 5.0, 6.0, 7.0]
+    assert [(w.t0, e.reason) for w, e in errors] == [(2.0, "decode_failed"), (3.0, "decode_failed"),
+                                                     (4.0, "decode_failed")]
+    assert "gap" in str(errors[0][1])
+
+
+def test_frames_hours_apart_are_refused_before_any_window_is_planned(tmp_path):
+    path = _write_with_pts(tmp_path / "hours.ts", [i * 36000 for i in range(20)], "mpegts")
+    with pytest.raises(DecodeError) as caught:
+        plan_windows(probe(path), ClipConfig(clip_s=4.0))
+    assert caught.value.reason in ("corrupt", "too_short") and str(path) in str(caught.value)

@@ -10,7 +10,8 @@ import pytest
 
 from ingest.clips import ClipConfig, RecordingInfo, WindowTask, cut_window, plan_recording, sha256_file
 from ingest.sensors import SensorSpec, read_stream, resample, window_slices
-from ingest.synth import IMU_COLUMNS, ImuSpec, VideoSpec, imu_signal, imu_table, write_imu_csv, write_imu_npy, write_video
+from ingest.synth import (IMU_COLUMNS, ImuSpec, VideoSpec, imu_signal, imu_table, write_imu_csv, write_imu_npy,
+                          write_video)
 
 UNITS = {"t": "s", "ax": "m/s^2", "ay": "m/s^2", "az": "m/s^2", "gx": "rad/s", "gy": "rad/s", "gz": "rad/s"}
 

@@ -1,0 +1,1 @@
+"""Tests of the Beam pipelines run end to end."""

@@ -1,4 +1,4 @@
-"""The ingest pipeline end to end: local multi-processing runner, PortableRunner (LOOPBACK), catalog and folder sources."""
+"""The ingest pipeline end to end: local multi-processing runner, PortableRunner (LOOPBACK), catalog and folders."""
 
 from __future__ import annotations
 
