@@ -18,7 +18,8 @@ class SampleRecording:
     """One file a sample partner delivers, and what the demo expects to happen to it."""
 
     partner: str
-    name: str  # file name inside the partner's folder, e.g. "walk-01.mp4"
+    delivery: str  # the folder a partner delivers in one go
+    name: str  # file name inside the delivery folder, e.g. "walk-01.mp4"
     seconds: float
     expect: str  # "kept", "too_dark", "frozen", "corrupt", "near_duplicate", "revoked"
     imu: bool = True
@@ -38,18 +39,47 @@ def default_plan(seconds: float = 8.0, size: int = 96, fps: int = 10) -> SampleP
     """Three partners (glasses, a robot fleet, a hospital), each with a planted problem."""
     r = SampleRecording
     return SamplePlan(fps=fps, size=size, seconds=seconds, recordings=(
-        r("glassco", "kitchen-01.mp4", seconds, "kept"),
-        r("glassco", "kitchen-02.mp4", seconds, "kept"),
-        r("glassco", "cellar-dark.mp4", seconds, "too_dark"),
-        r("glassco", "workshop-03.mp4", seconds, "revoked"),
-        r("robofleet", "warehouse-01.mp4", seconds, "kept"),
-        r("robofleet", "warehouse-02.mp4", seconds, "kept"),
-        r("robofleet", "parked-frozen.mp4", seconds, "frozen"),
-        r("robofleet", "copy-of-kitchen-01.mp4", seconds, "near_duplicate"),
-        r("carehouse", "ward-01.mp4", seconds, "kept"),
-        r("carehouse", "ward-02.mp4", seconds, "kept"),
-        r("carehouse", "broken-upload.mp4", seconds, "corrupt", imu=False),
+        r("glassco", "homes-2026-11", "kitchen-01.mp4", seconds, "kept"),
+        r("glassco", "homes-2026-11", "kitchen-02.mp4", seconds, "kept"),
+        r("glassco", "homes-2026-11", "cellar-dark.mp4", seconds, "too_dark"),
+        r("glassco", "homes-2026-11", "workshop-03.mp4", seconds, "revoked"),
+        r("robofleet", "site-a-week-47", "warehouse-01.mp4", seconds, "kept"),
+        r("robofleet", "site-a-week-47", "warehouse-02.mp4", seconds, "kept"),
+        r("robofleet", "site-a-week-47", "parked-frozen.mp4", seconds, "frozen"),
+        r("robofleet", "site-a-week-47", "copy-of-kitchen-01.mp4", seconds, "near_duplicate"),
+        r("carehouse", "ward-rounds", "ward-01.mp4", seconds, "kept"),
+        r("carehouse", "ward-rounds", "ward-02.mp4", seconds, "kept"),
+        r("carehouse", "ward-retry", "broken-upload.mp4", seconds, "corrupt", imu=False),
     ))
+
+
+DEVICES = {
+    "glassco": {"kind": "glasses", "model": "GlassCo Lens 2", "mounting": "head"},
+    "robofleet": {"kind": "robot", "model": "RF-300 head camera", "mounting": "robot"},
+    "carehouse": {"kind": "bodycam", "model": "CareCam C1", "mounting": "chest"},
+}
+IMU_UNITS = {"ax": "m/s^2", "ay": "m/s^2", "az": "m/s^2", "gx": "rad/s", "gy": "rad/s", "gz": "rad/s"}
+
+
+def delivery_toml(partner: str, names: list[str]) -> str:
+    """The delivery.toml a partner writes once per folder: license, consent, device, the IMU stream."""
+    device = DEVICES.get(partner, {"kind": "camera", "model": "unknown", "mounting": "handheld"})
+    lines = [
+        f'partner = "{partner}"',
+        'license = "alliance-data-contract-1.0"',
+        "[consent]",
+        'scope = ["pretraining", "evaluation"]',
+        "expires = 2030-12-31",
+        "faces_allowed = false",
+        "[device]",
+        *(f'{key} = "{value}"' for key, value in device.items()),
+        "[sensors.imu]",
+        f"rate_hz = {IMU_RATE_HZ}",
+        "units = { " + ", ".join(f'{k} = "{v}"' for k, v in IMU_UNITS.items()) + " }",
+    ]
+    for index, name in enumerate(sorted(names)):  # fixed start times: the manifest does not depend on file mtimes
+        lines += [f'[recordings."{name}"]', f"start_time = 2026-11-0{1 + index % 9}T09:00:00Z"]
+    return "\n".join(lines) + "\n"
 
 
 # --------------------------------------------------------------------------- the scene
@@ -130,12 +160,12 @@ def _cropped_copy(source: Path, target: Path, fps: int, size: int) -> None:
 
 
 def make_sample_deliveries(root: str | Path, plan: SamplePlan | None = None) -> list[SampleRecording]:
-    """Write each partner's folder under root (videos + IMU CSVs); deterministic, skips files already there."""
+    """Write root/{partner}/{delivery}/ folders (videos, IMU CSVs, delivery.toml); deterministic, skips what exists."""
     plan = plan or default_plan()
     root = Path(root)
     first_kept: tuple[Path, int] | None = None  # the recording the planted near duplicate copies, and its seed
     for seed, recording in enumerate(plan.recordings, start=1):
-        folder = root / recording.partner
+        folder = root / recording.partner / recording.delivery
         folder.mkdir(parents=True, exist_ok=True)
         video = folder / recording.name
         stem = video.stem
@@ -166,4 +196,14 @@ def make_sample_deliveries(root: str | Path, plan: SamplePlan | None = None) -> 
             imu_path = folder / f"{stem}.imu.csv"
             if not imu_path.exists():
                 write_imu_csv(imu_path, imu_for(seed, recording.seconds))
+    for (partner, delivery) in sorted({(r.partner, r.delivery) for r in plan.recordings}):
+        names = [r.name for r in plan.recordings if (r.partner, r.delivery) == (partner, delivery)]
+        (root / partner / delivery / "delivery.toml").write_text(delivery_toml(partner, names))
     return list(plan.recordings)
+
+
+def delivery_folders(root: str | Path, plan: SamplePlan | None = None) -> list[tuple[str, Path]]:
+    """(partner, folder) of every sample delivery, in delivery order."""
+    plan = plan or default_plan()
+    seen = dict.fromkeys((r.partner, r.delivery) for r in plan.recordings)
+    return [(partner, Path(root) / partner / delivery) for partner, delivery in seen]

@@ -79,6 +79,49 @@ class RateLimiter:
             self.buckets[key] = (tokens - 1, now)
 
 
+class AuditWriter:
+    """Appends audit events in batches from a background thread, so a request does not wait for a commit.
+
+    Events reach the catalog within `interval_s`; stop() and flush() write whatever is queued."""
+
+    def __init__(self, catalog: Catalog, interval_s: float = 0.2):
+        self.catalog, self.interval_s = catalog, interval_s
+        self.queue: list[AuditEvent] = []
+        self.lock = threading.Lock()
+        self.flushing = threading.Lock()
+        self.stopped = threading.Event()
+        self.thread: threading.Thread | None = None
+
+    def add(self, event: AuditEvent) -> None:
+        with self.lock:
+            self.queue.append(event)
+
+    def flush(self) -> None:
+        with self.flushing:
+            with self.lock:
+                batch, self.queue = self.queue, []
+            if batch:
+                with self.catalog.session() as session:
+                    session.add_all(batch)
+
+    def _run(self) -> None:
+        while not self.stopped.wait(self.interval_s):
+            try:
+                self.flush()
+            except CatalogError as e:  # the events stay lost only if the catalog stays down; say so loudly
+                log.error("could not write %s audit events: %s", "queued", e)
+
+    def start(self) -> None:
+        self.thread = threading.Thread(target=self._run, name="audit", daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.stopped.set()
+        if self.thread is not None:
+            self.thread.join()
+        self.flush()
+
+
 def delivery_id_for(partner: str, name: str) -> str:
     """Content-derived: the same partner re-sending the same delivery name gets the same id."""
     return "d" + hashlib.sha256(f"{partner}\n{name}".encode()).hexdigest()[:31]
@@ -119,6 +162,7 @@ def create_app(settings: Settings, config: ServiceConfig = ServiceConfig(), *, s
     uploads = Uploads(store, secret, config.part_size)
     limiter = RateLimiter(config.rate_per_s, config.rate_burst)
     validator = ThreadPoolExecutor(1, thread_name_prefix="validate")
+    audit = AuditWriter(catalog)
 
     def validate(delivery_id: str) -> None:
         from partners.validate import validate_delivery
@@ -137,7 +181,9 @@ def create_app(settings: Settings, config: ServiceConfig = ServiceConfig(), *, s
             pending = session.scalars(select(Delivery.id).where(Delivery.status == "validating")).all()
         for delivery_id in pending:
             validator.submit(validate, delivery_id)
+        audit.start()
         yield
+        audit.stop()
         validator.shutdown(wait=True, cancel_futures=False)
 
     app = FastAPI(title="Alliance delivery service", version=CONTRACT_VERSION, lifespan=lifespan,
@@ -187,12 +233,8 @@ def create_app(settings: Settings, config: ServiceConfig = ServiceConfig(), *, s
                            target=target if target and safe_target.match(str(target)) else None,
                            status=response.status_code,
                            detail={"method": request.method, "file": params.get("index")})
-        await run_in_threadpool(_record, event)
+        audit.add(event)
         return response
-
-    def _record(event: AuditEvent) -> None:
-        with catalog.session() as session:
-            session.add(event)
 
     def principal(request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> Principal:
         client = request.client.host if request.client else "unknown"
@@ -508,6 +550,7 @@ def create_app(settings: Settings, config: ServiceConfig = ServiceConfig(), *, s
 
     @app.get("/audit", response_model=list[AuditOut], responses=_ERRORS, name="list_audit")
     def list_audit(who: Principal = Depends(principal), limit: int = Query(100, ge=1, le=1000)):
+        audit.flush()
         with catalog.session() as session:
             rows = session.scalars(select(AuditEvent).where(AuditEvent.partner_id == who.partner)
                                    .order_by(AuditEvent.id.desc()).limit(limit)).all()
