@@ -61,6 +61,7 @@ def test_missing_object_names_the_key(tmp_path):
     assert result.returncode == 1 and "no/such.bin: no such object" in result.stdout
 
 
-def test_demo_runs_and_says_what_it_did(tmp_path):
-    out = run(["demo", "run"], tmp_path).stdout
-    assert "demo summary" in out
+def test_demo_make_data_says_what_it_wrote(tmp_path):
+    out = run(["demo", "make-data", "--out", "samples"], tmp_path).stdout
+    assert "11 recordings from 3 partners" in out and "planted: corrupt, frozen, near_duplicate" in out
+    assert (tmp_path / "samples" / "glassco" / "homes-2026-11" / "delivery.toml").is_file()
