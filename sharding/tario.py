@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import tarfile
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import IO, BinaryIO, Iterator
 
@@ -44,18 +45,34 @@ class MemberSpan:
 
 
 class TarSink:
-    """Appends members to a binary sink (a store ObjectWriter), counting offsets and hashing every byte."""
+    """Appends members to a binary sink (a store ObjectWriter), counting offsets and hashing every byte.
+
+    Large chunks are hashed on a helper thread while the sink writes them (both release the GIL), one chunk
+    in flight at most, so memory stays at two chunks and the hash is in write order.
+    """
 
     def __init__(self, sink: IO[bytes] | "object"):
         self.sink = sink
         self.offset = 0
         self.digest = hashlib.sha256()
+        self._hasher = ThreadPoolExecutor(1, thread_name_prefix="shard-sha256")
+        self._pending: Future | None = None
+
+    def _settle(self) -> None:
+        if self._pending is not None:
+            self._pending.result()
+            self._pending = None
 
     def _write(self, data: bytes | memoryview) -> None:
-        if data:
-            self.sink.write(data)
+        if not data:
+            return
+        self._settle()
+        if len(data) >= 1 << 16:
+            self._pending = self._hasher.submit(self.digest.update, data)
+        else:
             self.digest.update(data)
-            self.offset += len(data)
+        self.sink.write(data)
+        self.offset += len(data)
 
     def add_bytes(self, name: str, data: bytes) -> MemberSpan:
         self._write(member_header(name, len(data)))
@@ -87,7 +104,13 @@ class TarSink:
         end = 2 * BLOCK
         end += -(self.offset + end) % RECORD
         self._write(b"\0" * end)
+        self._settle()
+        self._hasher.shutdown()
         return self.offset, self.digest.hexdigest()
+
+    def close(self) -> None:
+        """Stop the hashing thread (finish() does it too); safe to call after an error."""
+        self._hasher.shutdown(wait=True, cancel_futures=True)
 
 
 def split_name(name: str) -> tuple[str, str] | tuple[None, None]:

@@ -7,6 +7,7 @@ import io
 import json
 import logging
 from collections import Counter, defaultdict
+from contextlib import closing
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterable, Sequence, TypeVar
@@ -137,8 +138,7 @@ def write_planned_shard(store: ObjectStore, name: str, version: int, shard: Shar
         return done
     key = shard_key(name, version, shard.index)
     spans: dict[str, dict[str, list[int]]] = {}
-    with store.open_write(key) as writer:
-        tar = TarSink(writer)
+    with store.open_write(key) as writer, closing(TarSink(writer)) as tar:
         for sample in shard.samples:
             where = spans[sample.key] = {}
             span = tar.add_bytes(f"{sample.key}.json", sample.meta_json.encode())
@@ -322,8 +322,7 @@ def rewrite_shard(store: ObjectStore, name: str, version: int, task: RewriteTask
     drop = set(task.drop)
     spans: dict[str, dict[str, list[int]]] = {}
     samples: list[str] = []
-    with store.open_read(task.source) as src, store.open_write(key) as writer:
-        tar = TarSink(writer)
+    with store.open_read(task.source) as src, store.open_write(key) as writer, closing(TarSink(writer)) as tar:
         try:
             with tarfile.open(fileobj=src, mode="r|") as archive:
                 for info in archive:

@@ -42,7 +42,9 @@ def revoke(settings: Settings, recording: str, partner: str) -> None:
 
 
 @pytest.mark.slow
-def test_beam_pipeline_writes_records_and_reruns(store, tmp_path):
+def test_beam_pipeline_writes_records_and_reruns(s3_store, tmp_path):
+    """Two Beam worker processes write to the real S3 server (file:// runs through Beam in the CLI test)."""
+    store = s3_store
     selection = make_selection(store, tmp_path / "media")
     write_selection_table(store, selection)
     settings = settings_for(store, tmp_path)

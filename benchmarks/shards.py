@@ -1,0 +1,249 @@
+"""Benchmark: shard writing vs webdataset.ShardWriter (disk) and raw boto3 (S3), reader clips/s, peak RSS at 1 GB.
+
+Starts its own SeaweedFS server; each RSS figure comes from a fresh child process.
+Sizes (--quick, the default): 96 samples of 1 MiB random "mp4" + a 6x32 float32 npy + json (~96 MiB), 16 MiB
+shards; 48 real PyAV clips (128x96, 32 frames) for the reader; one 1 GiB shard (64 samples of 16 MiB) for RSS.
+--full: 512 samples of 2 MiB (1 GiB), 128 MiB shards; 192 clips for the reader; the same 1 GiB RSS shard.
+Usage: python benchmarks/shards.py [--full]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Iterator
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+
+from alliance.store import LocalStore, ObjectInfo, ObjectStore, ObjectWriter  # noqa: E402
+
+
+class SplitStore(ObjectStore):
+    """Reads clips from one store and writes datasets/ to another: measures the write path alone."""
+
+    def __init__(self, source: ObjectStore, target: ObjectStore):
+        self.source, self.target, self.url = source, target, target.url
+
+    def _pick(self, key: str) -> ObjectStore:
+        return self.target if key.startswith("datasets/") else self.source
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        self._pick(key).put_bytes(key, data)
+
+    def put_if_absent(self, key: str, data: bytes) -> bool:
+        return self._pick(key).put_if_absent(key, data)
+
+    def get_bytes(self, key: str) -> bytes:
+        return self._pick(key).get_bytes(key)
+
+    def open_read(self, key: str):
+        return self._pick(key).open_read(key)
+
+    def open_write(self, key: str) -> ObjectWriter:
+        return self._pick(key).open_write(key)
+
+    def exists(self, key: str) -> bool:
+        return self._pick(key).exists(key)
+
+    def size(self, key: str) -> int:
+        return self._pick(key).size(key)
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        return self._pick(prefix).list(prefix)
+
+    def delete(self, key: str) -> None:
+        self._pick(key).delete(key)
+
+
+def npy_bytes(rows: int, seed: int) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.random.default_rng(seed).normal(size=(rows, 6)).astype(np.float32))
+    return buf.getvalue()
+
+
+def make_rows(store: ObjectStore, samples: int, member_bytes: int, *, reuse_one: bool = False,
+              videos: list[bytes] | None = None) -> list[dict]:
+    """Selection rows (kept) whose clip objects are random bytes (or the given videos) in `store`."""
+    rows = []
+    shared = os.urandom(member_bytes) if reuse_one else None
+    if reuse_one:
+        store.put_bytes("clips/bench/shared.mp4", shared)
+        store.put_bytes("clips/bench/shared.imu.npy", npy_bytes(32, 0))
+    for i in range(samples):
+        base = "clips/bench/shared" if reuse_one else f"clips/bench/{i:06d}"
+        if not reuse_one:
+            store.put_bytes(f"{base}.mp4", videos[i % len(videos)] if videos else os.urandom(member_bytes))
+            store.put_bytes(f"{base}.imu.npy", npy_bytes(32, i))
+        rows.append({"clip_id": f"clip{i:06d}", "recording_id": f"rec{i // 4:05d}", "partner": f"p{i % 3}",
+                     "delivery": "d1", "clip_key": f"{base}.mp4", "t0": 0.0, "t1": 3.2, "frames": 32, "fps": 10.0,
+                     "width": 128, "height": 96, "sensor_keys": json.dumps({"imu": f"{base}.imu.npy"}),
+                     "sensor_channels": json.dumps({"imu": ["ax", "ay", "az", "gx", "gy", "gz"]}),
+                     "recording_meta": json.dumps({"license": "cc-by-4.0", "consent": {"scope": "research"}}),
+                     "kept": True, "cluster": i % 5, "quality": "{}"})
+    return rows
+
+
+def ours_write(store: ObjectStore, rows: list[dict], target: int, name: str, threads: int = 1) -> tuple[float, int]:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from sharding.plan import ShardConfig, plan_samples, plan_version
+    from sharding.versions import write_version
+
+    started = time.perf_counter()
+    plan = plan_version(plan_samples(rows, store), ShardConfig(target_bytes=target), {"selection": "bench"})
+    if threads > 1:
+        with ThreadPoolExecutor(threads) as pool:
+            manifest = write_version(store, name, plan, map_shards=lambda fn, items: list(pool.map(fn, items)))
+    else:
+        manifest = write_version(store, name, plan)
+    return time.perf_counter() - started, manifest.bytes
+
+
+def wds_write(root: Path, source: LocalStore, rows: list[dict], target: int) -> tuple[float, int]:
+    import webdataset
+
+    root.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    with webdataset.ShardWriter(str(root / "shard-%06d.tar"), maxsize=target, maxcount=1 << 30, verbose=0) as sink:
+        for row in rows:
+            sample = {"__key__": row["clip_id"], "json": json.dumps(row).encode(),
+                      "mp4": (source.root / row["clip_key"]).read_bytes(),
+                      "imu.npy": (source.root / json.loads(row["sensor_keys"])["imu"]).read_bytes()}
+            sink.write(sample)
+    elapsed = time.perf_counter() - started
+    return elapsed, sum(p.stat().st_size for p in root.glob("*.tar"))
+
+
+def s3_store(endpoint: str, key: str, secret: str, prefix: str):
+    from alliance.settings import S3Settings
+    from alliance.store import S3Store
+
+    store = S3Store(f"s3://bench/{prefix}", S3Settings(endpoint_url=endpoint, access_key_id=key,
+                                                      secret_access_key=secret))
+    store.ensure_bucket()
+    return store
+
+
+def child_rss(target: str, tmp: str, endpoint: str, key: str, secret: str) -> None:
+    """Write one ~1 GiB shard (64 samples x 16 MiB, incompressible) and report peak RSS above the start."""
+    import sharding.versions  # noqa: F401  (imports before the baseline)
+    import sharding.plan  # noqa: F401
+
+    source = LocalStore(Path(tmp) / "rss-src")
+    rows = make_rows(source, 64, 16 << 20, reuse_one=True)
+    dest = LocalStore(Path(tmp) / f"rss-{target}") if target == "file" else s3_store(endpoint, key, secret, "rss")
+    Path("/proc/self/clear_refs").write_text("5")  # resets the peak (VmHWM) to the current RSS
+    base = _status_mb("VmRSS")
+    elapsed, size = ours_write(SplitStore(source, dest), rows, 2 << 30, "rss")
+    print(json.dumps({"base_mb": base, "peak_mb": _status_mb("VmHWM"), "bytes": size, "seconds": elapsed}))
+
+
+def _status_mb(field: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise SystemExit(f"/proc/self/status has no {field}")
+
+
+def read_clips(store_root: str, worker: int, workers: int, out: str) -> None:
+    from sharding.reader import ShardReader
+
+    store = LocalStore(Path(store_root))
+    reader = ShardReader(store, "clips", 1, frames=16, size=64, worker=worker, num_workers=workers)
+    started = time.time()
+    count = sum(1 for _ in reader)
+    Path(out).write_text(json.dumps({"count": count, "start": started, "end": time.time()}))
+
+
+def reader_rate(store: LocalStore, workers: int, tmp: Path) -> tuple[float, int]:
+    """Worker processes read their slots; the rate is over the span from the first start to the last end of
+    iteration (process start-up and imports excluded)."""
+    procs = [subprocess.Popen([sys.executable, __file__, "--read", str(store.root), str(w), str(workers),
+                               str(tmp / f"count{w}")]) for w in range(workers)]
+    for p in procs:
+        if p.wait() != 0:
+            raise SystemExit(f"reader worker exited with {p.returncode}")
+    results = [json.loads((tmp / f"count{w}").read_text()) for w in range(workers)]
+    span = max(r["end"] for r in results) - min(r["start"] for r in results)
+    return span, sum(r["count"] for r in results)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--full", action="store_true", help="Bigger sizes (several minutes).")
+    parser.add_argument("--rss", nargs=5, help=argparse.SUPPRESS)
+    parser.add_argument("--read", nargs=4, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.rss:
+        return child_rss(*args.rss)
+    if args.read:
+        return read_clips(args.read[0], int(args.read[1]), int(args.read[2]), args.read[3])
+
+    from alliance.devservers import SeaweedS3
+    from ingest.synth import VideoSpec, write_video
+
+    samples, member, shard, clips = (512, 2 << 20, 128 << 20, 192) if args.full else (96, 1 << 20, 16 << 20, 48)
+    with tempfile.TemporaryDirectory() as tmpdir, SeaweedS3(Path(tmpdir) / "weed") as server:
+        tmp = Path(tmpdir)
+        admin = server.identity("admin")
+        source = LocalStore(tmp / "store")
+        rows = make_rows(source, samples, member)
+        mb = samples * member / 2**20
+        print(f"write: {samples} samples x {member >> 20} MiB + npy + json ({mb:.0f} MiB), {shard >> 20} MiB shards")
+
+        disk_wds, disk_ours = [], []
+        for attempt in range(2):
+            disk_wds.append(wds_write(tmp / f"wds{attempt}", source, rows, shard))
+            disk_ours.append(ours_write(source, rows, shard, f"disk{attempt}"))
+        wds_s, wds_bytes = min(disk_wds)
+        ours_s, ours_bytes = min(disk_ours)
+        print(f"  disk  webdataset.ShardWriter   {wds_bytes / 2**20 / wds_s:8.1f} MiB/s  ({wds_s:.2f} s)")
+        print(f"  disk  alliance (plan+shards+index+manifest) {ours_bytes / 2**20 / ours_s:8.1f} MiB/s  "
+              f"({ours_s:.2f} s)")
+        print(f"  disk  ratio alliance/webdataset: {wds_s / ours_s * ours_bytes / wds_bytes:.2f}x (goal >= 1.0x)")
+
+        target = s3_store(server.endpoint_url, admin.access_key, admin.secret_key, "write")
+        s3_s, s3_bytes = ours_write(SplitStore(source, target), rows, shard, "s3one")
+        s3_s2, _ = ours_write(SplitStore(source, target), rows, shard, "s3two", threads=2)
+        shards = sorted((source.root / "datasets/disk0/v1").glob("shard-*.tar"))
+        started = time.perf_counter()
+        for path in shards:  # the same bytes, boto3's managed transfer (threads, 8 MiB multipart)
+            target.client.upload_file(str(path), "bench", f"raw/{path.name}")
+        raw_s = time.perf_counter() - started
+        raw_bytes = sum(p.stat().st_size for p in shards)
+        print(f"  s3    boto3 upload_file of the shard files  {raw_bytes / 2**20 / raw_s:8.1f} MiB/s  ({raw_s:.2f} s)")
+        print(f"  s3    alliance, 1 writer       {s3_bytes / 2**20 / s3_s:8.1f} MiB/s  ({s3_s:.2f} s)  "
+              f"ratio {raw_s / s3_s:.2f}x (goal >= 0.8x)")
+        print(f"  s3    alliance, 2 writers      {s3_bytes / 2**20 / s3_s2:8.1f} MiB/s  ({s3_s2:.2f} s)  "
+              f"ratio {raw_s / s3_s2:.2f}x")
+
+        videos = [write_video(tmp / f"v{i}.mp4", VideoSpec(width=128, height=96, fps=10, frames=32, seed=i,
+                                                           scene="pan")).read_bytes() for i in range(8)]
+        reader_store = LocalStore(tmp / "reader")
+        ours_write(reader_store, make_rows(reader_store, clips, 0, videos=videos), 1 << 18, "clips")
+        print(f"read: {clips} clips of 128x96x32 frames (H.264), decoded to 16 frames at 64x64, file://")
+        for workers in (1, 2):
+            elapsed, count = reader_rate(reader_store, workers, tmp)
+            print(f"  reader {workers} worker(s): {count / elapsed:7.1f} clips/s ({count} clips in {elapsed:.2f} s, "
+                  f"iteration span)")
+
+        print("rss: one shard of 64 x 16 MiB incompressible samples (~1 GiB), each run in its own process")
+        for where in ("file", "s3"):
+            out = subprocess.run([sys.executable, __file__, "--rss", where, tmpdir, server.endpoint_url,
+                                  admin.access_key, admin.secret_key], capture_output=True, text=True, check=True)
+            r = json.loads(out.stdout.strip().splitlines()[-1])
+            print(f"  {where:<4} {r['bytes'] / 2**30:.2f} GiB in {r['seconds']:.1f} s: peak RSS {r['peak_mb']:.0f} MiB "
+                  f"(before writing {r['base_mb']:.0f} MiB, +{r['peak_mb'] - r['base_mb']:.0f} MiB)")
+
+
+if __name__ == "__main__":
+    main()
