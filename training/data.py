@@ -102,12 +102,21 @@ class ClipLoader:
         self.workers = max(1, cfg.data.workers)
         self.positions: list[dict] = [{"epoch": 0, "reader": None} for _ in range(self.workers)]
         self.next_worker = 0
-        self.skipped: Counter[str] = Counter()
+        self.rejected: Counter[str] = Counter()  # samples the loader refused, by reason
+        self.reader_failures: dict[int, dict[str, int]] = {}  # what each worker's reader skipped (decode_failed)
         self.samples = 0
         self._lock = threading.Lock()
         self._queues: list[queue.Queue] = []
         self._threads: list[threading.Thread] = []
         self._stop = threading.Event()
+
+    @property
+    def skipped(self) -> Counter[str]:
+        """Every sample not trained on, by reason: refused here or skipped by a reader."""
+        total = Counter(self.rejected)
+        for failures in list(self.reader_failures.values()):
+            total.update(failures)
+        return total
 
     def state_dict(self) -> dict:
         return {"positions": [dict(p) for p in self.positions], "next_worker": self.next_worker,
@@ -176,12 +185,13 @@ class ClipLoader:
                     with self._lock:
                         self.samples += 1
                         if problem:
-                            self.skipped[problem] += 1
+                            self.rejected[problem] += 1
                     if problem:
                         continue
                     pending.append(sample)
                     if len(pending) == batch_size:
                         state = {"epoch": epoch, "reader": reader.state_dict()}
+                        self.reader_failures[w] = dict(getattr(reader, "failures", {}))
                         if not self._put(w, LoadedBatch(collate(pending, self.cfg, epoch), state)):
                             return
                         produced, pending = produced + 1, []
@@ -212,7 +222,9 @@ def reader_factory(cfg: TrainConfig, store: Any = None, dataset: str = "", versi
                           f"({e}); install the sharding package or use data.source=synthetic") from e
 
     def make(worker: int, workers: int, epoch: int) -> Reader:
-        return ShardReader(store, dataset, version, worker=worker, num_workers=workers, epoch=epoch, **common)
+        # a clip that fails to decode is skipped and counted (never retried forever, never silent)
+        return ShardReader(store, dataset, version, worker=worker, num_workers=workers, epoch=epoch,
+                           on_error="skip", **common)
 
     return make
 

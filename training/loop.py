@@ -122,6 +122,91 @@ class Distributed:
     local_rank: int = 0
 
 
+@dataclass(frozen=True)
+class StepParts:
+    """What one optimisation step needs: the model (maybe DDP-wrapped), the EMA teacher, optimizer, precision."""
+
+    model: JEPA
+    step_model: nn.Module
+    teacher: nn.Module | None
+    optimizer: torch.optim.Optimizer
+    cfg: TrainConfig
+    device: torch.device
+    autocast: Any
+
+
+@dataclass(frozen=True)
+class StepOutput:
+    loss: float
+    parts: dict[str, float]
+    raw_targets: torch.Tensor | None
+    grad_norm: float
+    lr: float
+    wd: float
+    momentum: float
+
+
+def build(cfg: TrainConfig, device: torch.device, mask_sets: int) -> tuple[JEPA, nn.Module | None,
+                                                                            torch.optim.Optimizer]:
+    """The context encoder + predictor, the EMA target encoder (none for SIGReg), and AdamW."""
+    model = JEPA(cfg, mask_sets).to(device)
+    teacher = None if cfg.objective.kind == "sigreg" else copy.deepcopy(model.encoder).requires_grad_(False)
+    optimizer = torch.optim.AdamW(param_groups(model), lr=cfg.optim.lr_start, betas=cfg.optim.betas)
+    return model, teacher, optimizer
+
+
+def prepare(model: JEPA, teacher: nn.Module | None, optimizer: torch.optim.Optimizer, cfg: TrainConfig,
+            device: torch.device, world_size: int = 1) -> StepParts:
+    """On CUDA: compile each transformer block (shapes vary with the masks, so dynamic) and use bf16 autocast;
+    with several processes wrap in DDP. On CPU: plain fp32."""
+    use_cuda = device.type == "cuda"
+    if use_cuda and cfg.run.compile:
+        teacher_blocks = list(teacher.blocks) if teacher is not None else []
+        for block in [*model.encoder.blocks, *model.predictor.blocks, *teacher_blocks]:
+            block.compile(dynamic=True)
+    step_model: nn.Module = model
+    if world_size > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        step_model = DistributedDataParallel(model, device_ids=[device.index] if use_cuda else None)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_cuda and cfg.run.bf16)
+    return StepParts(model, step_model, teacher, optimizer, cfg, device, autocast)
+
+
+def jepa_step(parts: StepParts, clip: torch.Tensor, actions: torch.Tensor, masks: list[MaskPair],
+              step: int) -> StepOutput:
+    """One step: schedules, encode targets (EMA, no grad), encode context, predict, loss, backward, clip, AdamW, EMA."""
+    cfg, device, optimizer, teacher = parts.cfg, parts.device, parts.optimizer, parts.teacher
+    # schedules
+    lr, wd = lr_at(step, cfg), wd_at(step, cfg)
+    m = momentum(step, cfg.run.steps, cfg.objective.ema_start, cfg.objective.ema_end)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+        if group["decay"]:
+            group["weight_decay"] = wd
+    masks = [MaskPair(p.context.to(device, non_blocking=True), p.target.to(device, non_blocking=True))
+             for p in masks]
+    generator = torch.Generator().manual_seed(cfg.run.seed * 1_000_003 + step)  # SIGReg slices: same on all ranks
+    # encode targets, encode context, predict, loss
+    raw_targets = None
+    with parts.autocast:
+        targets = None
+        if teacher is not None:
+            with torch.no_grad():
+                raw_targets = teacher(clip)
+                targets = layer_normed(raw_targets.float())
+        loss, loss_parts = parts.step_model(clip, masks, actions, targets, generator)
+    # step
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(parts.model.parameters(), cfg.optim.grad_clip))
+    optimizer.step()
+    # EMA
+    if teacher is not None:
+        ema_update(teacher, parts.model.encoder, m)
+    return StepOutput(float(loss.detach()), loss_parts, raw_targets, grad_norm, lr, wd, m)
+
+
 def _distributed(device: torch.device) -> Distributed:
     """torchrun sets RANK/WORLD_SIZE/LOCAL_RANK; one process otherwise."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -206,9 +291,7 @@ def train(settings_or_store: Any, dataset: str, version: int, config: TrainConfi
     np.random.seed(cfg.run.seed)
     random.seed(cfg.run.seed)
     masker = MaskGenerator(cfg.mask, cfg.model, seed=cfg.run.seed * 1000 + dist_info.rank)
-    model = JEPA(cfg, masker.num_sets).to(device)
-    teacher = None if cfg.objective.kind == "sigreg" else copy.deepcopy(model.encoder).requires_grad_(False)
-    optimizer = torch.optim.AdamW(param_groups(model), lr=cfg.optim.lr_start, betas=cfg.optim.betas)
+    model, teacher, optimizer = build(cfg, device, masker.num_sets)
     loader = ClipLoader(factory or reader_factory(cfg, store, dataset, version, dist_info.rank,
                                                   dist_info.world_size), cfg)
 
@@ -238,16 +321,8 @@ def train(settings_or_store: Any, dataset: str, version: int, config: TrainConfi
             write_run(store, record)
             store.put_bytes(f"{run_prefix(run)}/config.json", json.dumps(cfg.to_dict(), indent=2).encode())
 
-    step_model: nn.Module = model
     use_cuda = device.type == "cuda"
-    if use_cuda and cfg.run.compile:
-        for block in [*model.encoder.blocks, *model.predictor.blocks]:
-            block.compile(dynamic=True)
-    if dist_info.world_size > 1:
-        from torch.nn.parallel import DistributedDataParallel
-
-        step_model = DistributedDataParallel(model, device_ids=[device.index] if use_cuda else None)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_cuda and cfg.run.bf16)
+    parts_of_step = prepare(model, teacher, optimizer, cfg, device, dist_info.world_size)
 
     metrics_file = Path(metrics_path) if metrics_path and lead else None
     if metrics_file:
@@ -267,33 +342,11 @@ def train(settings_or_store: Any, dataset: str, version: int, config: TrainConfi
             window_wait += time.perf_counter() - waited
             clip = loaded.batch.clip(device)
             actions = loaded.batch.actions.to(device)
-            # schedules
-            lr, wd, m = lr_at(step, cfg), wd_at(step, cfg), momentum(step, total, cfg.objective.ema_start,
-                                                                     cfg.objective.ema_end)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-                if group["decay"]:
-                    group["weight_decay"] = wd
-            # mask
-            masks = [MaskPair(p.context.to(device), p.target.to(device)) for p in masker(clip.shape[0], step)]
-            # encode targets, encode context, predict, loss
-            generator = torch.Generator().manual_seed(cfg.run.seed * 1_000_003 + step)  # same on every rank
-            with autocast:
-                targets = None
-                if teacher is not None:
-                    with torch.no_grad():
-                        raw_targets = teacher(clip)
-                        targets = layer_normed(raw_targets.float())
-                loss, parts = step_model(clip, masks, actions, targets, generator)
-            # step
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip))
-            optimizer.step()
-            # EMA
-            if teacher is not None:
-                ema_update(teacher, model.encoder, m)
-            loss_value = float(loss.detach())
+            # mask, encode, predict, loss, step, EMA
+            masks = masker(clip.shape[0], step)
+            out = jepa_step(parts_of_step, clip, actions, masks, step)
+            loss_value, parts, raw_targets = out.loss, out.parts, out.raw_targets
+            lr, wd, m = out.lr, out.wd, out.momentum
             if not math.isfinite(loss_value):
                 raise TrainingError(f"run {run}: loss is {loss_value} at step {step}; lower optim.lr_peak or raise "
                                     f"optim.warmup_steps, then resume from {last['key'] or 'the start'}")
@@ -308,7 +361,7 @@ def train(settings_or_store: Any, dataset: str, version: int, config: TrainConfi
                     seen = raw_targets if teacher is not None else model.encoder(clip)
                     stats = collapse_stats(seen)
                 row = {"step": done, "loss": loss_value, **parts, "lr": lr, "wd": wd, "ema": m,
-                       "grad_norm": grad_norm, "clips_per_s": clips_per_s, "tokens_per_s": clips_per_s * tokens_per_clip,
+                       "grad_norm": out.grad_norm, "clips_per_s": clips_per_s, "tokens_per_s": clips_per_s * tokens_per_clip,
                        "data_wait": window_wait / max(elapsed, 1e-9), "skipped": sum(loader.skipped.values()),
                        **{f"collapse_{k}": v for k, v in stats.items()}}
                 if use_cuda:
