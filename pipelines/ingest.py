@@ -99,9 +99,21 @@ class LocalCopies:
             size = self.store.size(key)
             if not (target.is_file() and target.stat().st_size == size):
                 self._evict(size)
-                self.store.get_file(key, target)
+                self._download(key, target)
             os.utime(target)
         return str(target)
+
+    def _download(self, key: str, target: Path) -> None:
+        """Into a private temporary name, then renamed: workers in other processes may fetch the same key."""
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+        try:
+            with os.fdopen(fd, "wb") as out, self.store.open_read(key) as src:
+                shutil.copyfileobj(src, out, 1 << 20)
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
     def _evict(self, incoming: int) -> None:
         if not self.root.is_dir():

@@ -75,11 +75,14 @@ def ingest(ctx: typer.Context,
            short_side: int = typer.Option(256, "--short-side", help="Training resolution: the short side in pixels."),
            fps: float = typer.Option(0.0, "--fps", help="Fixed output rate (0: the source's)."),
            scene_split: bool = typer.Option(False, "--scene-split", help="Split clips on hard cuts."),
+           preset: str = typer.Option("superfast", "--preset", help="x264 preset of the re-encode (ultrafast ... "
+                                      "veryslow): speed against bytes."),
            timeout_s: float = typer.Option(120.0, "--timeout-s", help="Time bound per clip window; a hang becomes "
                                            "a decode_timeout rejection."),
            overwrite: bool = typer.Option(False, "--overwrite", help="Rewrite clip files that already exist (after "
                                           "changing encode settings).")) -> None:
     """Decode, cut, re-encode and align sensors: recordings -> clips/ + tables/clips/RUN + tables/rejections/RUN."""
+    import logging
     from datetime import datetime, timezone
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -90,8 +93,9 @@ def ingest(ctx: typer.Context,
     from pipelines.ingest import run_ingest
 
     run = run or f"ingest-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
+    logging.getLogger("apache_beam").setLevel(logging.WARNING)
     config = ClipConfig(clip_s=clip_s, stride_s=stride_s, short_side=short_side, fps=fps, scene_split=scene_split,
-                        window_timeout_s=timeout_s)
+                        preset=preset, window_timeout_s=timeout_s)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[extra]}"),
                TimeElapsedColumn())
     with Progress(*columns, console=console, transient=False) as bar:
