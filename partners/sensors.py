@@ -26,6 +26,7 @@ class SensorFacts:
     rate_hz: float | None  # measured from the median timestamp step
     rate_ratio: float | None  # measured / declared
     max_nan_run_s: float | None
+    first_bad_row: int | None = None  # the first data row whose timestamp does not increase
 
 
 class _Unreadable(ValueError):
@@ -94,8 +95,10 @@ def sensor_facts(path: str | Path, spec: SensorFile) -> SensorFacts:
     t = table[:, spec.columns.index(spec.timestamp)]
     steps = np.diff(t)
     finite = steps[np.isfinite(steps)]
-    monotonic = bool(np.isfinite(t).all() and (steps > 0).all())
+    bad = np.flatnonzero(~(steps > 0))
+    monotonic = bool(np.isfinite(t).all() and bad.size == 0)
     rate = float(1.0 / np.median(finite)) if finite.size and np.median(finite) > 0 else None
     values = np.delete(table, spec.columns.index(spec.timestamp), axis=1)
     return SensorFacts(spec.path, spec.stream, None, "", len(table), monotonic, rate,
-                       None if rate is None else rate / spec.rate_hz, _longest_nan_run(values) / spec.rate_hz)
+                       None if rate is None else rate / spec.rate_hz, _longest_nan_run(values) / spec.rate_hz,
+                       int(bad[0]) + 2 if bad.size else None)

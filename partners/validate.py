@@ -133,6 +133,17 @@ def _detail(file: ManifestFile, reason: str, facts: dict, observed, copy: LocalC
         return f"{file.path}: {facts['probe_detail']}"
     if facts.get("read_detail") and reason == facts.get("read_reason"):
         return facts["read_detail"]
+    if reason == "timestamps_not_monotonic":
+        return f"{file.path}: the timestamp does not increase at data row {facts.get('first_bad_row')}"
+    if reason == "rate_mismatch":
+        return (f"{file.path}: samples arrive at {facts.get('rate_hz') or 0:.4g} Hz, the manifest declares "
+                f"{facts.get('declared_rate_hz')} Hz")
+    if reason == "nan_run":
+        return f"{file.path}: {observed:.3g} s of consecutive missing samples"
+    if reason == "duration_mismatch":
+        return f"{file.path}: measured {facts.get('duration_s')} s, more than the tolerance off the declared length"
+    if reason in ("codec_not_allowed", "resolution_out_of_bounds", "fps_out_of_bounds", "duration_out_of_bounds"):
+        return f"{file.path}: {reason.replace('_', ' ')}: {observed}"
     return f"{file.path}: {reason.replace('_', ' ')} (observed {observed})"
 
 
@@ -160,7 +171,8 @@ def assess(manifest: DeliveryManifest, locate: Locator, bounds: ContractBounds =
                 elif intact:
                     measured = asdict(sensor_facts(copy.path, sensors[file.path]))
                     row.update({k: measured[k] for k in ("read_reason", "read_detail", "rows", "monotonic",
-                                                         "rate_hz", "rate_ratio", "max_nan_run_s")})
+                                                         "first_bad_row", "rate_hz", "rate_ratio", "max_nan_run_s")})
+                    row["declared_rate_hz"] = sensors[file.path].rate_hz
             facts[file.path] = row
             rows["recordings" if file.kind == "recording" else "sensors"].append(
                 {k: v for k, v in row.items() if not k.endswith("_detail")})
