@@ -1,0 +1,1 @@
+"""Tests of the sharding stage: shard writing, dataset versions, the streaming reader, the shard pipeline."""
