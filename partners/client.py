@@ -251,8 +251,28 @@ def _read_part(path: Path, offset: int, size: int) -> bytes:
         return f.read(size)
 
 
+def _send_parts(api: _Api, path: Path, plan: UploadPlan, concurrency: int) -> Iterator[tuple[int, int]]:
+    """PUT the plan's parts, at most `concurrency` at a time (memory: that many parts); yields (part, bytes) sent."""
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+    def send(part) -> tuple[int, int]:
+        data = _read_part(path, (part.part - 1) * plan.part_size, part.bytes)
+        api.put_part(part.url, data)
+        return part.part, len(data)
+
+    with ThreadPoolExecutor(max(1, concurrency), thread_name_prefix="part") as pool:
+        inflight: set = set()
+        for part in plan.urls:
+            inflight.add(pool.submit(send, part))
+            if len(inflight) >= concurrency:
+                done, inflight = wait(inflight, return_when=FIRST_COMPLETED)
+                yield from (future.result() for future in done)
+        done, _ = wait(inflight)
+        yield from (future.result() for future in done)
+
+
 def deliver(folder: str | Path, url: str, token: str, *, metadata: DeliveryMetadata | None = None,
-            progress: bool = False, wait_s: float = 600.0,
+            progress: bool = False, wait_s: float = 600.0, concurrency: int = 4,
             on_part: Callable[[str, int], None] | None = None) -> DeliveryVerdict:
     """Deliver a folder: manifest, resumable multipart upload, completion, then wait for and return the verdict.
 
@@ -276,13 +296,11 @@ def deliver(folder: str | Path, url: str, token: str, *, metadata: DeliveryMetad
                     api.call("POST", f"/deliveries/{status.id}/files/{file.index}/upload").content)
                 skipped += len(plan.done)
                 bar.advance(task, sum(min(plan.part_size, file.bytes - (n - 1) * plan.part_size) for n in plan.done))
-                for part in plan.urls:
-                    data = _read_part(folder / file.path, (part.part - 1) * plan.part_size, part.bytes)
-                    api.put_part(part.url, data)
-                    sent += len(data)
-                    bar.advance(task, len(data))
+                for part, size in _send_parts(api, folder / file.path, plan, concurrency):
+                    sent += size
+                    bar.advance(task, size)
                     if on_part is not None:
-                        on_part(file.path, part.part)
+                        on_part(file.path, part)
                 api.call("POST", f"/deliveries/{status.id}/files/{file.index}/complete")
         api.call("POST", f"/deliveries/{status.id}/complete")
         status = _wait(api, status.id, wait_s)

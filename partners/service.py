@@ -122,6 +122,12 @@ class AuditWriter:
         self.flush()
 
 
+def _warm_up() -> None:
+    import great_expectations  # noqa: F401
+
+    import partners.validate  # noqa: F401
+
+
 def delivery_id_for(partner: str, name: str) -> str:
     """Content-derived: the same partner re-sending the same delivery name gets the same id."""
     return "d" + hashlib.sha256(f"{partner}\n{name}".encode()).hexdigest()[:31]
@@ -182,6 +188,7 @@ def create_app(settings: Settings, config: ServiceConfig = ServiceConfig(), *, s
         for delivery_id in pending:
             validator.submit(validate, delivery_id)
         audit.start()
+        validator.submit(_warm_up)  # GX takes seconds to import: pay it now, not in the first partner's wait
         yield
         audit.stop()
         validator.shutdown(wait=True, cancel_futures=False)
@@ -228,7 +235,7 @@ def create_app(settings: Settings, config: ServiceConfig = ServiceConfig(), *, s
             return response
         params = request.scope.get("path_params", {})
         target = params.get("delivery_id") or params.get("recording_id")
-        event = AuditEvent(partner_id=principal.partner if principal else None,
+        event = AuditEvent(at=utcnow(), partner_id=principal.partner if principal else None,
                            token_id=principal.token_id if principal else None, action=route.name,
                            target=target if target and safe_target.match(str(target)) else None,
                            status=response.status_code,

@@ -65,7 +65,7 @@ def test_an_interrupted_upload_resumes_without_resending_finished_parts(service,
         raise Interrupted(f"connection lost after part {part} of {path}")
 
     with pytest.raises(Interrupted):
-        deliver(folder, service.url, service.a.token, on_part=drop_after_first)
+        deliver(folder, service.url, service.a.token, on_part=drop_after_first, concurrency=1)
     assert sent == [1]
     resumed: list[int] = []
     verdict = deliver(folder, service.url, service.a.token, on_part=lambda path, part: resumed.append(part))
