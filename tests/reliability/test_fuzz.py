@@ -25,7 +25,7 @@ from partners.sensors import sensor_facts
 from tests.reliability.conftest import count, record
 from tests.reliability.harness import measure
 
-FUZZ = settings(max_examples=count(150, 3000), deadline=None, database=None, derandomize=True,
+FUZZ = settings(max_examples=count(100, 3000), deadline=None, database=None, derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
                                        HealthCheck.data_too_large])
 PROBE_FUZZ = settings(FUZZ, max_examples=count(30, 400))
