@@ -70,7 +70,7 @@ def test_an_interrupted_upload_resumes_without_resending_finished_parts(service,
     resumed: list[int] = []
     verdict = deliver(folder, service.url, service.a.token, on_part=lambda path, part: resumed.append(part))
     size = media.big.stat().st_size
-    assert resumed == [2, 3] and verdict.skipped_parts == 1
+    assert sorted(resumed) == [2, 3] and verdict.skipped_parts == 1
     assert verdict.uploaded_bytes == size - service.config.part_size
     assert verdict.status == "accepted", verdict.problems
     assert service.store.get_bytes(file_key("partner-a", verdict.delivery, "long.mp4")) == media.big.read_bytes()
