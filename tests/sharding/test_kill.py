@@ -114,3 +114,24 @@ def test_kill_during_multipart_upload_leaves_only_orphans_gc_removes(s3_store, t
     report = gc(s3_store, grace_s=0)
     assert report.aborted_uploads >= 1 and report.deleted == ()
     assert not s3_store.client.list_multipart_uploads(Bucket=s3_store.bucket, Prefix=full).get("Uploads")
+
+
+@pytest.mark.slow
+def test_kill_the_beam_pipeline_command_then_rerun(tmp_path, reference):
+    """`alliance pipeline shard` (Beam, 2 worker processes) killed with its workers as soon as a shard lands."""
+    store = LocalStore(tmp_path / "store")
+    write_selection_table(store, make_selection(store, tmp_path / "media"))
+    env = {**writer_env(store, tmp_path / ".alliance"), "ALLIANCE_BEAM_WORKERS": "2"}
+    command = [sys.executable, "-m", "alliance.cli.main", "pipeline", "shard", "--name", "ego", "--selection", "sel-1",
+               "--target-mb", str(TARGET / 2**20), "--seed", "4"]
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not any(o.key.endswith(".tar") for o in store.list("datasets/ego/v1/")):
+        assert process.poll() is None and time.monotonic() < deadline, process.stdout.read()
+        time.sleep(0.02)
+    os.killpg(process.pid, signal.SIGKILL)  # the launcher and its Beam workers, like a lost machine
+    process.wait(timeout=30)
+    rerun = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0 and "ego@v1: 12 samples" in rerun.stdout, rerun.stdout + rerun.stderr
+    assert version_bytes(store, "ego", 1) == reference
