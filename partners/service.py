@@ -17,7 +17,7 @@ from fastapi import Depends, FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from starlette.concurrency import run_in_threadpool
 
@@ -396,7 +396,14 @@ def create_app(settings: Settings, config: ServiceConfig = ServiceConfig(), *, s
                 plan.state = "uploaded"
                 return plan
             if row.upload_id is None and isinstance(store, S3Store):
-                row.upload_id = uploads.begin(key)
+                started = uploads.begin(key)
+                claimed = session.execute(update(DeliveryFile).where(
+                    DeliveryFile.id == row.id, DeliveryFile.upload_id.is_(None)).values(upload_id=started)).rowcount
+                if claimed:
+                    row.upload_id = started
+                else:  # a concurrent request opened one first: use that one, drop ours
+                    uploads.discard(key, started, staging)
+                    session.refresh(row)
             have = uploads.received(key, row.upload_id, staging)
             plan.done = sorted(p.number for p in layout if have.get(p.number) == p.bytes)
             base = str(request.base_url).rstrip("/")

@@ -141,3 +141,19 @@ def _wait_report(api: httpx.Client, delivery: str) -> dict:
             return api.get(f"/deliveries/{delivery}/report.json").json()
         time.sleep(0.1)
     raise AssertionError(f"delivery {delivery} still {status['status']}")
+
+
+def test_concurrent_upload_plans_share_one_multipart_upload(service, media, tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+    from urllib.parse import parse_qs, urlparse
+
+    folder = make_folder(tmp_path / "race", media, {"a.mp4": media.good})
+    api = httpx.Client(base_url=service.url, headers=service.headers(service.a), timeout=30)
+    delivery = api.post("/deliveries", json=_manifest_json(folder)).json()["id"]
+    with ThreadPoolExecutor(4) as pool:
+        plans = list(pool.map(lambda _: api.post(f"/deliveries/{delivery}/files/0/upload").json(), range(4)))
+    upload_ids = {parse_qs(urlparse(plan["urls"][0]["url"]).query)["uploadId"][0] for plan in plans}
+    assert len(upload_ids) == 1
+    assert httpx.put(plans[0]["urls"][0]["url"], content=(folder / "a.mp4").read_bytes()).status_code == 200
+    assert api.post(f"/deliveries/{delivery}/files/0/complete").json()["state"] == "uploaded"
+    api.close()
