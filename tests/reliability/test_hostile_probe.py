@@ -13,7 +13,7 @@ from tests.reliability.conftest import FULL, record
 from tests.reliability.harness import Measured, measure
 from tests.reliability.hostile import HostileFile, good_video
 
-TIMEOUT_S = 10.0 if FULL else 4.0  # the probe's per-file bound (its default is 10 s)
+TIMEOUT_S = 10.0 if FULL else 3.0  # the probe's per-file bound (its default is 10 s)
 SLACK_S = 5.0  # killing and reaping the decoder child, on 2 busy cores
 MEMORY_BOUND_MB = 512  # above what probing the good file takes
 
