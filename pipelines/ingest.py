@@ -29,6 +29,7 @@ from pipelines.sinks import (ProgressWriter, WriteParts, WriteRejections, clear_
                              read_progress, read_table, table_prefix, write_jsonl)
 
 NAMESPACE = "ingest"
+BYTES_PER_PART = 64 << 30  # ~64 GB of partner video gives some 10^4 clip rows: one parquet part
 VIDEO_SUFFIXES = (".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi", ".ts", ".mts")
 MEDIA_TYPES = {".mp4": "video/mp4", ".m4v": "video/mp4", ".mov": "video/quicktime", ".mkv": "video/x-matroska",
                ".webm": "video/webm", ".avi": "video/x-msvideo", ".ts": "video/mp2t", ".mts": "video/mp2t"}
@@ -49,6 +50,7 @@ class RecordingRef:
     recording_id: str = ""  # sha256; computed by the pipeline when empty
     sensors: tuple[SensorSpec, ...] = ()
     meta_json: str = "{}"
+    bytes: int = 0  # size of the recording, to size the clip table's parts
 
 
 @dataclass(frozen=True)
@@ -251,7 +253,7 @@ def build_pipeline(pipeline: beam.Pipeline, settings: Settings, refs: Sequence[R
                                                                                                 main="rows"))
     _ = clips.rows | "ClipTable" >> WriteParts(settings, table_prefix("clips", run), CLIP_SCHEMA, "clip_id", parts)
     _ = ((planned.rejected, clips.rejected) | "AllRejections" >> beam.Flatten()
-         | "RejectionTable" >> WriteRejections(settings, run))
+         | "RejectionTable" >> WriteRejections(settings, run, parts))
 
 
 # --------------------------------------------------------------------------- sources
@@ -267,7 +269,7 @@ def refs_from_folder(folder: Path, partner: str) -> list[RecordingRef]:
         sensors = tuple(_sidecar_sensor(csv, path) for csv in sorted(path.parent.glob(f"{path.stem}.*.csv")))
         meta = {"source": str(path), "delivery": delivery, "partner": partner}
         refs.append(RecordingRef(str(path), True, partner, delivery, sensors=sensors,
-                                 meta_json=json.dumps(meta, sort_keys=True)))
+                                 meta_json=json.dumps(meta, sort_keys=True), bytes=path.stat().st_size))
     return refs
 
 
@@ -281,11 +283,11 @@ def _sidecar_sensor(csv: Path, video: Path) -> SensorSpec:
 
 def refs_from_prefix(store: ObjectStore, prefix: str, partner: str) -> list[RecordingRef]:
     """Video objects under a store prefix (key order); `{stem}.{stream}.csv` siblings are not read here."""
-    keys = [o.key for o in store.list(prefix) if Path(o.key).suffix.lower() in VIDEO_SUFFIXES]
+    found = [o for o in store.list(prefix) if Path(o.key).suffix.lower() in VIDEO_SUFFIXES]
     delivery = f"prefix-{hashlib.sha1(f'{partner}:{store.url}/{prefix}'.encode()).hexdigest()[:12]}"
-    return [RecordingRef(key, False, partner, delivery,
-                         meta_json=json.dumps({"source": key, "delivery": delivery, "partner": partner},
-                                              sort_keys=True)) for key in keys]
+    return [RecordingRef(o.key, False, partner, delivery,
+                         meta_json=json.dumps({"source": o.key, "delivery": delivery, "partner": partner},
+                                              sort_keys=True), bytes=o.size) for o in found]
 
 
 def refs_from_catalog(settings: Settings, store: ObjectStore) -> list[RecordingRef]:
@@ -301,12 +303,12 @@ def refs_from_catalog(settings: Settings, store: ObjectStore) -> list[RecordingR
         with catalog.session() as session:
             rows = session.scalars(select(Recording).where(Recording.status == "accepted")
                                    .order_by(Recording.key)).all()
-            recordings = [(r.id, r.key, r.partner_id) for r in rows]
+            recordings = [(r.id, r.key, r.partner_id, r.bytes) for r in rows]
     finally:
         catalog.dispose()
     manifests: dict[str, dict] = {}
     refs = []
-    for recording_id, key, partner in recordings:
+    for recording_id, key, partner, size in recordings:
         parts = key.split("/")
         if len(parts) < 5 or parts[0] != "landing" or parts[3] != "files":
             raise IngestInputError(f"recording {recording_id}: key {key!r} is not under landing/PARTNER/DELIVERY/"
@@ -331,7 +333,7 @@ def refs_from_catalog(settings: Settings, store: ObjectStore) -> list[RecordingR
                                                                                                   False),
                 "delivery": delivery, "partner": partner, "start_time": entry.get("start_time"), "source": key}
         refs.append(RecordingRef(key, False, partner, delivery, recording_id, sensors,
-                                 json.dumps(meta, sort_keys=True, default=str)))
+                                 json.dumps(meta, sort_keys=True, default=str), size or 0))
     return refs
 
 
@@ -359,10 +361,11 @@ def resolve_source(settings: Settings, store: ObjectStore, source: str, partner:
 def run_ingest(settings: Settings, source: str, run_id: str, beam_flags: Sequence[str] = (), *,
                partner: str = "local", config: ClipConfig = ClipConfig(), overwrite: bool = False,
                record: bool = True, on_progress: Callable[[dict[str, int], int], None] | None = None,
-               parts: int = 4) -> IngestSummary:
+               parts: int = 0) -> IngestSummary:
     """Ingest `source` ('catalog', a local folder or a store prefix) as run `run_id`; records the run afterwards.
 
-    on_progress(counts, recordings_in) is called about once a second while the job runs.
+    on_progress(counts, recordings_in) is called about once a second while the job runs. parts: files of the clip
+    table (0: one per BYTES_PER_PART of source video, at least 4), so no worker holds more than a part's rows.
     """
     from pipelines.options import pipeline_options
 
@@ -376,6 +379,7 @@ def run_ingest(settings: Settings, source: str, run_id: str, beam_flags: Sequenc
     if record:
         _record_run(settings, run_id, "running", config, source, {}, started_at)
     pipeline = beam.Pipeline(options=pipeline_options(settings, beam_flags))
+    parts = parts or max(4, -(-sum(ref.bytes for ref in refs) // BYTES_PER_PART))
     build_pipeline(pipeline, settings, refs, run_id, config, overwrite, parts)
     try:
         result = _run_with_progress(pipeline, store, run_id, len(refs), on_progress)
