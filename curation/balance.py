@@ -45,6 +45,13 @@ def assign(batch: np.ndarray, centroids: np.ndarray) -> tuple[np.ndarray, np.nda
     return labels.astype(np.int32), sims[np.arange(len(labels)), labels]
 
 
+def _cluster_sums(x: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
+    """Per-cluster sums of the rows of x, [k, d] float64 (a one-hot product: far faster than np.add.at)."""
+    onehot = np.zeros((len(x), k), np.float32)
+    onehot[np.arange(len(x)), labels] = 1.0
+    return (onehot.T @ x).astype(np.float64)
+
+
 def streaming_kmeans(batches: BatchSource, cfg: KMeansConfig) -> np.ndarray:
     """Spherical k-means over a stream of [b, d] batches in memory O(k * d + batch); returns [k', d] centroids
     (k' = min(k, number of points))."""
@@ -68,8 +75,7 @@ def streaming_kmeans(batches: BatchSource, cfg: KMeansConfig) -> np.ndarray:
     for batch in batches():
         x = normalize(batch)
         labels, _ = assign(x, centroids)
-        sums = np.zeros_like(centroids, dtype=np.float64)
-        np.add.at(sums, labels, x)
+        sums = _cluster_sums(x, labels, k)
         seen = np.bincount(labels, minlength=k).astype(np.float64)
         total = counts + seen
         moved = seen > 0
@@ -83,7 +89,7 @@ def streaming_kmeans(batches: BatchSource, cfg: KMeansConfig) -> np.ndarray:
         for batch in batches():
             x = normalize(batch)
             labels, _ = assign(x, centroids)
-            np.add.at(sums, labels, x)
+            sums += _cluster_sums(x, labels, k)
             seen += np.bincount(labels, minlength=k)
         moved = seen > 0
         centroids[moved] = normalize(sums[moved])

@@ -22,7 +22,7 @@ class NearDupConfig:
     sample_fps: float = 3.0          # frames hashed per second, on a fixed grid from the clip's start
     max_samples: int = 48
     scales: tuple[float, ...] = (1.0, 0.8)  # centre crops hashed per frame: a cropped copy matches the 0.8 view
-    band_bits: tuple[int, ...] = (16, 16, 16, 15)  # LSH bands over the 63 hash bits
+    band_bits: tuple[int, ...] = (16, 16, 16, 15)  # LSH bands over the 63 hash bits (each at most 24 bits)
     min_band_hits: int = 3           # band collisions a clip needs before it is compared in full
     max_bucket: int = 50_000         # a bucket this full says nothing (flat frames); it is ignored
     max_mean_hamming: float = 12.0   # mean bits apart over the best temporal alignment: near duplicate
@@ -122,29 +122,36 @@ def distances(query: Signature, indexed: np.ndarray, cfg: NearDupConfig,
     best = np.full(count, np.inf, dtype=np.float32)
     need = np.maximum(2, np.ceil(cfg.min_overlap * np.minimum(fq, lengths))).astype(int)
     for offset in range(-(width - 1), fq):
-        qi = np.arange(max(0, offset), min(fq, offset + width))
-        ii = qi - offset
-        if len(qi) == 0:
+        # alignment: query sample q against indexed sample q - offset, a diagonal of the last two axes
+        diagonal = np.diagonal(ham, offset=-offset, axis1=-2, axis2=-1)  # [C, 2, Sq, Si, n]
+        if diagonal.shape[-1] == 0:
             continue
-        valid = ii[None, :] < lengths[:, None]  # [C, n]
+        ii = max(0, -offset) + np.arange(diagonal.shape[-1])
+        valid = (ii[None, :] < lengths[:, None]).astype(np.float32)  # [C, n]
         overlap = valid.sum(axis=1)
-        sums = (ham[:, :, :, :, qi, ii] * valid[:, None, None, None, :]).sum(axis=-1)
-        means = sums / np.maximum(overlap, 1)[:, None, None, None]
-        candidate = means.reshape(count, -1).min(axis=1)
+        sums = np.einsum("cmabn,cn->cmab", diagonal, valid)
+        candidate = (sums / np.maximum(overlap, 1)[:, None, None, None]).reshape(count, -1).min(axis=1)
         candidate[overlap < need] = np.inf
         best = np.minimum(best, candidate)
     return best
 
 
 def _band_keys(hashes: np.ndarray, cfg: NearDupConfig) -> np.ndarray:
-    """uint64 keys (band index in the top bits, band value below) for each hash: [..., bands]."""
+    """uint64 keys (band index above the band's bits, band value below) for each hash: [..., bands]."""
     keys = []
     shift = 0
+    width = np.uint64(max(cfg.band_bits))
     for band, bits in enumerate(cfg.band_bits):
         value = (hashes >> np.uint64(shift)) & np.uint64((1 << bits) - 1)
-        keys.append(value | (np.uint64(band) << np.uint64(32)))
+        keys.append(value | (np.uint64(band) << width))
         shift += bits
     return np.stack(keys, axis=-1)
+
+
+def _sorted_unique(values: np.ndarray) -> np.ndarray:
+    """np.unique by sorting (numpy's hash-based unique is much slower on large uint64 arrays)."""
+    values = np.sort(values)
+    return values[np.r_[True, values[1:] != values[:-1]]] if len(values) else values
 
 
 @dataclass
@@ -181,12 +188,10 @@ class Segment:
         keys = _band_keys(self.hashes, cfg)  # [n, S, F, B]
         owner = np.broadcast_to(np.arange(n, dtype=np.int32)[:, None, None, None], keys.shape)
         mask = np.broadcast_to(valid[..., None], keys.shape)
-        keys, owner = keys[mask], owner[mask]
-        # one entry per (clip, key): repeated frames would only inflate hit counts
-        pairs = np.unique(np.stack([keys, owner.astype(np.uint64)], axis=1), axis=0) if len(keys) else \
-            np.zeros((0, 2), np.uint64)
-        self.keys = np.ascontiguousarray(pairs[:, 0])
-        self.entries = pairs[:, 1].astype(np.int32)
+        # one entry per (key, clip), sorted by key: repeated frames would only inflate hit counts
+        packed = _sorted_unique((keys[mask] << np.uint64(32)) | owner[mask].astype(np.uint64))
+        self.keys = packed >> np.uint64(32)
+        self.entries = (packed & np.uint64(0xFFFFFFFF)).astype(np.int32)
 
     def to_bytes(self) -> bytes:
         buffer = io.BytesIO()
@@ -236,12 +241,12 @@ class NearDupIndex:
         self._live_hashes.append(plain)
         self.clip_ids.add(clip_id)
         self.content.setdefault(content_hash, clip_id)
-        for key in np.unique(_band_keys(plain, self.cfg)).tolist():
+        for key in _sorted_unique(_band_keys(plain, self.cfg).ravel()).tolist():
             self._live_table.setdefault(key, []).append(position)
 
     def query(self, sig: Signature) -> NearDupMatch | None:
         """The closest indexed clip within the threshold (ties: the earliest indexed), or None."""
-        keys = np.unique(_band_keys(sig.hashes, self.cfg))
+        keys = _sorted_unique(_band_keys(sig.hashes, self.cfg).ravel())
         best: NearDupMatch | None = None
         for segment in self.segments:
             lo = np.searchsorted(segment.keys, keys, "left")
@@ -252,8 +257,10 @@ class NearDupIndex:
                 continue
             lo, sizes = lo[keep], sizes[keep]
             flat = np.repeat(lo - np.cumsum(np.r_[0, sizes[:-1]]), sizes) + np.arange(sizes.sum())
-            owners, hits = np.unique(segment.entries[flat], return_counts=True)
-            candidates = owners[hits >= self.cfg.min_band_hits]
+            owners = np.sort(segment.entries[flat])
+            starts = np.flatnonzero(np.r_[True, owners[1:] != owners[:-1]])
+            hits = np.diff(np.r_[starts, len(owners)])
+            candidates = owners[starts][hits >= self.cfg.min_band_hits]
             best = self._better(best, self._verify(sig, candidates, segment.hashes, segment.lengths,
                                                    segment.clip_ids))
         if self._live_ids:
