@@ -99,6 +99,11 @@ def digest(shards: tuple[ShardPlan, ...], config: Mapping[str, Any], source: Map
     return hashlib.sha256(body.encode()).hexdigest()
 
 
+# The clip table's quality signals; curation's own `quality` JSON, where it has the same name, wins.
+SIGNALS = ("luma_mean", "luma_std", "dark_fraction", "bright_fraction", "frame_diff_mean", "sharpness",
+           "imu_gyro_rms", "imu_accel_std")
+
+
 def _json_field(text: str | None, where: str) -> Any:
     if text in (None, ""):
         return {}
@@ -138,7 +143,11 @@ def sample_meta(row: Mapping[str, Any]) -> dict[str, Any]:
         "t0": row["t0"], "t1": row["t1"], "fps": row.get("fps"), "frames": row.get("frames"),
         "width": row.get("width"), "height": row.get("height"),
         "sensors": _json_field(row.get("sensor_channels"), f"{where}: sensor_channels"),
-        "quality": _json_field(row.get("quality"), f"{where}: quality"),
+        "quality": {**{name: row[name] for name in SIGNALS if row.get(name) is not None},
+                    **_json_field(row.get("quality"), f"{where}: quality")},
+        "source": {"codec": row.get("source_codec"), "width": row.get("source_width"),
+                   "height": row.get("source_height")},
+        "sensor_status": row.get("sensor_status"),
         "cluster": row.get("cluster") if row.get("cluster") is not None else -1,
         "recording_meta": recording,
     }

@@ -45,6 +45,8 @@ def test_write_verify_and_read_back(store, selection):
         assert sample.frames.shape == (4, 32, 32, 3) and sample.frames.dtype == np.uint8
         assert sample.meta["consent"] == {"scope": "research", "expires": "2030-01-01"}
         assert sample.meta["license"] == "cc-by-4.0" and sample.meta["device"]["kind"] == "glasses"
+        assert sample.meta["quality"]["luma_mean"] == 100.0 and sample.meta["cluster"] in (0, 1, 2)
+        assert sample.meta["faces_allowed"] is False and sample.meta["t1"] > sample.meta["t0"]
         if sample.meta["partner"] == "farmcam":
             assert sample.sensors == {}
         else:
