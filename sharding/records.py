@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import asdict
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Iterable
 
 from sqlalchemy import select
 
 from alliance.catalog import Catalog
 from alliance.models import DatasetVersion, Recording, Run
-from sharding.manifest import Manifest
+from alliance.store import ObjectStore
 from sharding.layout import manifest_key
+from sharding.manifest import Manifest, load_manifest
+from sharding.versions import RedactionReport, redact, resolve
 
 
 def revoked_recordings(catalog: Catalog) -> set[str]:
@@ -51,3 +55,18 @@ def recorded_versions(catalog: Catalog, name: str | None = None) -> list[Dataset
         if name:
             query = query.where(DatasetVersion.name == name)
         return list(session.scalars(query))
+
+
+def redact_revoked(store: ObjectStore, catalog: Catalog, ref: str, *, extra: Iterable[str] = (),
+                   purge: bool = False) -> RedactionReport:
+    """Redact NAME@vN of every recording the catalog marks revoked (plus `extra` ids), record the new version,
+    and store the report at reports/redactions/{name}/v{new}.json."""
+    name, version = resolve(store, ref)
+    report = redact(store, name, version, revoked_recordings(catalog) | set(extra), purge=purge)
+    if report.version is not None:
+        manifest = load_manifest(store, name, report.version)
+        record_version(catalog, manifest, run_id=f"redact-{name}-v{report.version}-{manifest.plan_sha256[:12]}",
+                       kind="redact", config={"parent": version, "revoked": list(report.revoked_recordings)})
+        store.put_bytes(f"reports/redactions/{name}/v{report.version}.json",
+                        json.dumps(asdict(report), sort_keys=True, indent=1).encode())
+    return report

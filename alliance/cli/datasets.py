@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
 from pathlib import Path
 from typing import Optional
 
@@ -132,29 +131,18 @@ def redact(ref: str = typer.Argument(..., help="NAME@vN to redact."),
                                       "held them and mark those versions withdrawn.")) -> None:
     """A new version without the samples of revoked recordings (catalog recordings.status == 'revoked');
     only affected shards are rewritten. Lists the training runs and checkpoints that saw them."""
-    from sharding.manifest import load_manifest
-    from sharding.records import record_version, revoked_recordings
-    from sharding.versions import redact as redact_version
-    from sharding.versions import resolve
+    from sharding.records import redact_revoked
 
     target = store()
-    name, version = resolve(target, ref)
-    cat = catalog(upgrade=True)
-    revoked = revoked_recordings(cat) | set(recording)
-    report = redact_version(target, name, version, revoked, purge=purge)
+    report = redact_revoked(target, catalog(upgrade=True), ref, extra=recording, purge=purge)
     if report.version is None:
-        console.print(f"{name}@v{version} holds none of the {len(revoked)} revoked recording(s): nothing to do")
+        console.print(f"{report.name}@v{report.parent} holds none of the revoked recordings: nothing to do")
     else:
-        manifest = load_manifest(target, name, report.version)
-        record_version(cat, manifest, run_id=f"redact-{name}-v{report.version}-{manifest.plan_sha256[:12]}",
-                       kind="redact", config={"parent": version, "revoked": list(report.revoked_recordings)})
-        target.put_bytes(f"reports/redactions/{name}/v{report.version}.json",
-                         json.dumps(asdict(report), sort_keys=True, indent=1).encode())
-        console.print(f"{name}@v{report.version}: removed {report.removed_samples} samples of "
+        console.print(f"{report.name}@v{report.version}: removed {report.removed_samples} samples of "
                       f"{len(report.revoked_recordings)} revoked recording(s) "
                       f"({', '.join(f'{p}: {n}' for p, n in report.removed_by_partner.items())}); rewrote "
                       f"{len(report.rewritten_shards)} shard(s), reused {report.reused_shards}, dropped "
-                      f"{report.dropped_shards}")
+                      f"{report.dropped_shards}; report at reports/redactions/{report.name}/v{report.version}.json")
         if report.purged_shards:
             console.print(f"purged {len(report.purged_shards)} shard(s) of withdrawn versions")
     console.print(f"versions that held them: {', '.join(f'v{v}' for v in report.versions_containing) or 'none'}")
