@@ -105,8 +105,8 @@ def claim_version(store: ObjectStore, name: str, plan_sha256: str, *, samples: i
         return Claim(name, version, plan_sha256)  # our own crashed or concurrent attempt: resume it
     raise DatasetError(
         f"{name}@v{version} is claimed by an unfinished write of another plan (claimed {holder.get('claimed_at')}, "
-        f"{holder.get('samples')} samples); finish it by re-running the command that started it, or drop it with "
-        f"`alliance datasets gc --grace 0` and run again")
+        f"{holder.get('samples')} samples); if it is still running, wait for it and run again; if it crashed, "
+        f"finish it by re-running the command that started it, or drop it with `alliance datasets gc --grace 0`")
 
 
 # --------------------------------------------------------------------------- shards
