@@ -5,17 +5,17 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import logging
 from dataclasses import dataclass, field
 from functools import cache
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from alliance.errors import AllianceError
 from alliance.settings import Settings
 from alliance.store import ObjectStore, open_store
 from alliance.tables import Rejection
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from sharding.plan import ShardConfig
 
 
 @dataclass(frozen=True)
@@ -112,17 +112,17 @@ def write_shards_with_beam(settings: Settings, name: str, version: int, shards: 
     for info in list(store.list(prefix)):
         store.delete(info.key)
     with beam.Pipeline(options=pipeline_options(settings, beam_flags)) as pipeline:
+        write = beam.ParDo(write_shard_dofn()(settings, name, version)).with_outputs("rejected", main="written")
         results = (pipeline
                    | "Shards" >> beam.Create(list(shards))
                    | "Spread" >> beam.Reshuffle()
-                   | "Write" >> beam.ParDo(write_shard_dofn()(settings, name, version)).with_outputs("rejected",
-                                                                                           main="written"))
+                   | "Write" >> write)
         _ = results.rejected | "Report" >> beam.Map(store_rejection, settings, prefix)
     return [Rejection(**json.loads(store.get_bytes(info.key))) for info in store.list(prefix)]
 
 
 def run_shard(settings: Settings, name: str, selection_run: str, beam_flags: Sequence[str] = (), *,
-              config: Any = None, record: bool = True, use_beam: bool = True) -> ShardSummary:
+              config: "ShardConfig | None" = None, record: bool = True, use_beam: bool = True) -> ShardSummary:
     """Shard the kept clips of selection `selection_run` into the next version of dataset `name`.
 
     Re-running the same command (after a crash, a kill -9, or success) finishes or returns the same version;
@@ -133,7 +133,7 @@ def run_shard(settings: Settings, name: str, selection_run: str, beam_flags: Seq
     from sharding.layout import check_name, manifest_key
     from sharding.plan import ShardConfig, plan_samples, plan_version
     from sharding.records import record_version, revoked_recordings
-    from sharding.versions import (claim_version, clean_work, collect_receipts, finish_version, load_receipt,
+    from sharding.versions import (claim_version, clean_work, collect_receipts, finish_version, shard_done,
                                    write_planned_shard)
 
     check_name(name)
@@ -152,8 +152,7 @@ def run_shard(settings: Settings, name: str, selection_run: str, beam_flags: Seq
         manifest = claim.committed
         clean_work(store, name, manifest.version)  # a run killed right after its commit left these
     else:
-        todo = [s for s in plan.shards if load_receipt(store, name, claim.version, s.index) is None
-                or not store.exists(f"datasets/{name}/v{claim.version}/shard-{s.index:06d}.tar")]
+        todo = [s for s in plan.shards if shard_done(store, name, claim.version, s.index) is None]
         if todo and use_beam:
             rejected = write_shards_with_beam(settings, name, claim.version, todo, beam_flags)
             if rejected:

@@ -120,7 +120,8 @@ def load_receipt(store: ObjectStore, name: str, version: int, shard: int) -> Sha
     return ShardReceipt(**raw)
 
 
-def _done(store: ObjectStore, name: str, version: int, shard: int) -> ShardReceipt | None:
+def shard_done(store: ObjectStore, name: str, version: int, shard: int) -> ShardReceipt | None:
+    """The receipt of shard `shard` when its object is present at the receipted size, else None."""
     receipt = load_receipt(store, name, version, shard)
     if receipt is not None:
         try:
@@ -133,7 +134,7 @@ def _done(store: ObjectStore, name: str, version: int, shard: int) -> ShardRecei
 
 def write_planned_shard(store: ObjectStore, name: str, version: int, shard: ShardPlan) -> ShardReceipt:
     """Stream one shard into the store (multipart on S3), then its receipt; a shard with a receipt is skipped."""
-    done = _done(store, name, version, shard.index)
+    done = shard_done(store, name, version, shard.index)
     if done is not None:
         return done
     key = shard_key(name, version, shard.index)
@@ -261,7 +262,7 @@ def collect_receipts(store: ObjectStore, claim: Claim, plan: VersionPlan) -> lis
     """Receipts of every planned shard whose object is present at its size (what parallel workers left)."""
     found = []
     for shard in plan.shards:
-        receipt = _done(store, claim.name, claim.version, shard.index)
+        receipt = shard_done(store, claim.name, claim.version, shard.index)
         if receipt is None:
             raise DatasetError(f"{store.describe(shard_key(claim.name, claim.version, shard.index))} was not "
                                f"written; re-run the same command to finish {claim.name}@v{claim.version}")
@@ -313,7 +314,7 @@ class RedactionReport:
 
 def rewrite_shard(store: ObjectStore, name: str, version: int, task: RewriteTask) -> ShardReceipt:
     """Copy a shard without the dropped samples, member by member, in bounded memory."""
-    done = _done(store, name, version, task.index)
+    done = shard_done(store, name, version, task.index)
     if done is not None:
         return done
     import tarfile
