@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 
 import numpy as np
 
+from alliance.errors import ConfigError
 from curation.media import DecodedClip, luma, resize_area, sample_indices
 
 ANALYSIS_SIDE = 64  # signals are measured at this short side, so thresholds do not depend on resolution
@@ -80,6 +81,28 @@ class QualitySignals:
     def from_json(cls, text: str) -> "QualitySignals":
         data = json.loads(text)
         return cls(**{f.name: data.get(f.name) for f in fields(cls)})
+
+
+def parse_overrides(pairs: list[str] | tuple[str, ...], base: QualityConfig = QualityConfig()) -> QualityConfig:
+    """QualityConfig with NAME=VALUE overrides (as typed on the command line), each checked and converted."""
+    known = {f.name: f.type for f in fields(QualityConfig)}
+    changes: dict[str, object] = {}
+    for pair in pairs:
+        name, sep, raw = pair.partition("=")
+        name = name.strip()
+        if not sep or name not in known:
+            raise ConfigError(f"--quality {pair!r}: expected NAME=VALUE with NAME one of {', '.join(sorted(known))}")
+        kind = known[name]
+        try:
+            if kind in (bool, "bool"):
+                if raw.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError(raw)
+                changes[name] = raw.lower() in ("true", "1", "yes")
+            else:
+                changes[name] = int(raw) if kind in (int, "int") else float(raw)
+        except ValueError as e:
+            raise ConfigError(f"--quality {pair!r}: {raw!r} is not a valid {getattr(kind, '__name__', kind)}") from e
+    return replace(base, **changes)
 
 
 REASONS = ("too_short", "too_small", "too_dark", "too_bright", "letterboxed", "frozen", "blurry",

@@ -81,6 +81,18 @@ def analyze_clip(row: dict[str, Any], data: bytes | None, cfg: CurateConfig) -> 
     return ClipAnalysis(clip_id, signals, clip.content_hash, sig), clip
 
 
+def requalify(stage: str | None, reason: str | None, detail: str | None, signals: QualitySignals | None,
+              clip_key: str, cfg: QualityConfig) -> tuple[str | None, str | None, str | None]:
+    """The quality verdict again from stored signals under (possibly changed) thresholds, without decoding;
+    refusals of other stages stand."""
+    if signals is None or stage not in (None, "quality"):
+        return stage, reason, detail
+    again = quality_reason(signals, cfg)
+    if again is None:
+        return None, None, None
+    return "quality", again, quality_detail(again, signals, cfg, clip_key)
+
+
 def _number(value: Any) -> float | None:
     if value is None:
         return None

@@ -26,7 +26,7 @@ from curation.embed import EncoderSpec, clip_tensor, load_encoder_spec
 from curation.neardup import Signature, commit_segment, load_index
 from curation.quality import QualitySignals
 from curation.select import Candidate, CurateConfig, SemanticOutcome, Verdict, analyze_clip, decide_duplicates, \
-    keep_order, merge, semantic_stage
+    keep_order, merge, requalify, semantic_stage
 
 log = logging.getLogger(__name__)
 
@@ -146,14 +146,23 @@ class WriteWorkPart(beam.DoFn):
 
     def process(self, element) -> Iterator[int]:
         shard, values = element
-        rows: dict[str, dict[str, Any]] = {}
+        rows: dict[str, list[dict[str, Any]]] = {}
         embeddings: dict[str, list[float]] = {}
         for kind, value in values:
             if kind == "row":
-                rows[value["clip_id"]] = value  # a clip listed twice in the input is analysed once
+                rows.setdefault(value["clip_id"], []).append(value)
             else:
                 embeddings[value[0]] = value[1]
-        ordered = [dict(rows[c], embedding=embeddings.get(c)) for c in sorted(rows)]
+        ordered = []
+        for clip_id in sorted(rows):
+            # the same recording delivered twice gives the same clip id: the first delivery's row stands
+            first, *again = sorted(rows[clip_id], key=lambda r: (r["delivery"] or "", r["partner"] or "",
+                                                                 r["clip_key"] or ""))
+            ordered.append(dict(first, embedding=embeddings.get(clip_id)))
+            for row in again:
+                ordered.append(dict(row, stage="exact_dup", reason="duplicate_recording", embedding=None,
+                                    detail=f"{row['clip_key']}: recording {row['recording_id']} was also delivered "
+                                           f"as {first['partner']}/{first['delivery']}; that delivery's clip stands"))
         table = pa.Table.from_pylist([{f.name: r.get(f.name) for f in WORK_SCHEMA} for r in ordered],
                                      schema=WORK_SCHEMA)
         write_parquet(self.store, f"{work_prefix(self.run)}/part-{shard:05d}.parquet", table)
@@ -212,22 +221,33 @@ def _accepted_times(settings: Settings, recording_ids: set[str]) -> dict[str, st
     return found
 
 
-def _candidates(store: ObjectStore, parts: list[str], accepted: dict[str, str]) -> tuple[list[Candidate], dict]:
+def _is_repeat(row: dict[str, Any]) -> bool:
+    """A second delivery of a recording already in this run: rejected, but not a row of the selection."""
+    return row["stage"] == "exact_dup" and row["reason"] == "duplicate_recording"
+
+
+def _candidates(store: ObjectStore, parts: list[str], accepted: dict[str, str],
+                cfg: CurateConfig) -> tuple[list[Candidate], dict[str, QualitySignals], list[Rejection]]:
     columns = ["clip_id", "clip_key", "recording_id", "delivery", "recording_meta", "signals", "content_hash",
                "signature", "stage", "reason", "detail"]
     candidates: list[Candidate] = []
     signals: dict[str, QualitySignals] = {}
+    repeats: list[Rejection] = []
     for key in parts:
         for row in read_parquet(store, key, columns).to_pylist():
+            if _is_repeat(row):
+                repeats.append(Rejection(row["clip_key"] or row["clip_id"], row["stage"], row["reason"], row["detail"]))
+                continue
             s = QualitySignals.from_json(row["signals"]) if row["signals"] else None
             if s is not None:
                 signals[row["clip_id"]] = s
-            order = keep_order(row, s)
-            order = (accepted.get(row["recording_id"], ""), *order)
+            order = (accepted.get(row["recording_id"], ""), *keep_order(row, s))
             sig = Signature.from_bytes(row["signature"]) if row["signature"] else None
+            stage, reason, detail = requalify(row["stage"], row["reason"], row["detail"], s, row["clip_key"] or "",
+                                              cfg.quality)
             candidates.append(Candidate(row["clip_id"], row["clip_key"] or "", order, row["content_hash"] or "", sig,
-                                        row["stage"], row["reason"], row["detail"]))
-    return candidates, signals
+                                        stage, reason, detail))
+    return candidates, signals, repeats
 
 
 def _embedding_batches(store: ObjectStore, parts: list[str]):
@@ -274,12 +294,9 @@ def finalize(settings: Settings, store: ObjectStore, clips_run: str, run: str, c
     from curation.report import ReportInput, write_report
 
     parts = _work_parts(store, run)
-    if not parts:
-        raise CurationInputError(f"{store.describe(work_prefix(run))}/: the Beam job wrote no analysed clips; "
-                                 f"check the job's log")
     recording_ids = {r for key in parts for r in read_parquet(store, key, ["recording_id"])["recording_id"]
                      .to_pylist()}
-    candidates, signals = _candidates(store, parts, _accepted_times(settings, recording_ids))
+    candidates, signals, repeats = _candidates(store, parts, _accepted_times(settings, recording_ids), cfg)
     index = load_index(store, cfg.index, cfg.neardup, before_run=run)
     verdicts = decide_duplicates(candidates, index)
     semantic: SemanticOutcome | None = None
@@ -296,10 +313,15 @@ def finalize(settings: Settings, store: ObjectStore, clips_run: str, run: str, c
     selection_prefix = f"tables/selections/{run}"
     for old in store.list(f"{selection_prefix}/"):
         store.delete(old.key)
-    rejections: list[Rejection] = []
+    rejections: list[Rejection] = list(repeats)
     partners: dict[str, Counter] = {}
+    if not parts:  # an empty clip table still gives a (empty) selection, so the next stage finds its input
+        write_parquet(store, f"{selection_prefix}/part-00000.parquet", SELECTION_SCHEMA.empty_table())
     for i, key in enumerate(parts):
         table = read_parquet(store, key)
+        table = table.filter(pa.compute.invert(pa.compute.and_(
+            pa.compute.equal(table["stage"].fill_null(""), "exact_dup"),
+            pa.compute.equal(table["reason"].fill_null(""), "duplicate_recording"))))
         selection = _selection_columns(table, verdicts)
         write_parquet(store, f"{selection_prefix}/part-{i:05d}.parquet", selection)
         for row in selection.select(["clip_id", "clip_key", "partner", "kept", "drop_stage", "drop_reason"]).to_pylist():
@@ -316,13 +338,13 @@ def finalize(settings: Settings, store: ObjectStore, clips_run: str, run: str, c
     index_key = commit_segment(store, cfg.index, run, index.live_segment())
 
     dropped: dict[str, dict[str, int]] = {}
-    for v in verdicts.values():
-        if not v.kept:
-            dropped.setdefault(v.stage, {}).setdefault(v.reason, 0)
-            dropped[v.stage][v.reason] += 1
+    for stage, reason in [(v.stage, v.reason) for v in verdicts.values() if not v.kept] + \
+            [(r.stage, r.reason) for r in repeats]:
+        dropped.setdefault(stage, {}).setdefault(reason, 0)
+        dropped[stage][reason] += 1
     kept = sum(v.kept for v in verdicts.values())
     report_key = f"reports/curation/{run}/index.html"
-    summary = CurateSummary(run, clips_run, len(verdicts), kept, dropped, selection_prefix, rejections_key,
+    summary = CurateSummary(run, clips_run, len(verdicts) + len(repeats), kept, dropped, selection_prefix, rejections_key,
                             report_key, index_key, semantic_note, round(time.perf_counter() - started, 2),
                             {p: dict(c) for p, c in sorted(partners.items())})
     write_report(store, ReportInput(run=run, clips_run=clips_run, config=cfg, summary=summary.to_json(),
@@ -338,22 +360,31 @@ def finalize(settings: Settings, store: ObjectStore, clips_run: str, run: str, c
 
 def run_curate(settings: Settings, clips_run: str, run_id: str, encoder_run: str | None = None,
                beam_flags: Sequence[str] = (), config: CurateConfig = CurateConfig(), shards: int = 4,
-               record: bool = True) -> CurateSummary:
-    """Curate the clip table of ingest run `clips_run` into tables/selections/{run_id}/ and its report."""
+               record: bool = True, reuse_analysis: bool = False) -> CurateSummary:
+    """Curate the clip table of ingest run `clips_run` into tables/selections/{run_id}/ and its report.
+
+    reuse_analysis: when this run already analysed the same clip table with the same encoder, skip the Beam job
+    and decide again from the stored signals, hashes and embeddings (new thresholds without re-decoding)."""
     from pipelines.options import pipeline_options
 
     started = time.perf_counter()
     store = open_store(settings=settings)
-    clip_parts = [o.key for o in store.list(f"tables/clips/{clips_run}/") if o.key.endswith(".parquet")]
+    clip_parts = [o for o in store.list(f"tables/clips/{clips_run}/") if o.key.endswith(".parquet")]
     if not clip_parts:
         raise CurationInputError(f"{store.describe(f'tables/clips/{clips_run}')}/: no clip table parts; run "
                                  f"`alliance pipeline ingest` first or check the run id")
     spec = load_encoder_spec(store, encoder_run) if encoder_run else None
-    for old in store.list(f"{work_prefix(run_id)}/"):
-        store.delete(old.key)
+    inputs = json.dumps({"clips": [[o.key, o.size] for o in clip_parts], "encoder": encoder_run,
+                         "signature": [config.neardup.sample_fps, list(config.neardup.scales)]}, sort_keys=True)
+    inputs_key = f"{work_prefix(run_id)}/inputs.json"
+    reusable = reuse_analysis and store.exists(inputs_key) and store.get_bytes(inputs_key).decode() == inputs
     started_at = datetime.now(timezone.utc)
-    with beam.Pipeline(options=pipeline_options(settings, beam_flags)) as pipeline:
-        build_pipeline(pipeline, settings, clip_parts, run_id, config, spec, shards)
+    if not reusable:
+        for old in store.list(f"{work_prefix(run_id)}/"):
+            store.delete(old.key)
+        with beam.Pipeline(options=pipeline_options(settings, beam_flags)) as pipeline:
+            build_pipeline(pipeline, settings, [o.key for o in clip_parts], run_id, config, spec, shards)
+        store.put_bytes(inputs_key, inputs.encode())
     summary = finalize(settings, store, clips_run, run_id, config, spec, started)
     if record:
         _record_run(settings, run_id, config, summary, started_at, clips_run, encoder_run)

@@ -46,16 +46,24 @@ def curate(ctx: typer.Context,
            target: int = typer.Option(0, "--target", help="Balance the selection to this many clips (0: no "
                                       "balancing)."),
            eps: float = typer.Option(0.05, "--eps", help="SemDeDup: drop a clip whose cosine to a kept one in its "
-                                     "cluster is above 1 - eps.")) -> None:
+                                     "cluster is above 1 - eps."),
+           quality: list[str] = typer.Option([], "--quality", help="A quality threshold, NAME=VALUE (a field of "
+                                             "curation.quality.QualityConfig), e.g. --quality min_sharpness=0.02."),
+           reuse: bool = typer.Option(False, "--reuse-analysis", help="Decide again from this run's stored signals "
+                                      "(new thresholds, no decoding) when its clip table and encoder are unchanged.")
+           ) -> None:
     """Curate a clip table: quality, exact and near duplicates, embeddings, SemDeDup, balance, report."""
     from alliance.cli.common import console, settings
+    from curation.quality import parse_overrides
     from curation.select import CurateConfig
     from curation.semdedup import SemDedupConfig
     from pipelines.curate import run_curate
 
     run_id = run or f"curate-{clips}" + (f"-{encoder}" if encoder else "")
-    config = CurateConfig(semantic=SemDedupConfig(eps=eps, target=target), index=index)
-    summary = run_curate(settings(), clips, run_id, encoder or None, tuple(ctx.args), config=config)
+    config = CurateConfig(quality=parse_overrides(quality), semantic=SemDedupConfig(eps=eps, target=target),
+                          index=index)
+    summary = run_curate(settings(), clips, run_id, encoder or None, tuple(ctx.args), config=config,
+                         reuse_analysis=reuse)
     console.print(f"{summary.run}: {summary.clips_in} clips in, {summary.kept} kept ({summary.seconds:.1f} s)")
     for stage, reasons in summary.dropped.items():
         console.print(f"  {stage}: " + ", ".join(f"{reason} {n}" for reason, n in sorted(reasons.items())))

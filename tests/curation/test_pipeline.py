@@ -14,13 +14,14 @@ from alliance.store import open_store
 from alliance.tables import REJECTION_SCHEMA, SELECTION_SCHEMA
 from curation.embed import write_tiny_encoder
 from curation.evalset import blur, camera_frames, encode, remux, scale_brightness
+from curation.quality import parse_overrides
 from curation.select import CurateConfig
 from curation.semdedup import SemDedupConfig
 from pipelines.curate import run_curate
 from tests.curation.conftest import clip_row, write_clip_table
 
 BEAM = ("--direct_num_workers=2",)  # the default runner: FnApiRunner, multi_processing
-QUICK = ("--direct_running_mode=in_memory",)  # same runner, one process: faster for the pure-logic checks
+QUICK = ("--direct_running_mode=in_memory", "--direct_num_workers=1")  # same runner, one process: faster for the pure-logic checks
 
 
 def _table(store, prefix):
@@ -187,3 +188,31 @@ def test_portable_runner_on_s3_with_encoder(tmp_path, s3_store, seaweed):
     assert summary.dropped["near_dup"] == {"near_duplicate": 1} and summary.dropped["exact_dup"] == {
         "duplicate_content": 1}
     assert s3_store.exists(summary.report_key) and "train-tiny" in summary.semantic
+
+
+def test_repeated_recording_and_new_thresholds_without_decoding(tmp_path, monkeypatch):
+    import apache_beam
+
+    settings = Settings(home=tmp_path / ".alliance")
+    store = open_store(settings=settings)
+    good = encode(camera_frames(210, 40))
+    rows = [clip_row(store, "glasses-a", "d1", "good", good),
+            clip_row(store, "glasses-a", "d1", "soft", encode(blur(camera_frames(211, 40), 5)))]
+    again = dict(rows[0], partner="robot-b", delivery="d9", clip_key=rows[0]["clip_key"].replace("glasses-a", "robot-b"))
+    store.put_bytes(again["clip_key"], good)
+    write_clip_table(store, "ing", rows + [again])
+
+    first = run_curate(settings, "ing", "cur", beam_flags=QUICK, record=False)
+    assert first.clips_in == 3 and first.kept == 1
+    assert first.dropped == {"quality": {"blurry": 1}, "exact_dup": {"duplicate_recording": 1}}
+    selection = pa.concat_tables(_table(store, "tables/selections/cur/"))
+    assert selection.num_rows == 2 and len(set(selection["clip_id"].to_pylist())) == 2  # one row per clip
+    assert selection.filter(pa.compute.field("kept"))["partner"].to_pylist() == ["glasses-a"]
+    rejected = pa.concat_tables(_table(store, "tables/rejections/cur/")).to_pylist()
+    assert any(r["reason"] == "duplicate_recording" and "robot-b" in r["key"] for r in rejected)
+
+    # looser blur threshold: decided again from the stored signals, no Beam job, no decoding
+    monkeypatch.setattr(apache_beam, "Pipeline", lambda *a, **k: pytest.fail("the Beam job ran again"))
+    looser = CurateConfig(quality=parse_overrides(["min_sharpness=0"]))
+    second = run_curate(settings, "ing", "cur", beam_flags=QUICK, record=False, config=looser, reuse_analysis=True)
+    assert second.kept == 2 and second.dropped == {"exact_dup": {"duplicate_recording": 1}}
