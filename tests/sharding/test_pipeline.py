@@ -35,7 +35,9 @@ def revoke(settings: Settings, recording: str, partner: str) -> None:
     catalog.upgrade()
     with catalog.session() as session:
         session.merge(Partner(id=partner, display_name=partner))
+        session.flush()  # no ORM relationships: flush parents before children
         session.merge(Delivery(id=f"d-{partner}", partner_id=partner, contract_version="1"))
+        session.flush()
         session.merge(Recording(id=recording, partner_id=partner, delivery_id=f"d-{partner}", key="landing/x",
                                 bytes=1, media_type="video/mp4", status="revoked"))
     catalog.dispose()
