@@ -46,7 +46,9 @@ class Catalog:
         from alembic import command
 
         try:
-            with self.engine.begin() as connection:
+            with self.engine.connect() as connection, _transactional_ddl(connection), connection.begin():
+                if self.backend == "sqlite":
+                    connection.exec_driver_sql("BEGIN IMMEDIATE")
                 command.upgrade(self._alembic_config(connection), revision)
         except OperationalError as e:
             raise CatalogError(f"catalog {self.safe_url}: cannot upgrade: {e.orig}") from e
@@ -108,6 +110,24 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor.execute("PRAGMA journal_mode=WAL")  # readers do not block the one writer
     cursor.execute("PRAGMA busy_timeout=10000")
     cursor.close()
+
+
+@contextmanager
+def _transactional_ddl(connection) -> Iterator[None]:
+    """On SQLite, let the caller's BEGIN cover DDL too, so a migration cut short leaves no half schema.
+
+    Python's sqlite3 opens transactions only before DML: each CREATE TABLE would commit on its own.
+    """
+    if connection.dialect.name != "sqlite":
+        yield
+        return
+    raw = connection.connection.dbapi_connection
+    previous = raw.isolation_level
+    raw.isolation_level = None
+    try:
+        yield
+    finally:
+        raw.isolation_level = previous
 
 
 def open_catalog(url: str | None = None) -> Catalog:
