@@ -182,7 +182,7 @@ def _even(side: float) -> int:
 
 def window_frames(path: str, window: ClipWindow, size: tuple[int, int], rotation_deg: int,
                   allowed_formats=DEFAULT_FORMATS, source: str | None = None,
-                  pix_fmt: str = "rgb24") -> Iterator[np.ndarray]:
+                  pix_fmt: str = "rgb24", max_pixels: int = MAX_PIXELS) -> Iterator[np.ndarray]:
     """The window's output frames at `size`, rotation applied, decoded from the keyframe before it; frame-exact:
     output frame j shows the source frame nearest to (start_frame + j) / fps.
 
@@ -192,7 +192,7 @@ def window_frames(path: str, window: ClipWindow, size: tuple[int, int], rotation
     import av
 
     name = source or path
-    container, raw, _ = open_container(path, allowed_formats)
+    container, raw, _ = open_container(path, allowed_formats, max_pixels)
     with raw, container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
@@ -336,7 +336,7 @@ def cut_window(task: WindowTask, out_dir: str | Path) -> tuple[list[ClipOutput],
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     size = target_size(rec.width, rec.height, rec.rotation_deg, config)
     frames = list(window_frames(task.path, window, size, rec.rotation_deg, config.allowed_formats, rec.source,
-                                pix_fmt="yuv420p"))
+                                pix_fmt="yuv420p", max_pixels=config.max_pixels))
     lumas = [luma_of(f, "yuv420p") for f in frames]
     min_frames = max(1, int(round(config.min_clip_s * window.fps)))
     cuts = detect_cuts([luma_histogram(y) for y in lumas], config.scene_threshold) if config.scene_split else []

@@ -105,8 +105,12 @@ def mp4_truncation(path: str | Path, size: int) -> str | None:
     return None
 
 
-def open_container(path: str | Path, allowed_formats=DEFAULT_FORMATS):
-    """(av container, its raw file, the demuxer name) for a video file, or a DecodeError naming why not."""
+def open_container(path: str | Path, allowed_formats=DEFAULT_FORMATS, max_pixels: int = 4096 * 4096):
+    """(av container, its raw file, the demuxer name) for a video file, or a DecodeError naming why not.
+
+    max_pixels also bounds the decoders FFmpeg runs while it reads the stream headers (find_stream_info): a header
+    that claims 16000x16000 is then reported at once instead of being decoded for many seconds.
+    """
     import av
 
     path = str(path)
@@ -125,7 +129,7 @@ def open_container(path: str | Path, allowed_formats=DEFAULT_FORMATS):
         if fmt == "mov" and (why := mp4_truncation(path, size)):
             raise DecodeError(path, "truncated", f"is truncated: {why}; upload the complete file")
         try:
-            container = av.open(raw, mode="r", format=fmt)
+            container = av.open(raw, mode="r", format=fmt, options={"max_pixels": str(max_pixels)})
         except av.error.FFmpegError as e:
             raise DecodeError(path, "corrupt", f"the {fmt} container cannot be read ({e}); re-export the file") from e
         return container, raw, fmt

@@ -57,7 +57,7 @@ def probe_in_process(path: str, max_pixels: int = MAX_PIXELS, allowed_formats=DE
     """The probe itself, in this process and without a time bound (use `probe` for partner files)."""
     import av
 
-    container, raw, fmt = open_container(path, allowed_formats)
+    container, raw, fmt = open_container(path, allowed_formats, max_pixels)
     with raw, container:
         videos = container.streams.video
         if not videos and fmt == "mov" and mp4_has_video_track(path, raw_size(raw)):

@@ -96,6 +96,11 @@ def _chunks(spec: SensorSpec) -> Iterator[np.ndarray]:
     """The file as float64 [rows, columns] chunks in the declared column order."""
     path = Path(spec.path)
     if spec.format == "npy":
+        with open(path, "rb") as f:
+            magic = f.read(6)
+        if magic != b"\x93NUMPY":  # np.load would also try zip (.npz) and pickle files
+            raise SensorError(spec.name, "sensor_unreadable", "is not a .npy file (no NUMPY magic); save the "
+                                                              "array with np.save")
         try:
             table = np.load(path, mmap_mode="r", allow_pickle=False)  # never unpickle partner bytes
         except (OSError, ValueError, EOFError) as e:

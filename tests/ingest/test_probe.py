@@ -103,3 +103,13 @@ def test_importing_ingest_pulls_in_neither_beam_nor_torch():
             "print(any(m.split('.')[0] in ('apache_beam', 'torch') for m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+@pytest.mark.parametrize("fmt, name", [("matroska", "big.mkv"), ("mpegts", "big.ts")])
+def test_the_pixel_bound_also_holds_while_ffmpeg_reads_the_headers(tmp_path, fmt, name):
+    # in these containers FFmpeg decodes frames to learn the stream; the bound must refuse before that work
+    path = write_video(tmp_path / name, VideoSpec(width=1280, height=1024, frames=3, scene="static"),
+                       container_format=fmt)
+    with pytest.raises(DecodeError) as caught:
+        probe(path, max_pixels=1_000_000)
+    assert caught.value.reason == "resolution_too_large" and "1280x1024" in caught.value.detail

@@ -121,3 +121,11 @@ def test_slices_hold_only_their_window(tmp_path):
     assert sum(chunk[0].size for chunk in read_stream(spec)) == 12000
     values, status = resample(slices[3], np.array([12.0, 13.05]))
     assert status == "ok" and values.shape == (2, 6)
+
+
+def test_a_zip_or_pickle_named_npy_is_unreadable_not_a_crash(tmp_path):
+    for payload in (b"PK\x03\x04 not a zip", b"\x80\x04\x95 a pickle", b""):
+        path = tmp_path / "imu.npy"
+        path.write_bytes(payload)
+        slices = list(window_slices(imu_spec(path, "npy"), [(0.0, 1.0), (1.0, 2.0)]))
+        assert [s.problem for s in slices] == ["sensor_unreadable"] * 2 and "imu.npy" in slices[0].detail
