@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from alliance.errors import StoreError
+from alliance.errors import AllianceError, StoreError
 from alliance.store import ObjectStore
 from curation.media import DecodedClip, luma, resize_area
 
@@ -213,7 +213,7 @@ class NearDupIndex:
 
     def __init__(self, cfg: NearDupConfig = NearDupConfig(), segments: list[Segment] | None = None):
         self.cfg = cfg
-        self.segments: list[Segment] = list(segments or [])
+        self.segments: list[Segment] = list(segments or [])  # committed by earlier runs, in commit order
         self.clip_ids: set[str] = {c for s in self.segments for c in s.clip_ids}
         self.content: dict[str, str] = {}
         self.keys: dict[str, str] = {}  # clip id -> clip key, to show pairs side by side
@@ -315,12 +315,15 @@ def index_prefix(name: str) -> str:
     return f"indexes/neardup/{name}"
 
 
+class IndexChanged(AllianceError):
+    """Another run committed to the near-duplicate index while this one was deciding against it."""
+
+
 def load_index(store: ObjectStore, name: str, cfg: NearDupConfig = NearDupConfig(),
                before_run: str | None = None) -> NearDupIndex:
     """The index as committed by earlier runs; a re-run of `before_run` sees only what was there before it."""
-    manifest = read_manifest(store, name)
     segments = []
-    for entry in manifest["segments"]:
+    for entry in read_manifest(store, name)["segments"]:
         if entry["run"] == before_run:
             break
         segments.append(Segment.from_bytes(store.get_bytes(entry["key"])))
@@ -328,23 +331,31 @@ def load_index(store: ObjectStore, name: str, cfg: NearDupConfig = NearDupConfig
 
 
 def read_manifest(store: ObjectStore, name: str) -> dict:
-    key = f"{index_prefix(name)}/manifest.json"
-    if not store.exists(key):
-        return {"index": name, "segments": []}
-    try:
-        return json.loads(store.get_bytes(key))
-    except json.JSONDecodeError as e:
-        raise StoreError(f"{store.describe(key)}: near-duplicate index manifest is not JSON ({e}); restore it from "
-                         f"a backup or delete the index prefix to rebuild it") from e
+    """The committed segments in commit order: one create-once record per commit under commits/."""
+    segments = []
+    for info in store.list(f"{index_prefix(name)}/commits/"):
+        try:
+            segments.append(json.loads(store.get_bytes(info.key)))
+        except json.JSONDecodeError as e:
+            raise StoreError(f"{store.describe(info.key)}: near-duplicate index commit is not JSON ({e}); restore "
+                             f"it from a backup or delete the index prefix to rebuild it") from e
+    return {"index": name, "segments": segments}
 
 
-def commit_segment(store: ObjectStore, name: str, run: str, segment: Segment) -> str:
-    """Write this run's segment, then list it in the manifest (the commit marker); a re-run changes nothing."""
-    manifest = read_manifest(store, name)
+def commit_segment(store: ObjectStore, name: str, run: str, segment: Segment, seen: int) -> str:
+    """Write this run's segment, then its commit record, created only if no other run committed since the
+    `seen` segments this run decided against (the record's name is its position); a re-run changes nothing."""
+    committed = read_manifest(store, name)["segments"]
     key = f"{index_prefix(name)}/segments/{run}.npz"
-    if any(entry["run"] == run for entry in manifest["segments"]):
+    if any(entry["run"] == run for entry in committed):
         return key
+    if len(committed) != seen:
+        raise IndexChanged(f"near-duplicate index {name!r} gained {len(committed) - seen} segment(s) "
+                           f"({', '.join(e['run'] for e in committed[seen:])}) while run {run!r} was deciding; "
+                           f"re-run {run!r} so that it checks against them")
     store.put_bytes(key, segment.to_bytes())
-    manifest["segments"].append({"run": run, "key": key, "clips": len(segment.clip_ids)})
-    store.put_bytes(f"{index_prefix(name)}/manifest.json", json.dumps(manifest, indent=1).encode())
+    record = json.dumps({"run": run, "key": key, "clips": len(segment.clip_ids)}).encode()
+    if not store.put_if_absent(f"{index_prefix(name)}/commits/{seen:08d}.json", record):
+        raise IndexChanged(f"near-duplicate index {name!r}: another run committed position {seen} first; "
+                           f"re-run {run!r} so that it checks against it")
     return key

@@ -127,8 +127,14 @@ class AnalyzeClip(beam.DoFn):
                     f"re-run curation", "signals": None, "content_hash": "", "signature": None}
             clip = None
         else:
-            analysis, clip = analyze_clip(row, data, self.cfg)
-            work = analysis.work_columns()
+            try:
+                analysis, clip = analyze_clip(row, data, self.cfg)
+                work = analysis.work_columns()
+            except Exception as e:  # noqa: BLE001 - one odd clip must not kill the bundle: refused, with the cause
+                clip = None
+                work = {"stage": "decode", "reason": "analysis_failed", "signals": None, "content_hash": "",
+                        "signature": None, "detail": f"{row.get('clip_key')}: analysis failed with "
+                        f"{type(e).__name__}: {e}; report this clip to the curation maintainers"}
         Metrics.counter("curation", work["reason"] or "analyzed").inc()
         yield _shard(row["clip_id"], self.shards), ("row", {**row, **work})
         if self.spec is not None and clip is not None and work["stage"] is None:
@@ -310,6 +316,9 @@ def finalize(settings: Settings, store: ObjectStore, clips_run: str, run: str, c
         semantic_note = (f"encoder {spec.name}: {semantic.clusters} clusters, SemDeDup eps {cfg.semantic.eps}, "
                          + (f"balanced to {cfg.semantic.target} clips" if cfg.semantic.target else "no balancing target"))
 
+    # the index commit comes first: a run that lost a race to another writes nothing; a re-run after a later
+    # failure finds its own commit and decides the same again
+    index_key = commit_segment(store, cfg.index, run, index.live_segment(), seen=len(index.segments))
     selection_prefix = f"tables/selections/{run}"
     for old in store.list(f"{selection_prefix}/"):
         store.delete(old.key)
@@ -335,7 +344,6 @@ def finalize(settings: Settings, store: ObjectStore, clips_run: str, run: str, c
     rejections_key = f"tables/rejections/{run}/part-00000.parquet"
     write_parquet(store, rejections_key, pa.Table.from_pylist([r.to_dict() for r in rejections],
                                                               schema=REJECTION_SCHEMA))
-    index_key = commit_segment(store, cfg.index, run, index.live_segment())
 
     dropped: dict[str, dict[str, int]] = {}
     for stage, reason in [(v.stage, v.reason) for v in verdicts.values() if not v.kept] + \

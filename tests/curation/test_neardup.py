@@ -6,7 +6,8 @@ import pytest
 
 from curation.evalset import TRANSFORMS, build_set, camera_frames, encode, evaluate, remux
 from curation.media import decode_clip
-from curation.neardup import NearDupConfig, NearDupIndex, commit_segment, load_index, read_manifest, signature
+from curation.neardup import (IndexChanged, NearDupConfig, NearDupIndex, commit_segment, load_index, read_manifest,
+                              signature)
 from curation.select import Candidate, decide_duplicates
 
 
@@ -49,11 +50,11 @@ def test_incremental_index_in_the_store_gives_the_same_answer_as_from_scratch(ev
 
     index = load_index(store, "main", before_run="run-1")
     part1 = decide_duplicates(first, index)
-    commit_segment(store, "main", "run-1", index.live_segment())
+    commit_segment(store, "main", "run-1", index.live_segment(), seen=0)
     index = load_index(store, "main", before_run="run-2")
     assert len(index) == sum(v.kept for v in part1.values())  # old signatures come from the store, not recomputed
     part2 = decide_duplicates(second, index)
-    commit_segment(store, "main", "run-2", index.live_segment())
+    commit_segment(store, "main", "run-2", index.live_segment(), seen=1)
 
     assert {**part1, **part2} == scratch
     kept = sorted(c for c, v in scratch.items() if v.kept)
@@ -66,5 +67,10 @@ def test_incremental_index_in_the_store_gives_the_same_answer_as_from_scratch(ev
     # a re-run of run-2 sees only what was there before it, decides the same, and writes nothing new
     again = decide_duplicates(second, load_index(store, "main", before_run="run-2"))
     assert again == part2
-    commit_segment(store, "main", "run-2", NearDupIndex().live_segment())
+    commit_segment(store, "main", "run-2", NearDupIndex().live_segment(), seen=1)
     assert len(read_manifest(store, "main")["segments"]) == 2
+
+    # a run that decided against one segment while another run committed a second must not commit
+    with pytest.raises(IndexChanged, match="run-1"):
+        commit_segment(store, "main", "run-3", NearDupIndex().live_segment(), seen=0)
+    assert [s["run"] for s in read_manifest(store, "main")["segments"]] == ["run-1", "run-2"]

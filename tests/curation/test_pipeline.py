@@ -14,6 +14,7 @@ from alliance.store import open_store
 from alliance.tables import REJECTION_SCHEMA, SELECTION_SCHEMA
 from curation.embed import write_tiny_encoder
 from curation.evalset import blur, camera_frames, encode, remux, scale_brightness
+from curation.neardup import read_manifest
 from curation.quality import parse_overrides
 from curation.select import CurateConfig
 from curation.semdedup import SemDedupConfig
@@ -98,8 +99,7 @@ def test_curate_without_encoder_two_partners_in_two_runs(tmp_path):
     # a re-run of the same run id gives the same selection and adds nothing to the index
     again = run_curate(settings, "ingest-b", "cur-b", beam_flags=QUICK)
     assert (again.kept, again.dropped) == (second.kept, second.dropped)
-    manifest = json.loads(store.get_bytes("indexes/neardup/main/manifest.json"))
-    assert [s["run"] for s in manifest["segments"]] == ["cur-a", "cur-b"]
+    assert [s["run"] for s in read_manifest(store, "main")["segments"]] == ["cur-a", "cur-b"]
 
 
 @pytest.mark.slow
