@@ -13,7 +13,7 @@ from apache_beam.ml.inference.pytorch_inference import PytorchModelHandlerTensor
 
 from alliance.settings import Settings
 from alliance.store import LocalStore, open_store
-from curation.embed import EncoderSpec, fetch_encoder, torch_device
+from curation.embed import EncoderSpec, fetch_encoder
 
 
 class StoreTorchScriptHandler(PytorchModelHandlerTensor):
@@ -24,13 +24,16 @@ class StoreTorchScriptHandler(PytorchModelHandlerTensor):
                  device: str | None = None):
         store = open_store(settings=settings)
         local = store.root / spec.model_key if isinstance(store, LocalStore) else None
-        super().__init__(torch_script_model_path=str(local or spec.model_key), device=device or torch_device(),
+        super().__init__(torch_script_model_path=str(local or spec.model_key), device=device or "CPU",
                          min_batch_size=min_batch_size, max_batch_size=max_batch_size)
+        self._pick_device = device is None
         self._settings = settings
         self._spec = spec
         self._local = local is not None
 
     def load_model(self) -> torch.nn.Module:
+        if self._pick_device:  # decided where the model runs (a worker), not where the job was launched
+            self._device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         if not self._local:
             cache = Path(tempfile.gettempdir()) / "alliance-encoders"
             self._torch_script_model_path = str(fetch_encoder(open_store(settings=self._settings),

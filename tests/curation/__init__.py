@@ -1,0 +1,1 @@
+"""Tests of curation: quality, duplicates, embeddings, semantic dedup, balance, report, pipeline."""
