@@ -14,6 +14,7 @@ from sqlalchemy import select
 from alliance.catalog import Catalog
 from alliance.models import ApiToken, AuditEvent, Partner, utcnow
 from partners.contract import is_slug
+from partners.db import writing
 from partners.errors import AccountError, Unauthorized
 
 TOKEN_PREFIX = "alk"
@@ -69,7 +70,7 @@ def add_partner(catalog: Catalog, partner: str, display_name: str = "") -> Issue
     if not is_slug(partner):
         raise AccountError("invalid_partner_name", f"{partner!r}: a partner name is lowercase letters, digits, "
                            "'.', '_' or '-', starting with a letter or digit, at most 64 characters")
-    with catalog.session() as session:
+    with writing(catalog) as session:
         if session.get(Partner, partner) is not None:
             raise AccountError("partner_exists", f"partner {partner!r} already exists: use `alliance partners rotate "
                                f"{partner}` for a new token")
@@ -83,14 +84,14 @@ def add_partner(catalog: Catalog, partner: str, display_name: str = "") -> Issue
 
 def ensure_partner(catalog: Catalog, partner: str, display_name: str = "") -> IssuedToken:
     """The demo's entry: the partner exists afterwards and a fresh token is returned (older tokens stay valid)."""
-    with catalog.session() as session:
+    with writing(catalog) as session:
         exists = session.get(Partner, partner) is not None
     return rotate_token(catalog, partner, revoke_old=False) if exists else add_partner(catalog, partner, display_name)
 
 
 def rotate_token(catalog: Catalog, partner: str, revoke_old: bool = True) -> IssuedToken:
     """Issue a new token; the old ones are revoked now unless revoke_old is False."""
-    with catalog.session() as session:
+    with writing(catalog) as session:
         if session.get(Partner, partner) is None:
             raise AccountError("unknown_partner", f"no partner {partner!r}: add it with `alliance partners add {partner}`")
         revoked = 0
@@ -107,7 +108,7 @@ def rotate_token(catalog: Catalog, partner: str, revoke_old: bool = True) -> Iss
 
 def revoke_tokens(catalog: Catalog, partner: str, token_id: str | None = None) -> int:
     """Revoke one token (by id) or all of a partner's tokens; returns how many were active."""
-    with catalog.session() as session:
+    with writing(catalog) as session:
         if session.get(Partner, partner) is None:
             raise AccountError("unknown_partner", f"no partner {partner!r}: see `alliance partners list`")
         query = select(ApiToken).where(ApiToken.partner_id == partner, ApiToken.revoked_at.is_(None))
@@ -124,7 +125,7 @@ def revoke_tokens(catalog: Catalog, partner: str, token_id: str | None = None) -
 
 
 def list_partners(catalog: Catalog) -> list[PartnerSummary]:
-    with catalog.session() as session:
+    with writing(catalog) as session:
         partners = session.scalars(select(Partner).order_by(Partner.id)).all()
         tokens = session.scalars(select(ApiToken)).all()
     return [PartnerSummary(
@@ -142,7 +143,7 @@ def authenticate(catalog: Catalog, token: str) -> Principal:
     if not match:
         raise refused
     token_id, secret = match.groups()
-    with catalog.session() as session:
+    with writing(catalog) as session:
         row = session.get(ApiToken, token_id)
         if row is None or row.revoked_at is not None or not hmac.compare_digest(row.secret_sha256, _hash(secret)):
             raise refused

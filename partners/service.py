@@ -29,6 +29,7 @@ from alliance.store import ObjectStore, S3Store, open_store
 from partners.accounts import Principal, authenticate
 from partners.api import (AuditOut, DeliveryStatus, ErrorOut, FileState, PartUrl, RecordingOut, RevokeIn, UploadPlan,
                           WhoAmI)
+from partners.db import writing
 from partners.contract import (CONTRACT_VERSION, ContractBounds, DeliveryManifest, ManifestLimits, contract_problems,
                                file_key, manifest_key, parse_manifest)
 from partners.errors import Conflict, ContractError, NotFound, PartnerError, RateLimited, TooLarge
@@ -101,7 +102,7 @@ class AuditWriter:
             with self.lock:
                 batch, self.queue = self.queue, []
             if batch:
-                with self.catalog.session() as session:
+                with writing(self.catalog) as session:
                     session.add_all(batch)
 
     def _run(self) -> None:
@@ -178,7 +179,7 @@ def create_app(settings: Settings, config: ServiceConfig = ServiceConfig(), *, s
                               probe_timeout_s=config.probe_timeout_s)
         except Exception:  # the partner sees status "error"; the operator sees the traceback in the log
             log.exception("validation of delivery %s failed", delivery_id)
-            with catalog.session() as session:
+            with writing(catalog) as session:
                 session.get(Delivery, delivery_id).status = "error"
 
     @asynccontextmanager
@@ -230,16 +231,22 @@ def create_app(settings: Settings, config: ServiceConfig = ServiceConfig(), *, s
         response = await call_next(request)
         principal: Principal | None = getattr(request.state, "principal", None)
         route = request.scope.get("route")
-        if route is None or getattr(route, "name", "") in ("health", "upload_part") or (
-                principal is None and response.status_code != 401):
+        name = getattr(route, "name", "")
+        if route is None and request.url.path.startswith("/uploads/"):
+            name, route = "upload_part", "unmatched"  # a mangled part URL is a refused part upload too
+        # every partner action and refused token; part PUTs carry no token: their refusals are kept (a tampered,
+        # expired or re-targeted URL leaves a trace), their successes are not (one per part would drown the log)
+        refused_part = name == "upload_part" and response.status_code >= 400
+        if route is None or name == "health" or (name == "upload_part" and not refused_part) or (
+                principal is None and response.status_code != 401 and not refused_part):
             return response
         params = request.scope.get("path_params", {})
         target = params.get("delivery_id") or params.get("recording_id")
         event = AuditEvent(at=utcnow(), partner_id=principal.partner if principal else None,
-                           token_id=principal.token_id if principal else None, action=route.name,
+                           token_id=principal.token_id if principal else None, action=name,
                            target=target if target and safe_target.match(str(target)) else None,
                            status=response.status_code,
-                           detail={"method": request.method, "file": params.get("index")})
+                           detail={"method": request.method, "file": params.get("index"), "part": params.get("part")})
         audit.add(event)
         return response
 
@@ -320,7 +327,7 @@ def create_app(settings: Settings, config: ServiceConfig = ServiceConfig(), *, s
         canonical = manifest.canonical_json()
         digest = hashlib.sha256(canonical).hexdigest()
         delivery_id = delivery_id_for(who.partner, manifest.delivery)
-        with catalog.session() as session:
+        with writing(catalog) as session:
             existing = session.get(Delivery, delivery_id)
             if existing is not None:
                 if existing.manifest_sha256 != digest:
@@ -330,7 +337,7 @@ def create_app(settings: Settings, config: ServiceConfig = ServiceConfig(), *, s
         key = manifest_key(who.partner, manifest.delivery)
         store.put_bytes(key, canonical)
         try:
-            with catalog.session() as session:
+            with writing(catalog) as session:
                 delivery = Delivery(id=delivery_id, partner_id=who.partner, status="open",
                                     contract_version=manifest.contract_version, manifest_sha256=digest)
                 detail = DeliveryDetail(delivery_id=delivery_id, partner_id=who.partner, name=manifest.delivery,
@@ -346,7 +353,7 @@ def create_app(settings: Settings, config: ServiceConfig = ServiceConfig(), *, s
         except CatalogError as e:
             if not isinstance(e.__cause__, IntegrityError):
                 raise
-            with catalog.session() as session:  # the same delivery opened twice at once: answer as a re-send
+            with writing(catalog) as session:  # the same delivery opened twice at once: answer as a re-send
                 delivery, detail = _own_delivery(session, who, delivery_id)
                 return 200, _status(session, delivery, detail)
 
@@ -379,7 +386,7 @@ def create_app(settings: Settings, config: ServiceConfig = ServiceConfig(), *, s
     def plan_upload(request: Request, delivery_id: str = Path(pattern=DELIVERY_ID),
                     index: int = Path(ge=0, le=100_000), who: Principal = Depends(principal)) -> UploadPlan:
         """Presigned URLs for the parts of one file not yet received (a resumed upload re-sends nothing)."""
-        with catalog.session() as session:
+        with writing(catalog) as session:
             delivery, detail = _own_delivery(session, who, delivery_id)
             row = _own_file(session, delivery_id, index)
             layout = part_layout(row.bytes, config.part_size)
@@ -465,7 +472,7 @@ def create_app(settings: Settings, config: ServiceConfig = ServiceConfig(), *, s
     def complete_file(delivery_id: str = Path(pattern=DELIVERY_ID), index: int = Path(ge=0, le=100_000),
                       who: Principal = Depends(principal)) -> FileState:
         """Assemble the file from its parts; every part must have arrived with its exact size."""
-        with catalog.session() as session:
+        with writing(catalog) as session:
             delivery, detail = _own_delivery(session, who, delivery_id)
             row = _own_file(session, delivery_id, index)
             if row.state == "pending" and delivery.status == "open":
@@ -486,7 +493,7 @@ def create_app(settings: Settings, config: ServiceConfig = ServiceConfig(), *, s
     def complete_delivery(delivery_id: str = Path(pattern=DELIVERY_ID),
                           who: Principal = Depends(principal)) -> DeliveryStatus:
         """Close the delivery and validate it; files never uploaded are refused as file_missing in the report."""
-        with catalog.session() as session:
+        with writing(catalog) as session:
             delivery, detail = _own_delivery(session, who, delivery_id)
             if delivery.status in ("open", "error"):
                 for row in session.scalars(select(DeliveryFile).where(DeliveryFile.delivery_id == delivery_id,
@@ -554,7 +561,7 @@ def create_app(settings: Settings, config: ServiceConfig = ServiceConfig(), *, s
             raise PartnerError("request_invalid", "the reason may not contain NUL characters")
 
         def revoke() -> RecordingOut:
-            with catalog.session() as session:
+            with writing(catalog) as session:
                 row = _own_recording(session, who, recording_id)
                 if row.status != "revoked":
                     row.status, row.revoked_at, row.revoke_reason = "revoked", utcnow(), body.reason

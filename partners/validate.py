@@ -21,6 +21,7 @@ from alliance.store import CHUNK, ObjectStore
 from alliance.tables import Rejection
 from partners.contract import (CONTRACT_VERSION, ContractBounds, DeliveryManifest, ManifestFile, contract_problems,
                                file_key, parse_manifest, quarantine_prefix, report_prefix)
+from partners.db import writing
 from partners.report import CheckReport, DeliveryReport, FileReport, Problem, fix_for, render_html
 from partners.sensors import sensor_facts
 from partners.suite import SUITE_VERSION, run_suite
@@ -248,7 +249,7 @@ def validate_delivery(store: ObjectStore, catalog: Catalog, delivery_id: str, *,
 
     Re-runnable: a delivery already validated returns its stored report unless `force`, and a forced run reaches
     the same verdicts (refused files are read back from quarantine, accepted rows are not added twice)."""
-    with catalog.session() as session:
+    with writing(catalog) as session:
         detail = session.get(DeliveryDetail, delivery_id)
         partner, name, manifest_key = detail.partner_id, detail.name, detail.manifest_key
         delivery = session.get(Delivery, delivery_id)
@@ -261,7 +262,7 @@ def validate_delivery(store: ObjectStore, catalog: Catalog, delivery_id: str, *,
     files = assessment.files
     durations = {f.path: f.facts.get("duration_s") for f in files}
 
-    with catalog.session() as session:
+    with writing(catalog) as session:
         for report in files:
             if report.kind == "recording" and report.verdict == "accepted":
                 problem = _register(session, manifest, delivery_id, report, durations[report.path],
@@ -308,7 +309,7 @@ def validate_delivery(store: ObjectStore, catalog: Catalog, delivery_id: str, *,
     store.put_bytes(keys["html"], render_html(report).encode())
     store.put_bytes(keys["json"], report.model_dump_json(indent=2).encode())
 
-    with catalog.session() as session:
+    with writing(catalog) as session:
         delivery = session.get(Delivery, delivery_id)
         delivery.status = status
         delivery.report_key = keys["json"]
