@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from array import array
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,9 +85,7 @@ def probe_in_process(path: str, max_pixels: int = MAX_PIXELS, allowed_formats=DE
         has_audio = len(container.streams.audio) > 0
         fps_avg = float(stream.average_rate or stream.guessed_rate or stream.base_rate or 0.0)
         stream.thread_type = "AUTO"
-        times: list[int] = []
-        key_times: list[int] = []
-        durations: list[int] = []
+        times, key_times, durations = array("q"), array("q"), array("q")  # 8 bytes a frame, hours long or not
         decoded = 0
         first = None
         flushed = False
@@ -121,8 +120,8 @@ def probe_in_process(path: str, max_pixels: int = MAX_PIXELS, allowed_formats=DE
         stamps = np.unique(np.asarray(times, dtype=np.int64))
         steps = np.diff(stamps) * base
         step = float(np.median(steps)) if steps.size else (1.0 / fps_avg if fps_avg else 0.0)
-        last_duration = (durations[int(np.argmax(times))] * base if times and durations[int(np.argmax(times))]
-                         else step)
+        last = int(np.argmax(times)) if times else 0
+        last_duration = durations[last] * base if times and durations[last] else step
         span = float((stamps[-1] - stamps[0]) * base) if stamps.size else 0.0
         duration_s = span + last_duration
         fps_real = (len(stamps) / duration_s) if duration_s > 0 else fps_avg
