@@ -44,7 +44,13 @@ def _unreadable(spec: SensorFile, reason: str, detail: str) -> SensorFacts:
 def _load(path: Path, spec: SensorFile) -> np.ndarray:
     """The file as a float64 [rows, columns] array in the declared column order."""
     if spec.format == "npy":
+        with open(path, "rb") as f:
+            if f.read(6) != b"\x93NUMPY":  # np.load would take a zip (npz) or pickle as well
+                raise _Unreadable("sensor_unreadable", "not a .npy array (the file lacks the NPY magic bytes)")
         table = np.load(path, allow_pickle=False)  # never unpickle partner bytes
+        if not isinstance(table, np.ndarray) or table.dtype.kind not in "biuf":
+            raise _Unreadable("sensor_unreadable", f"a .npy of {getattr(table, 'dtype', type(table))}; "
+                              "the stream must be a 2-D numeric array")
         if table.ndim != 2 or table.shape[1] != len(spec.columns):
             raise _Unreadable("sensor_columns", f"array of shape {table.shape}, the manifest declares "
                              f"{len(spec.columns)} columns {spec.columns}")
