@@ -48,6 +48,16 @@ class ClipConfig:
     def stride(self) -> float:
         return self.stride_s or self.clip_s
 
+    @property
+    def fingerprint(self) -> str:
+        """Six hex digits of the settings that shape a clip's bytes: part of its id, so that changing them makes
+        new clips instead of rows that disagree with files already stored under the same key."""
+        shaping = {"clip_s": self.clip_s, "short_side": self.short_side, "upscale": self.upscale, "fps": self.fps,
+                   "crf": self.crf, "preset": self.preset, "scene_split": self.scene_split}
+        if self.scene_split:
+            shaping.update(scene_threshold=self.scene_threshold, min_clip_s=self.min_clip_s)
+        return hashlib.sha1(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:6]
+
     def to_json(self) -> dict[str, Any]:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
 
@@ -131,9 +141,11 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def clip_id(recording_id: str, t0: float) -> str:
-    """Content-derived: the recording's sha256 and the start in milliseconds (sorts by time)."""
-    return f"{recording_id}-{int(round(t0 * 1000)):09d}"
+def clip_id(recording_id: str, t0: float, fingerprint: str = "") -> str:
+    """Content-derived: the recording's sha256, the start in milliseconds (sorts by time), and the fingerprint of
+    the settings that shaped it (ClipConfig.fingerprint)."""
+    base = f"{recording_id}-{int(round(t0 * 1000)):09d}"
+    return f"{base}-{fingerprint}" if fingerprint else base
 
 
 def clip_key(partner: str, recording_id: str, clip: str, suffix: str = "mp4") -> str:
@@ -343,7 +355,7 @@ def cut_window(task: WindowTask, out_dir: str | Path) -> tuple[list[ClipOutput],
     outputs, refusals = [], []
     for first, last in segments_between(len(frames), cuts):
         t0 = (window.start_frame + first) / window.fps
-        clip = clip_id(rec.recording_id, t0)
+        clip = clip_id(rec.recording_id, t0, config.fingerprint)
         if last - first < min_frames:
             refusals.append(Refusal(clip, "cut", "scene_fragment",
                                     f"{rec.source}: {last - first} frames at {t0:.3f} s between hard cuts, shorter "

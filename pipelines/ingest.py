@@ -214,7 +214,7 @@ class IngestWindow(beam.DoFn):
             count(NAMESPACE, f"rejected_{e.reason}")
             self.progress.add(windows_done=1, **{f"rejected_{e.reason}": 1})
             yield beam.pvalue.TaggedOutput("rejected", _rejection(
-                clip_id(task.recording.recording_id, task.window.t0), e))
+                clip_id(task.recording.recording_id, task.window.t0, task.config.fingerprint), e))
             shutil.rmtree(workdir, ignore_errors=True)
             return
         new = 0

@@ -65,8 +65,11 @@ def test_ids_are_content_derived_and_encoding_is_deterministic(tmp_path, good_vi
     first, _, _ = cut_all(good_video, ClipConfig(clip_s=2.0), tmp_path / "a")
     again, _, _ = cut_all(good_video, ClipConfig(clip_s=2.0), tmp_path / "b")
     sha = sha256_file(good_video)
-    assert [o.row["clip_id"] for o in first] == [clip_id(sha, 0.0), clip_id(sha, 2.0)] == [f"{sha}-000000000",
-                                                                                           f"{sha}-000002000"]
+    fp = ClipConfig(clip_s=2.0).fingerprint
+    assert [o.row["clip_id"] for o in first] == [clip_id(sha, 0.0, fp), clip_id(sha, 2.0, fp)] == [
+        f"{sha}-000000000-{fp}", f"{sha}-000002000-{fp}"]
+    assert ClipConfig(clip_s=2.0, short_side=128).fingerprint != fp  # other bytes, other ids
+    assert ClipConfig(clip_s=2.0, stride_s=1.0).fingerprint == fp  # the stride moves clips, it does not reshape them
     assert [o.row["clip_id"] for o in again] == [o.row["clip_id"] for o in first]
     for a, b in zip(first, again):
         assert Path(a.files[a.row["clip_key"]]).read_bytes() == Path(b.files[b.row["clip_key"]]).read_bytes()

@@ -81,7 +81,7 @@ def test_folder_ingest_on_the_local_runner_then_a_rerun_writes_nothing_new(tmp_p
     # frame-exact: the second counter clip shows source frames 10..19
     counter = rows[("counter.mp4", 1.0)]
     assert [read_counter(f) for f in clip_frames(store, counter["clip_key"])] == list(range(10, 20))
-    assert counter["clip_id"] == f"{sha256_file(folder / 'counter.mp4')}-000001000"
+    assert counter["clip_id"] == f"{sha256_file(folder / 'counter.mp4')}-000001000-{CONFIG.fingerprint}"
     assert counter["clip_key"] == f"clips/lab/{counter['recording_id']}/{counter['clip_id']}.mp4"
     # IMU from the sidecar, aligned to the frame times
     walk = rows[("walk.mp4", 1.0)]
