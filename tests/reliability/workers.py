@@ -24,11 +24,18 @@ def ingest(folder: str, run: str, *flags: str) -> None:
 
 
 def shard(name: str, selection_run: str, target: str, *rest: str) -> None:
+    import pipelines.shard as shard_pipeline
     from alliance.settings import load_settings
+    from alliance.store import open_store
     from pipelines.shard import run_shard
     from sharding.plan import ShardConfig
 
     settings = load_settings()
+    slow = next((float(a.split("=", 1)[1]) for a in rest if a.startswith("--slow=")), 0.0)
+    if slow:  # every write waits first, so a server can be restarted in the middle of the shard writes
+        from tests.sharding.writer_proc import SlowStore
+
+        shard_pipeline.open_store = lambda url=None, settings=None: SlowStore(open_store(url, settings), slow)
     print("ready", flush=True)
     flags = ["--direct_running_mode=in_memory"] if "--beam" in rest else []
     summary = run_shard(settings, name, selection_run, flags, config=ShardConfig(target_bytes=int(target), seed=4),
