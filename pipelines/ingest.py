@@ -181,7 +181,8 @@ class PlanRecording(beam.DoFn):
                                                       f"completed and the path is right"))
         count(NAMESPACE, "windows_planned", windows)
         if windows:
-            self.progress.add(recordings_planned=1, windows_planned=windows)
+            self.progress.add(recordings_planned=1, windows_planned=windows,
+                              **{f"planned/{info.recording_id}": windows})
 
     def finish_bundle(self) -> None:
         self.progress.flush()
@@ -212,7 +213,8 @@ class IngestWindow(beam.DoFn):
                                             memory_limit_mb=self.config.memory_limit_mb)
         except DecodeError as e:
             count(NAMESPACE, f"rejected_{e.reason}")
-            self.progress.add(windows_done=1, **{f"rejected_{e.reason}": 1})
+            self.progress.add(windows_done=1, **{f"rejected_{e.reason}": 1,
+                                                 f"done/{task.recording.recording_id}": 1})
             yield beam.pvalue.TaggedOutput("rejected", _rejection(
                 clip_id(task.recording.recording_id, task.window.t0, task.config.fingerprint), e))
             shutil.rmtree(workdir, ignore_errors=True)
@@ -234,6 +236,7 @@ class IngestWindow(beam.DoFn):
             yield beam.pvalue.TaggedOutput("rejected", Rejection(refusal.key, refusal.stage, refusal.reason,
                                                                  refusal.detail))
         self.progress.add(windows_done=1, clips_out=len(outputs), clip_files_new=new,
+                          **{f"done/{task.recording.recording_id}": 1},
                           **{f"rejected_{reason}": n for reason, n in Counter(r.reason for r in refusals).items()})
 
     def finish_bundle(self) -> None:
@@ -426,12 +429,22 @@ def _run_with_progress(pipeline: beam.Pipeline, store: ObjectStore, run_id: str,
     while thread.is_alive():
         thread.join(1.0)
         if on_progress is not None:
-            on_progress(dict(read_progress(store, progress_prefix(run_id))), recordings)
+            on_progress(progress_view(read_progress(store, progress_prefix(run_id))), recordings)
     if "error" in outcome:
         raise outcome["error"]
     if on_progress is not None:
-        on_progress(dict(read_progress(store, progress_prefix(run_id))), recordings)
+        on_progress(progress_view(read_progress(store, progress_prefix(run_id))), recordings)
     return outcome["result"]
+
+
+def progress_view(counts: Counter) -> dict[str, int]:
+    """The workers' raw counts -> what a person follows: recordings done (every window through, or refused),
+    windows planned and done, clips written, rejections by reason."""
+    view = {k: v for k, v in counts.items() if "/" not in k}
+    planned = {k.split("/", 1)[1]: v for k, v in counts.items() if k.startswith("planned/")}
+    done = sum(1 for rid, n in planned.items() if counts.get(f"done/{rid}", 0) >= n)
+    view["recordings_done"] = done + counts.get("recordings_refused", 0)
+    return view
 
 
 def _record_run(settings: Settings, run_id: str, status: str, config: ClipConfig, source: str,

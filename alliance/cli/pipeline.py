@@ -107,13 +107,12 @@ def ingest(ctx: typer.Context,
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[extra]}"),
                TimeElapsedColumn())
     with Progress(*columns, console=console, transient=False) as bar:
-        recordings = bar.add_task("recordings planned", total=None, extra="")
+        recordings = bar.add_task("recordings done", total=None, extra="")
         windows = bar.add_task("clip windows done", total=None, extra="")
 
         def show(counts: dict[str, int], recordings_in: int) -> None:
             refused = sum(v for k, v in counts.items() if k.startswith("rejected_"))
-            bar.update(recordings, total=recordings_in,
-                       completed=counts.get("recordings_planned", 0) + counts.get("recordings_refused", 0),
+            bar.update(recordings, total=recordings_in, completed=counts.get("recordings_done", 0),
                        extra=f"{counts.get('recordings_refused', 0)} refused")
             bar.update(windows, total=counts.get("windows_planned") or None, completed=counts.get("windows_done", 0),
                        extra=f"{counts.get('clips_out', 0)} clips, {refused} rejections")

@@ -99,6 +99,7 @@ def test_folder_ingest_on_the_local_runner_then_a_rerun_writes_nothing_new(tmp_p
     assert summary.rejections["not_video"] == 3 and summary.rejections["decode_failed"] == len(damaged)
     assert store.exists(f"{summary.rejection_table_prefix}/rejections.jsonl")
     assert seen and seen[-1][0].get("clips_out") == clips.num_rows and seen[-1][1] == 11
+    assert seen[-1][0]["recordings_done"] == 11 and seen[-1][0]["windows_done"] == seen[-1][0]["windows_planned"]
     # the launcher recorded the run, the recordings and the clips
     catalog = Catalog(settings.effective_catalog_url)
     with catalog.session() as session:
