@@ -17,7 +17,7 @@ from typing import Any, Callable, Sequence
 
 import apache_beam as beam
 
-from alliance.errors import AllianceError, KeyNotFound
+from alliance.errors import AllianceError, KeyNotFound, StoreError
 from alliance.settings import Settings
 from alliance.store import LocalStore, ObjectStore, open_store, validate_key
 from alliance.tables import CLIP_SCHEMA, REJECTION_SCHEMA, Rejection
@@ -179,6 +179,14 @@ class PlanRecording(beam.DoFn):
             yield beam.pvalue.TaggedOutput("rejected", Rejection(
                 ref.source, "decode", "missing_file", f"{ref.source}: cannot be read ({e}); check that the upload "
                                                       f"completed and the path is right"))
+        except StoreError:
+            raise  # the store itself failed: Beam retries the bundle, the recording is not at fault
+        except Exception as e:  # an unforeseen failure costs this recording only, and is recorded with its cause
+            count(NAMESPACE, "rejected_ingest_error")
+            self.progress.add(recordings_refused=1, rejected_ingest_error=1)
+            yield beam.pvalue.TaggedOutput("rejected", Rejection(
+                ref.source, "decode", "ingest_error", f"{ref.source}: {type(e).__name__}: {e}; ingest could not "
+                                                      f"handle this file: report it with the file attached"))
         count(NAMESPACE, "windows_planned", windows)
         if windows:
             self.progress.add(recordings_planned=1, windows_planned=windows,
