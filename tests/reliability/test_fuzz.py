@@ -26,10 +26,10 @@ from partners.sensors import sensor_facts
 from tests.reliability.conftest import count, record
 from tests.reliability.harness import measure
 
-FUZZ = settings(max_examples=count(60, 3000), deadline=None, database=None, derandomize=True,
+FUZZ = settings(max_examples=count(60, 1000), deadline=None, database=None, derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
                                        HealthCheck.data_too_large])
-PROBE_FUZZ = settings(FUZZ, max_examples=count(25, 400))
+PROBE_FUZZ = settings(FUZZ, max_examples=count(25, 300))
 TALLY: dict[str, int] = {}
 # numpy warns about empty CSV bodies and discarded imaginary parts: the outcome is what these tests judge
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::numpy.exceptions.ComplexWarning")
