@@ -38,8 +38,9 @@ def flip_bits(hashes: np.ndarray, bits: int, rng: np.random.Generator) -> np.nda
 
 def bench_query(sizes: list[int], queries: int, frames: int = 12) -> None:
     cfg = NearDupConfig()
-    print(f"\n== near-dup query time (random signatures, {frames} sampled frames x {len(cfg.scales)} scales, "
-          f"bands {cfg.band_bits}, {queries} queries: half near copies with 4 bits flipped per hash, half new) ==")
+    print(f"\n== near-dup query time (random signatures, {frames} sampled frames x {len(cfg.scales)} scales; queries "
+          f"x {cfg.phases} phases x 2 mirrors; bands {cfg.band_bits}; {queries} queries: half near copies with 4 "
+          f"bits flipped per hash, half new) ==")
     baseline = None
     for n in sizes:
         started = time.perf_counter()
@@ -50,12 +51,10 @@ def bench_query(sizes: list[int], queries: int, frames: int = 12) -> None:
         found = 0
         times = []
         for q in range(queries):
-            if q % 2 == 0:
-                source = plain[int(rng.integers(n))]
-                hashes = np.stack([flip_bits(source, 4, rng), rng.integers(0, 1 << HASH_BITS, size=source.shape,
-                                                                              dtype=np.uint64)])
-            else:
-                hashes = rng.integers(0, 1 << HASH_BITS, size=(2, len(cfg.scales), frames), dtype=np.uint64)
+            views = (cfg.phases, 2, len(cfg.scales), frames)
+            hashes = rng.integers(0, 1 << HASH_BITS, size=views, dtype=np.uint64)
+            if q % 2 == 0:  # a near copy: phase 0, plain, close to an indexed clip
+                hashes[0, 0] = flip_bits(plain[int(rng.integers(n))], 4, rng)
             sig = Signature(hashes)
             t = time.perf_counter()
             match = index.query(sig)
@@ -70,9 +69,10 @@ def bench_query(sizes: list[int], queries: int, frames: int = 12) -> None:
 
 
 def bench_precision_recall(sources: int) -> None:
-    from curation.evalset import build_set, evaluate
+    from curation.evalset import TRANSFORMS, build_set, evaluate
 
-    print(f"\n== near-dup precision/recall: {sources} generated sources x 7 transforms + 2 other scenes each ==")
+    print(f"\n== near-dup precision/recall: {sources} generated sources x {len(TRANSFORMS)} transforms + 2 other "
+          f"scenes each ==")
     started = time.perf_counter()
     clips = build_set(sources=sources)
     result = evaluate(clips)

@@ -13,7 +13,8 @@ from curation.media import decode_clip, resize_area
 from curation.neardup import NearDupConfig, NearDupIndex, signature
 
 WORLD = 384
-TRANSFORMS = ("reencode_low_bitrate", "half_size", "crop_80", "mirror", "brighter_20", "trim_1s", "container_mkv")
+TRANSFORMS = ("reencode_low_bitrate", "half_size", "crop_80", "mirror", "brighter_20", "trim_1s", "container_mkv",
+              "trim_1.2s")  # the last one is beyond the list: a trim off the 1/3 s sampling grid
 
 
 @lru_cache(maxsize=4)
@@ -135,6 +136,8 @@ def transform(frames: list[np.ndarray], name: str, source_bytes: bytes) -> bytes
         return encode(scale_brightness(frames, 1.2))
     if name == "trim_1s":
         return encode(frames[10:])
+    if name == "trim_1.2s":
+        return encode(frames[12:])
     if name == "container_mkv":
         return remux(source_bytes)
     raise ValueError(f"unknown transform {name!r}; known: {', '.join(TRANSFORMS)}")

@@ -20,10 +20,11 @@ class NearDupConfig:
     """How signatures are made and when two clips count as near duplicates."""
 
     sample_fps: float = 3.0          # frames hashed per second, on a fixed grid from the clip's start
+    phases: int = 4                  # a query is also hashed on grids shifted by 1/phases of a step: any trim aligns
     max_samples: int = 48
     scales: tuple[float, ...] = (1.0, 0.8)  # centre crops hashed per frame: a cropped copy matches the 0.8 view
     band_bits: tuple[int, ...] = (16, 16, 16, 15)  # LSH bands over the 63 hash bits (each at most 24 bits)
-    min_band_hits: int = 3           # band collisions a clip needs before it is compared in full
+    min_band_hits: int = 4           # band collisions (from one query view) before a clip is compared in full
     max_bucket: int = 50_000         # a bucket this full says nothing (flat frames); it is ignored
     max_mean_hamming: float = 12.0   # mean bits apart over the best temporal alignment: near duplicate
     min_overlap: float = 0.5         # share of the shorter clip's samples the alignment must cover
@@ -31,13 +32,24 @@ class NearDupConfig:
 
 @dataclass(frozen=True)
 class Signature:
-    """Per sampled frame, one 63-bit DCT hash per scale, plain and mirrored: uint64 [2 (mirror), scales, frames]."""
+    """Per sampled frame, one 63-bit DCT hash per scale, plain and mirrored, on each shifted sampling grid:
+    uint64 [phases, 2 (mirror), scales, frames]. Phase 0, plain, is what the index keeps."""
 
     hashes: np.ndarray
 
     @property
     def frames(self) -> int:
-        return int(self.hashes.shape[2])
+        return int(self.hashes.shape[-1])
+
+    @property
+    def plain(self) -> np.ndarray:
+        """[scales, frames]: the hashes an index stores."""
+        return self.hashes[0, 0]
+
+    @property
+    def views(self) -> np.ndarray:
+        """[phases * 2, scales, frames]: every view a query tries."""
+        return self.hashes.reshape(-1, *self.hashes.shape[-2:])
 
     def to_bytes(self) -> bytes:
         buffer = io.BytesIO()
@@ -93,16 +105,22 @@ _MIRROR_SIGN = np.array([(-1.0 if (i % 8) % 2 else 1.0) for i in range(64)])[1:]
 
 
 def signature(clip: DecodedClip, cfg: NearDupConfig = NearDupConfig()) -> Signature:
-    """Hash frames on a fixed time grid from the clip's start, so a trimmed copy aligns with an offset."""
+    """Hash frames on a fixed time grid from the clip's start (and on grids shifted by fractions of a step), so a
+    trimmed copy aligns with one of them at a whole-step offset."""
     start = float(clip.times[0])
-    grid = np.arange(0.0, clip.duration_s, 1.0 / cfg.sample_fps)[: cfg.max_samples]
-    picks = [int(np.argmin(np.abs(clip.times - start - t))) for t in grid] if len(grid) else [0]
-    coefficients = np.empty((len(cfg.scales), len(picks), HASH_BITS))
-    for f, index in enumerate(picks):
-        gray = luma(clip.frames[index])
-        for s, scale in enumerate(cfg.scales):
-            coefficients[s, f] = frame_coefficients(gray, scale)
-    return Signature(np.stack([_bits(coefficients), _bits(coefficients * _MIRROR_SIGN)]))
+    step = 1.0 / cfg.sample_fps
+    grid = np.arange(0.0, max(clip.duration_s, 1e-9), step)[: cfg.max_samples]
+    phases = max(1, cfg.phases)
+    coefficients = np.empty((phases, len(cfg.scales), len(grid), HASH_BITS))
+    cache: dict[int, np.ndarray] = {}
+    for p in range(phases):
+        for f, t in enumerate(grid + p * step / phases):
+            index = int(np.argmin(np.abs(clip.times - start - t)))
+            if index not in cache:
+                gray = luma(clip.frames[index])
+                cache[index] = np.stack([frame_coefficients(gray, scale) for scale in cfg.scales])
+            coefficients[p, :, f] = cache[index]
+    return Signature(np.stack([_bits(coefficients), _bits(coefficients * _MIRROR_SIGN)], axis=1))
 
 
 def distance(query: Signature, indexed: np.ndarray, cfg: NearDupConfig) -> float:
@@ -115,9 +133,9 @@ def distances(query: Signature, indexed: np.ndarray, cfg: NearDupConfig,
     """Best-alignment mean hamming of the query against C indexed clips [C, scales, frames] (padded to `lengths`)."""
     count, _, width = indexed.shape
     lengths = np.full(count, width) if lengths is None else lengths
-    q = query.hashes  # [2, S, Fq]
+    q = query.views  # [V, S, Fq]: phases x mirror
     fq = q.shape[2]
-    # [C, 2, Sq, Si, Fq, Fi]
+    # [C, V, Sq, Si, Fq, Fi]
     ham = np.bitwise_count(q[None, :, :, None, :, None] ^ indexed[:, None, None, :, None, :]).astype(np.float32)
     best = np.full(count, np.inf, dtype=np.float32)
     need = np.maximum(2, np.ceil(cfg.min_overlap * np.minimum(fq, lengths))).astype(int)
@@ -148,6 +166,18 @@ def _band_keys(hashes: np.ndarray, cfg: NearDupConfig) -> np.ndarray:
     return np.stack(keys, axis=-1)
 
 
+DENSE_KEYS = 1 << 22  # band key spaces up to this size get a directory (int64, 32 MiB at most)
+
+
+def _directory(keys: np.ndarray) -> np.ndarray | None:
+    """Where each possible key's bucket starts in the sorted keys (one more entry for the end), if the key space
+    is small (bands of up to ~20 bits); lookups then cost no binary search over millions of entries."""
+    space = int(keys[-1]) + 1 if len(keys) else 1
+    if space > DENSE_KEYS:
+        return None
+    return np.searchsorted(keys, np.arange(space + 1, dtype=np.uint64), "left").astype(np.int64)
+
+
 def _sorted_unique(values: np.ndarray) -> np.ndarray:
     """np.unique by sorting (numpy's hash-based unique is much slower on large uint64 arrays)."""
     values = np.sort(values)
@@ -165,6 +195,21 @@ class Segment:
     lengths: np.ndarray           # int32 [n]
     keys: np.ndarray = field(default=None)     # sorted uint64 band keys
     entries: np.ndarray = field(default=None)  # int32 clip position of each key
+    directory: np.ndarray | None = field(default=None, repr=False)  # first position of each key, when dense
+
+    def __post_init__(self) -> None:
+        if self.keys is not None and self.directory is None:
+            self.directory = _directory(self.keys)
+
+    def lookup(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Start positions and bucket sizes of these keys: O(1) each through the directory, else binary search."""
+        if self.directory is not None:
+            inside = keys < np.uint64(len(self.directory) - 1)
+            k = np.where(inside, keys, 0).astype(np.int64)
+            lo = self.directory[k]
+            return lo, np.where(inside, self.directory[k + 1] - lo, 0)
+        lo = np.searchsorted(self.keys, keys, "left")
+        return lo, np.searchsorted(self.keys, keys, "right") - lo
 
     @classmethod
     def build(cls, clip_ids: list[str], content_hashes: list[str], clip_keys: list[str],
@@ -192,6 +237,7 @@ class Segment:
         packed = _sorted_unique((keys[mask] << np.uint64(32)) | owner[mask].astype(np.uint64))
         self.keys = packed >> np.uint64(32)
         self.entries = (packed & np.uint64(0xFFFFFFFF)).astype(np.int32)
+        self.directory = _directory(self.keys)
 
     def to_bytes(self) -> bytes:
         buffer = io.BytesIO()
@@ -233,7 +279,7 @@ class NearDupIndex:
     def add(self, clip_id: str, content_hash: str, sig: Signature, clip_key: str = "") -> None:
         """Index a kept clip (its plain hashes only; queries try the mirrored view)."""
         position = len(self._live_ids)
-        plain = sig.hashes[0]
+        plain = sig.plain
         self._live_ids.append(clip_id)
         self._live_content.append(content_hash)
         self._live_keys.append(clip_key)
@@ -245,35 +291,31 @@ class NearDupIndex:
             self._live_table.setdefault(key, []).append(position)
 
     def query(self, sig: Signature) -> NearDupMatch | None:
-        """The closest indexed clip within the threshold (ties: the earliest indexed), or None."""
-        keys = _sorted_unique(_band_keys(sig.hashes, self.cfg).ravel())
+        """The closest indexed clip within the threshold (ties: the earliest indexed), or None. A clip becomes a
+        candidate when one view of the query (a phase, plain or mirrored) collides with it in enough bands."""
+        per_view = [_sorted_unique(_band_keys(view, self.cfg).ravel()) for view in sig.views]
+        keys = np.concatenate(per_view)
+        view_of = np.repeat(np.arange(len(per_view)), [len(k) for k in per_view])
         best: NearDupMatch | None = None
         for segment in self.segments:
-            lo = np.searchsorted(segment.keys, keys, "left")
-            hi = np.searchsorted(segment.keys, keys, "right")
-            sizes = hi - lo
+            lo, sizes = segment.lookup(keys)
             keep = (sizes > 0) & (sizes <= self.cfg.max_bucket)
             if not keep.any():
                 continue
             lo, sizes = lo[keep], sizes[keep]
             flat = np.repeat(lo - np.cumsum(np.r_[0, sizes[:-1]]), sizes) + np.arange(sizes.sum())
-            owners = np.sort(segment.entries[flat])
-            starts = np.flatnonzero(np.r_[True, owners[1:] != owners[:-1]])
-            hits = np.diff(np.r_[starts, len(owners)])
-            candidates = owners[starts][hits >= self.cfg.min_band_hits]
+            pairs = segment.entries[flat].astype(np.int64) * len(per_view) + np.repeat(view_of[keep], sizes)
+            candidates = self._hit(pairs, len(per_view))
             best = self._better(best, self._verify(sig, candidates, segment.hashes, segment.lengths,
                                                    segment.clip_ids))
         if self._live_ids:
-            counts: dict[int, int] = {}
-            for key in keys.tolist():
-                bucket = self._live_table.get(key, ())
-                if len(bucket) > self.cfg.max_bucket:
-                    continue
-                for position in bucket:
-                    counts[position] = counts.get(position, 0) + 1
-            candidates = np.array(sorted(p for p, c in counts.items() if c >= self.cfg.min_band_hits), dtype=np.int64)
+            pairs_list = [position * len(per_view) + view
+                          for key, view in zip(keys.tolist(), view_of.tolist())
+                          if len(self._live_table.get(key, ())) <= self.cfg.max_bucket
+                          for position in self._live_table.get(key, ())]
+            candidates = self._hit(np.asarray(pairs_list, np.int64), len(per_view))
             if len(candidates):
-                width = max(h.shape[1] for h in (self._live_hashes[i] for i in candidates))
+                width = max(self._live_hashes[i].shape[1] for i in candidates)
                 stacked = np.zeros((len(candidates), len(self.cfg.scales), width), np.uint64)
                 lengths = np.zeros(len(candidates), np.int32)
                 for row, i in enumerate(candidates):
@@ -283,6 +325,15 @@ class NearDupIndex:
                                      [self._live_ids[i] for i in candidates])
                 best = self._better(best, found)
         return best
+
+    def _hit(self, pairs: np.ndarray, views: int) -> np.ndarray:
+        """Clip positions with at least min_band_hits collisions from a single view (pairs = position*views+view)."""
+        if len(pairs) == 0:
+            return np.zeros(0, np.int64)
+        pairs = np.sort(pairs)
+        starts = np.flatnonzero(np.r_[True, pairs[1:] != pairs[:-1]])
+        hits = np.diff(np.r_[starts, len(pairs)])
+        return _sorted_unique(pairs[starts][hits >= self.cfg.min_band_hits] // views)
 
     def _verify(self, sig: Signature, candidates: np.ndarray, hashes: np.ndarray, lengths: np.ndarray,
                 ids: list[str]) -> NearDupMatch | None:
