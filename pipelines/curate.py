@@ -383,7 +383,8 @@ def run_curate(settings: Settings, clips_run: str, run_id: str, encoder_run: str
                                  f"`alliance pipeline ingest` first or check the run id")
     spec = load_encoder_spec(store, encoder_run) if encoder_run else None
     inputs = json.dumps({"clips": [[o.key, o.size] for o in clip_parts], "encoder": encoder_run,
-                         "signature": [config.neardup.sample_fps, list(config.neardup.scales)]}, sort_keys=True)
+                         "signature": [config.neardup.sample_fps, config.neardup.phases, list(config.neardup.scales)]},
+                        sort_keys=True)
     inputs_key = f"{work_prefix(run_id)}/inputs.json"
     reusable = reuse_analysis and store.exists(inputs_key) and store.get_bytes(inputs_key).decode() == inputs
     started_at = datetime.now(timezone.utc)
