@@ -349,9 +349,9 @@ def cut_window(task: WindowTask, out_dir: str | Path) -> tuple[list[ClipOutput],
     size = target_size(rec.width, rec.height, rec.rotation_deg, config)
     frames = list(window_frames(task.path, window, size, rec.rotation_deg, config.allowed_formats, rec.source,
                                 pix_fmt="yuv420p", max_pixels=config.max_pixels))
-    lumas = [luma_of(f, "yuv420p") for f in frames]
     min_frames = max(1, int(round(config.min_clip_s * window.fps)))
-    cuts = detect_cuts([luma_histogram(y) for y in lumas], config.scene_threshold) if config.scene_split else []
+    cuts = (detect_cuts([luma_histogram(luma_of(f, "yuv420p")) for f in frames], config.scene_threshold)
+            if config.scene_split else [])
     outputs, refusals = [], []
     for first, last in segments_between(len(frames), cuts):
         t0 = (window.start_frame + first) / window.fps
@@ -361,12 +361,11 @@ def cut_window(task: WindowTask, out_dir: str | Path) -> tuple[list[ClipOutput],
                                     f"{rec.source}: {last - first} frames at {t0:.3f} s between hard cuts, shorter "
                                     f"than min_clip_s={config.min_clip_s:g} s; not a clip"))
             continue
-        outputs.append(_clip_output(task, clip, frames[first:last], lumas[first:last],
-                                    window.frame_times(first, last), out_dir))
+        outputs.append(_clip_output(task, clip, frames[first:last], window.frame_times(first, last), out_dir))
     return outputs, refusals
 
 
-def _clip_output(task: WindowTask, clip: str, frames: list[np.ndarray], lumas: list[np.ndarray], times: np.ndarray,
+def _clip_output(task: WindowTask, clip: str, frames: list[np.ndarray], times: np.ndarray,
                  out_dir: str | Path) -> ClipOutput:
     rec, config, fps = task.recording, task.config, task.window.fps
     out_dir = Path(out_dir)
@@ -389,7 +388,8 @@ def _clip_output(task: WindowTask, clip: str, frames: list[np.ndarray], lumas: l
             gyro_rms, accel_std = imu_stats(samples.channels, samples.units, values)
     order = ["ok", "sensor_gap", "sensor_invalid"]
     sensor_status = max(statuses, key=order.index) if statuses else "none"
-    height, width = lumas[0].shape
+    height, width = frames[0].shape[0] * 2 // 3, frames[0].shape[1]
+    sampled = [luma_of(f, "yuv420p") for f in frames[::max(1, config.stats_every)]]
     source_w, source_h = (rec.height, rec.width) if rec.rotation_deg in (90, 270) else (rec.width, rec.height)
     row = {
         "clip_id": clip, "recording_id": rec.recording_id, "partner": rec.partner, "delivery": rec.delivery,
@@ -399,7 +399,7 @@ def _clip_output(task: WindowTask, clip: str, frames: list[np.ndarray], lumas: l
         "sensor_keys": json.dumps(sensor_keys, sort_keys=True),
         "sensor_channels": json.dumps(sensor_channels, sort_keys=True),
         "imu_gyro_rms": gyro_rms, "imu_accel_std": accel_std,
-        **frame_stats(lumas, config.stats_every),
+        **frame_stats(sampled, every=1),
         "recording_meta": rec.meta_json, "status": "ingested",
     }
     return ClipOutput(row, files)

@@ -189,3 +189,16 @@ def test_frames_hours_apart_are_refused_before_any_window_is_planned(tmp_path):
     with pytest.raises(DecodeError) as caught:
         plan_windows(probe(path), ClipConfig(clip_s=4.0))
     assert caught.value.reason in ("corrupt", "too_short") and str(path) in str(caught.value)
+
+
+@pytest.mark.parametrize("degrees", [0, 90, 180, 270])
+def test_rotating_packed_yuv_matches_rotating_the_picture(degrees):
+    from ingest.clips import rotate
+
+    image = painter(VideoSpec(width=64, height=32, scene="moving_square"))(3)
+    yuv = av.VideoFrame.from_ndarray(image, format="rgb24").reformat(format="yuv420p").to_ndarray()
+    turned = rotate(yuv, degrees, "yuv420p")
+    expected = av.VideoFrame.from_ndarray(rotate(image, degrees), format="rgb24").reformat(format="yuv420p")
+    assert turned.shape == expected.to_ndarray().shape
+    back = av.VideoFrame.from_ndarray(turned, format="yuv420p").to_ndarray(format="rgb24").astype(int)
+    assert np.abs(back - expected.to_ndarray(format="rgb24").astype(int)).mean() < 3
