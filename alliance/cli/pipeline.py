@@ -87,8 +87,9 @@ def ingest(ctx: typer.Context,
                                       "veryslow): speed against bytes."),
            timeout_s: float = typer.Option(120.0, "--timeout-s", help="Time bound per clip window; a hang becomes "
                                            "a decode_timeout rejection."),
-           overwrite: bool = typer.Option(False, "--overwrite", help="Rewrite clip files that already exist (after "
-                                          "changing encode settings).")) -> None:
+           overwrite: bool = typer.Option(False, "--overwrite", help="Rewrite clip files that already exist (e.g. "
+                                          "after an FFmpeg upgrade; other settings already give other clip ids).")
+           ) -> None:
     """Decode, cut, re-encode and align sensors: recordings -> clips/ + tables/clips/RUN + tables/rejections/RUN."""
     import logging
     from datetime import datetime, timezone
