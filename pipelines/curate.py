@@ -137,7 +137,7 @@ class AnalyzeClip(beam.DoFn):
                         f"{type(e).__name__}: {e}; report this clip to the curation maintainers"}
         Metrics.counter("curation", work["reason"] or "analyzed").inc()
         yield _shard(row["clip_id"], self.shards), ("row", {**row, **work})
-        if self.spec is not None and clip is not None and work["stage"] is None:
+        if self.spec is not None and clip is not None:  # quality drops too: new thresholds need no re-embedding
             yield beam.pvalue.TaggedOutput("embed", (row["clip_id"], clip_tensor(clip.frames, self.spec)))
 
 
