@@ -36,6 +36,7 @@ class ReportInput:
     semantic: SemanticOutcome | None
     index_keys: dict[str, str] = field(default_factory=dict)  # clip id -> clip key, earlier runs included
     partners: dict[str, dict[str, int]] = field(default_factory=dict)
+    repeats: int = 0  # rows of a recording delivered twice in this run: rejected, not in the selection
 
 
 def report_prefix(run: str) -> str:
@@ -72,7 +73,9 @@ def write_report(store: ObjectStore, data: ReportInput) -> str:
 
 def _funnel(data: ReportInput) -> str:
     counts = Counter((v.stage, v.reason) for v in data.verdicts.values() if not v.kept)
-    total = len(data.verdicts)
+    if data.repeats:
+        counts[("exact_dup", "duplicate_recording")] += data.repeats
+    total = len(data.verdicts) + data.repeats
     remaining = total
     rows = [("in", "", total, total)]
     for stage in STAGES:

@@ -357,7 +357,7 @@ def finalize(settings: Settings, store: ObjectStore, clips_run: str, run: str, c
                             {p: dict(c) for p, c in sorted(partners.items())})
     write_report(store, ReportInput(run=run, clips_run=clips_run, config=cfg, summary=summary.to_json(),
                                     candidates=candidates, verdicts=verdicts, signals=signals, semantic=semantic,
-                                    index_keys=index.keys, partners=summary.per_partner))
+                                    index_keys=index.keys, partners=summary.per_partner, repeats=len(repeats)))
     store.put_bytes(f"reports/curation/{run}/summary.json", json.dumps(summary.to_json(), indent=1).encode())
     store.put_bytes(f"reports/curation/{run}/config.json", json.dumps(cfg.to_json(), indent=1, default=list).encode())
     return summary

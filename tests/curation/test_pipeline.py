@@ -210,6 +210,7 @@ def test_repeated_recording_and_new_thresholds_without_decoding(tmp_path, monkey
     assert selection.filter(pa.compute.field("kept"))["partner"].to_pylist() == ["glasses-a"]
     rejected = pa.concat_tables(_table(store, "tables/rejections/cur/")).to_pylist()
     assert any(r["reason"] == "duplicate_recording" and "robot-b" in r["key"] for r in rejected)
+    assert "duplicate_recording 1" in store.get_bytes(first.report_key).decode()  # the funnel counts it too
 
     # looser blur threshold: decided again from the stored signals, no Beam job, no decoding
     monkeypatch.setattr(apache_beam, "Pipeline", lambda *a, **k: pytest.fail("the Beam job ran again"))
