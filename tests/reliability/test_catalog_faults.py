@@ -11,7 +11,7 @@ from alliance.catalog import Catalog
 
 
 def test_an_interrupted_first_migration_leaves_a_catalog_that_upgrades(catalog_url):
-    """BUG (alliance/catalog.py, SQLite only): Catalog.upgrade runs the migrations in engine.begin(), but Python's
+    """Regression (found here, fixed in 1479571; alliance/catalog.py, SQLite only): Catalog.upgrade runs the migrations in engine.begin(), but Python's
     sqlite3 driver commits each CREATE TABLE on its own (it opens transactions only before DML), so a migration cut
     short (an error, or SIGKILL: seen in the ingest crash trials when the kill lands in the first run's upgrade)
     leaves tables without an alembic_version row; every later upgrade then fails with 'table partners already

@@ -201,9 +201,6 @@ def test_ingest_killed_at_random_points_resumes_to_the_same_clip_table(tmp_path)
     killed = 0
     for seed in range(TRIALS["ingest"]):
         home = tmp_path / f".home-{seed}"
-        # the catalog exists before the job: a kill inside its first migration is the SQLite bug pinned in
-        # test_catalog_faults.py, not what this test measures
-        Catalog(Settings(home=home).effective_catalog_url).upgrade()
         trial = kill_at(args, {**env, "ALLIANCE_HOME": str(home)}, seed + 100, work_s)
         killed += trial.killed
         code, out, _ = run_to_end(args, {**env, "ALLIANCE_HOME": str(home)})

@@ -91,7 +91,7 @@ def test_the_files_that_do_become_clips_are_real_pictures(ingested):
 
 
 def test_ingest_bounds_the_work_of_a_file_whose_timestamps_span_hours(hostile_corpus):
-    """BUG (ingest/clips.py plan_windows): a 6 KB MPEG-TS of 20 frames whose timestamps span 10.5 hours is planned
+    """Regression (found here, fixed in eff9135; ingest/clips.py plan_windows): a 6 KB MPEG-TS of 20 frames whose timestamps span 10.5 hours is planned
     as 9500 four-second windows (38000 at clip_s=1); on the local runner it ran ~15 windows/s, wrote 501 clips of
     one held frame each and would have run ~10 minutes. Nothing compares the packets the probe counted with the
     duration it measured (fps_real = 0.0005). Suggested: refuse (e.g. reason decode_failed/too_short with 'frames

@@ -94,7 +94,7 @@ def test_no_file_reaches_a_file_outside_through_links_or_playlists(outcomes):
 
 
 def test_probe_memory_stays_bounded_on_absurd_declared_sizes(outcomes, good_peak_mb):
-    """BUG (ingest): an H.264 SPS declaring 16000x16000 makes FFmpeg's stream-info probe (inside av.open) decode a
+    """Regression (found here, fixed in 8977530): an H.264 SPS declaring 16000x16000 makes FFmpeg's stream-info probe (inside av.open) decode a
     frame at that size before the probe's max_pixels check runs: ~1.2 GB and the whole time bound for MPEG-TS and
     Matroska, ~700 MB for MP4. Fix: av.open(..., options={"max_pixels": str(max_pixels)}) in
     ingest.container.open_container (tried: 0.1 s, no extra memory), and a memory limit on the bounded child."""
@@ -103,7 +103,7 @@ def test_probe_memory_stays_bounded_on_absurd_declared_sizes(outcomes, good_peak
 
 
 def test_absurd_sizes_are_refused_as_too_large_not_as_timeouts(outcomes):
-    """BUG (ingest), same cause as above: the 16000x16000 SPS in MPEG-TS/Matroska is refused as decode_timeout
+    """Regression (found here, fixed in 8977530), same cause as above: the 16000x16000 SPS in MPEG-TS/Matroska is refused as decode_timeout
     after the whole bound, not as resolution_too_large at once."""
     names = [n for n in outcomes if n.startswith("sps_16000px")]
     assert len(names) == 3

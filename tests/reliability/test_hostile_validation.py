@@ -30,7 +30,7 @@ def assessed(hostile_corpus):
                     digest.update(chunk)
             size, sha = os.path.getsize(h.path), digest.hexdigest()
         else:  # links, a folder, a FIFO: what their manifest entry claims does not matter
-            size, sha = 1, "0" * 64
+            size, sha = 1, hashlib.sha256(h.name.encode()).hexdigest()
         recordings.append({"path": h.path.name, "sha256": sha, "bytes": size, "media_type": "video/mp4",
                            "device": {"kind": "glasses", "model": "M", "mounting": "head"},
                            "start_time": datetime(2026, 11, 1, tzinfo=timezone.utc).isoformat()})

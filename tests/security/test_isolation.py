@@ -219,7 +219,7 @@ def test_partner_b_reaches_nothing_of_partner_a_on_s3(s3_deployment):
 
 
 def test_refused_part_uploads_are_in_the_audit_log(file_deployment):
-    """BUG (partners/service.py _audit middleware): the signed part endpoint ('upload_part') is never audited, so
+    """Regression (found here, fixed in 23b6ab7; partners/service.py _audit middleware): the signed part endpoint ('upload_part') is never audited, so
     tampered, expired and re-targeted part URLs (403s) leave no trace in the audit log. Suggested: audit upload_part
     answers >= 400 (successful parts can stay out for volume)."""
     d = file_deployment
