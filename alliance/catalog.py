@@ -26,7 +26,8 @@ class Catalog:
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         self.engine: Engine = create_engine(url, pool_pre_ping=True, future=True)
         if parsed.get_backend_name() == "sqlite":
-            event.listen(self.engine, "connect", _sqlite_pragmas)
+            event.listen(self.engine, "connect", _sqlite_connect)
+            event.listen(self.engine, "begin", _sqlite_begin)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     @property
@@ -46,9 +47,7 @@ class Catalog:
         from alembic import command
 
         try:
-            with self.engine.connect() as connection, _transactional_ddl(connection), connection.begin():
-                if self.backend == "sqlite":
-                    connection.exec_driver_sql("BEGIN IMMEDIATE")
+            with self.engine.begin() as connection:
                 command.upgrade(self._alembic_config(connection), revision)
         except OperationalError as e:
             raise CatalogError(f"catalog {self.safe_url}: cannot upgrade: {e.orig}") from e
@@ -104,7 +103,11 @@ class Catalog:
         self.engine.dispose()
 
 
-def _sqlite_pragmas(dbapi_connection, _record) -> None:
+def _sqlite_connect(dbapi_connection, _record) -> None:
+    # Python's sqlite3 opens transactions lazily and only before DML: a migration's CREATE TABLEs would each
+    # commit on their own, and a session that read first could not take the write lock later (SQLITE_BUSY at
+    # once, busy_timeout or not). We switch that off and begin every transaction ourselves (_sqlite_begin).
+    dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA journal_mode=WAL")  # readers do not block the one writer
@@ -112,22 +115,9 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor.close()
 
 
-@contextmanager
-def _transactional_ddl(connection) -> Iterator[None]:
-    """On SQLite, let the caller's BEGIN cover DDL too, so a migration cut short leaves no half schema.
-
-    Python's sqlite3 opens transactions only before DML: each CREATE TABLE would commit on its own.
-    """
-    if connection.dialect.name != "sqlite":
-        yield
-        return
-    raw = connection.connection.dbapi_connection
-    previous = raw.isolation_level
-    raw.isolation_level = None
-    try:
-        yield
-    finally:
-        raw.isolation_level = previous
+def _sqlite_begin(connection) -> None:
+    """One writer at a time, waiting up to busy_timeout: the embedded catalog is for one machine."""
+    connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def open_catalog(url: str | None = None) -> Catalog:

@@ -123,12 +123,17 @@ class ObjectStore(abc.ABC):
         total = 0
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.part")
-        with self.open_read(key) as src, open(tmp, "wb") as dst:
-            while chunk := src.read(CHUNK):
-                dst.write(chunk)
-                total += len(chunk)
-        os.replace(tmp, path)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # unique: two fetchers never collide
+        try:
+            with self.open_read(key) as src, os.fdopen(fd, "wb") as dst:
+                while chunk := src.read(CHUNK):
+                    dst.write(chunk)
+                    total += len(chunk)
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
         return total
 
     def describe(self, key: str) -> str:

@@ -45,7 +45,9 @@ def main(argv: list[str] | None = None) -> None:
     """Run the CLI; an error prints `error: ...` on one line and exits 1 (or 2 for usage errors)."""
     command = typer.main.get_command(app)
     try:
-        command.main(args=argv, prog_name="alliance", standalone_mode=False)
+        code = command.main(args=argv, prog_name="alliance", standalone_mode=False)
+        if isinstance(code, int) and code:  # typer.Exit(n) is returned, not raised, outside standalone mode
+            sys.exit(code)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
     except click.ClickException as e:
