@@ -44,7 +44,8 @@ def load_encoder_spec(store: ObjectStore, run: str) -> EncoderSpec:
         meta = json.loads(store.get_bytes(meta_key))
     except KeyNotFound as e:
         raise EncoderError(f"{store.describe(meta_key)}: no exported encoder for run {run!r}; export one from "
-                           f"training (checkpoints/{{run}}/encoder.pt + encoder.json) or curate without --encoder") from e
+                           f"training (checkpoints/{{run}}/encoder.pt + encoder.json) or curate without "
+                           f"--encoder") from e
     except json.JSONDecodeError as e:
         raise EncoderError(f"{store.describe(meta_key)}: not JSON ({e}); re-export the encoder") from e
     missing = [k for k in ("frames", "size", "embed_dim") if not isinstance(meta.get(k), int) or meta[k] <= 0]

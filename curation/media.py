@@ -57,11 +57,13 @@ def decode_clip(data: bytes, clip_key: str, *, max_frames: int = 4096) -> Decode
                 image = frame.to_ndarray(format="rgb24")
                 digest.update(np.ascontiguousarray(image).tobytes())
                 frames.append(image)
-                times.append(float(frame.time) if frame.time is not None else len(times) / float(stream.average_rate or 1))
+                rate = float(stream.average_rate or 1)
+                times.append(float(frame.time) if frame.time is not None else len(times) / rate)
                 if len(frames) >= max_frames:
                     break
     except av.error.FFmpegError as e:
-        raise ClipDecodeError(clip_key, "decode_failed", f"PyAV could not decode it ({e}); re-run ingest for this clip") from e
+        raise ClipDecodeError(clip_key, "decode_failed",
+                              f"PyAV could not decode it ({e}); re-run ingest for this clip") from e
     if not frames:
         raise ClipDecodeError(clip_key, "decode_failed", "decoded to zero frames; re-run ingest for this clip")
     order = np.argsort(np.asarray(times), kind="stable")

@@ -288,10 +288,11 @@ body {{ font: 14px/1.4 system-ui, sans-serif; margin: 24px; color: #222; max-wid
 h1 {{ font-size: 22px; margin-bottom: 4px; }} h2 {{ font-size: 17px; border-bottom: 1px solid #ddd; }}
 h3 {{ font-size: 14px; margin: 12px 0 4px; }}
 code {{ background: #f3f3f3; padding: 0 3px; }} .meta, .note {{ color: #555; }}
-table {{ border-collapse: collapse; margin: 8px 0; max-width: 100%; }} td, th {{ border: 1px solid #ddd; padding: 3px 8px;
-  text-align: left; vertical-align: top; }}
+table {{ border-collapse: collapse; margin: 8px 0; max-width: 100%; }}
+td, th {{ border: 1px solid #ddd; padding: 3px 8px; text-align: left; vertical-align: top; }}
 .grid {{ display: flex; flex-wrap: wrap; gap: 10px; }} figure {{ margin: 0; }}
-figure.thumb {{ width: 170px; }} .group {{ margin-right: 18px; }} figcaption {{ font-size: 11px; color: #444; word-break: break-all; }}
+figure.thumb {{ width: 170px; }} .group {{ margin-right: 18px; }}
+figcaption {{ font-size: 11px; color: #444; word-break: break-all; }}
 .nothumb {{ width: 160px; height: 90px; background: #eee; color: #888; display: flex; align-items: center;
   justify-content: center; }}
 svg text {{ font-family: system-ui, sans-serif; font-size: 12px; }}

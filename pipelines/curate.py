@@ -8,7 +8,7 @@ import json
 import logging
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any, Iterator, Sequence
 
@@ -232,11 +232,12 @@ def _is_repeat(row: dict[str, Any]) -> bool:
     return row["stage"] == "exact_dup" and row["reason"] == "duplicate_recording"
 
 
-def _candidates(store: ObjectStore, parts: list[str], accepted: dict[str, str],
+def _candidates(settings: Settings, store: ObjectStore, parts: list[str],
                 cfg: CurateConfig) -> tuple[list[Candidate], dict[str, QualitySignals], list[Rejection]]:
+    """One pass over the work table: what the global stages need of each clip, in keep order terms."""
     columns = ["clip_id", "clip_key", "recording_id", "delivery", "recording_meta", "signals", "content_hash",
                "signature", "stage", "reason", "detail"]
-    candidates: list[Candidate] = []
+    found: list[tuple[str, Candidate]] = []
     signals: dict[str, QualitySignals] = {}
     repeats: list[Rejection] = []
     for key in parts:
@@ -247,12 +248,13 @@ def _candidates(store: ObjectStore, parts: list[str], accepted: dict[str, str],
             s = QualitySignals.from_json(row["signals"]) if row["signals"] else None
             if s is not None:
                 signals[row["clip_id"]] = s
-            order = (accepted.get(row["recording_id"], ""), *keep_order(row, s))
             sig = Signature.from_bytes(row["signature"]) if row["signature"] else None
             stage, reason, detail = requalify(row["stage"], row["reason"], row["detail"], s, row["clip_key"] or "",
                                               cfg.quality)
-            candidates.append(Candidate(row["clip_id"], row["clip_key"] or "", order, row["content_hash"] or "", sig,
-                                        stage, reason, detail))
+            found.append((row["recording_id"], Candidate(row["clip_id"], row["clip_key"] or "", keep_order(row, s),
+                                                         row["content_hash"] or "", sig, stage, reason, detail)))
+    accepted = _accepted_times(settings, {recording for recording, _ in found})
+    candidates = [replace(c, order=(accepted.get(recording, ""), *c.order)) for recording, c in found]
     return candidates, signals, repeats
 
 
@@ -295,14 +297,12 @@ def _selection_columns(table: pa.Table, verdicts: dict[str, Verdict]) -> pa.Tabl
 
 def finalize(settings: Settings, store: ObjectStore, clips_run: str, run: str, cfg: CurateConfig,
              spec: EncoderSpec | None, started: float) -> CurateSummary:
-    """Keep order, exact and near duplicates against the stored index, the semantic stages, then the selection
-    table, the rejections, the index segment (committed last) and the report."""
+    """Keep order, exact and near duplicates against the stored index, the semantic stages, then the index
+    segment (committed first), the selection table, the rejections and the report."""
     from curation.report import ReportInput, write_report
 
     parts = _work_parts(store, run)
-    recording_ids = {r for key in parts for r in read_parquet(store, key, ["recording_id"])["recording_id"]
-                     .to_pylist()}
-    candidates, signals, repeats = _candidates(store, parts, _accepted_times(settings, recording_ids), cfg)
+    candidates, signals, repeats = _candidates(settings, store, parts, cfg)
     index = load_index(store, cfg.index, cfg.neardup, before_run=run)
     verdicts = decide_duplicates(candidates, index)
     semantic: SemanticOutcome | None = None
@@ -313,8 +313,8 @@ def finalize(settings: Settings, store: ObjectStore, clips_run: str, run: str, c
         order = {c.clip_id: rank for rank, c in enumerate(ranked)}
         semantic = semantic_stage(order, _embedding_batches(store, parts), cfg.semantic)
         verdicts = merge(verdicts, semantic)
-        semantic_note = (f"encoder {spec.name}: {semantic.clusters} clusters, SemDeDup eps {cfg.semantic.eps}, "
-                         + (f"balanced to {cfg.semantic.target} clips" if cfg.semantic.target else "no balancing target"))
+        balance = f"balanced to {cfg.semantic.target} clips" if cfg.semantic.target else "no balancing target"
+        semantic_note = f"encoder {spec.name}: {semantic.clusters} clusters, SemDeDup eps {cfg.semantic.eps}, {balance}"
 
     # the index commit comes first: a run that lost a race to another writes nothing; a re-run after a later
     # failure finds its own commit and decides the same again
@@ -333,7 +333,7 @@ def finalize(settings: Settings, store: ObjectStore, clips_run: str, run: str, c
             pa.compute.equal(table["reason"].fill_null(""), "duplicate_recording"))))
         selection = _selection_columns(table, verdicts)
         write_parquet(store, f"{selection_prefix}/part-{i:05d}.parquet", selection)
-        for row in selection.select(["clip_id", "clip_key", "partner", "kept", "drop_stage", "drop_reason"]).to_pylist():
+        for row in selection.select(["clip_id", "clip_key", "partner", "kept"]).to_pylist():
             tally = partners.setdefault(row["partner"], Counter())
             tally["in"] += 1
             tally["kept"] += int(row["kept"])
@@ -352,8 +352,9 @@ def finalize(settings: Settings, store: ObjectStore, clips_run: str, run: str, c
         dropped[stage][reason] += 1
     kept = sum(v.kept for v in verdicts.values())
     report_key = f"reports/curation/{run}/index.html"
-    summary = CurateSummary(run, clips_run, len(verdicts) + len(repeats), kept, dropped, selection_prefix, rejections_key,
-                            report_key, index_key, semantic_note, round(time.perf_counter() - started, 2),
+    summary = CurateSummary(run, clips_run, len(verdicts) + len(repeats), kept, dropped, selection_prefix,
+                            rejections_key, report_key, index_key, semantic_note,
+                            round(time.perf_counter() - started, 2),
                             {p: dict(c) for p, c in sorted(partners.items())})
     write_report(store, ReportInput(run=run, clips_run=clips_run, config=cfg, summary=summary.to_json(),
                                     candidates=candidates, verdicts=verdicts, signals=signals, semantic=semantic,
