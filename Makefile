@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-16)
 TORCH_PIN := torch==2.13.0
 
-.PHONY: demo test install clean-demo
+.PHONY: demo test reliability install
 
 install: $(STAMP)
 
@@ -27,3 +27,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# the fault, fuzzing, hostile-input and isolation suites at their full counts (make test runs them CI-sized)
+reliability: $(STAMP)
+	ALLIANCE_RELIABILITY=full $(BIN)/python -m pytest tests/reliability tests/security $(PYTEST_ARGS)
