@@ -151,17 +151,23 @@ class Candidate:
 
 
 def decide_duplicates(candidates: Iterable[Candidate], index: NearDupIndex) -> dict[str, Verdict]:
-    """Walk clips in keep order: earlier refusals stand; a clip already indexed, with a known decoded-content hash,
-    or near an indexed clip is dropped naming that clip; the rest are kept and indexed."""
+    """Walk clips in keep order: earlier refusals stand; a clip with a known decoded-content hash or near an
+    indexed clip is dropped naming that clip; the rest are kept and indexed. A clip an earlier run accepted
+    stays accepted when it comes again from the same place (a new curation round over the same clips), and is a
+    duplicate_recording when the same recording comes from another delivery."""
     verdicts: dict[str, Verdict] = {}
     for c in sorted(candidates, key=lambda c: c.order):
         if c.stage is not None:
             verdicts[c.clip_id] = Verdict(c.clip_id, False, c.stage, c.reason, None, c.detail)
             continue
         if c.clip_id in index.clip_ids:
-            verdicts[c.clip_id] = Verdict(c.clip_id, False, "exact_dup", "duplicate_recording", c.clip_id,
-                                          f"{c.clip_key}: this clip of the same recording was already accepted "
-                                          f"(another delivery or an earlier curation run)")
+            first_key = index.keys.get(c.clip_id, "")
+            if first_key in ("", c.clip_key):
+                verdicts[c.clip_id] = Verdict(c.clip_id, True)
+            else:
+                verdicts[c.clip_id] = Verdict(c.clip_id, False, "exact_dup", "duplicate_recording", c.clip_id,
+                                              f"{c.clip_key}: the same recording was already accepted from "
+                                              f"{first_key}")
             continue
         if c.content_hash in index.content:
             first = index.content[c.content_hash]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from curation.evalset import TRANSFORMS, build_set, camera_frames, encode, evaluate, remux
@@ -74,3 +76,18 @@ def test_incremental_index_in_the_store_gives_the_same_answer_as_from_scratch(ev
     with pytest.raises(IndexChanged, match="run-1"):
         commit_segment(store, "main", "run-3", NearDupIndex().live_segment(), seen=0)
     assert [s["run"] for s in read_manifest(store, "main")["segments"]] == ["run-1", "run-2"]
+
+
+def test_a_clip_accepted_earlier_stays_accepted_and_a_redelivery_elsewhere_is_a_duplicate(eval_set, file_store):
+    (original,) = _candidates(eval_set, ["src0"])
+    index = load_index(file_store, "main", before_run="r1")
+    assert decide_duplicates([original], index)["src0"].kept
+    commit_segment(file_store, "main", "r1", index.live_segment(), seen=0)
+
+    again = decide_duplicates([original], load_index(file_store, "main", before_run="r2"))
+    assert again["src0"].kept  # the same clip from the same place: a new round, not a duplicate of itself
+
+    elsewhere = replace(original, clip_key="clips/other-partner/src0.mp4")
+    moved = decide_duplicates([elsewhere], load_index(file_store, "main", before_run="r2"))["src0"]
+    assert (moved.kept, moved.reason, moved.duplicate_of) == (False, "duplicate_recording", "src0")
+    assert "clips/p/src0.mp4" in moved.detail

@@ -101,6 +101,13 @@ def test_curate_without_encoder_two_partners_in_two_runs(tmp_path):
     assert (again.kept, again.dropped) == (second.kept, second.dropped)
     assert [s["run"] for s in read_manifest(store, "main")["segments"]] == ["cur-a", "cur-b"]
 
+    # a new curation round over partner A's clips keeps what the first round kept (they are not duplicates of
+    # themselves) and indexes nothing twice
+    round2 = run_curate(settings, "ingest-a", "cur-a-round2", beam_flags=QUICK)
+    assert (round2.kept, round2.dropped) == (first.kept, first.dropped)
+    assert read_manifest(store, "main")["segments"][-1] == {
+        "run": "cur-a-round2", "key": "indexes/neardup/main/segments/cur-a-round2.npz", "clips": 0}
+
 
 @pytest.mark.slow
 def test_curate_with_encoder_embeds_dedups_and_balances(tmp_path):
