@@ -172,30 +172,22 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _vit_masks() -> MaskConfig:
-    return MaskConfig()
+def _vit(name: str, embed_dim: int, depth: int, heads: int) -> TrainConfig:
+    """V-JEPA's GPU recipe: 16 x 224 px clips in 2x16x16 tubelets, predictor 12 deep and 384 wide, batch 24 a GPU."""
+    return TrainConfig(
+        model=ModelConfig(frames=16, size=224, tubelet=2, patch=16, embed_dim=embed_dim, depth=depth, heads=heads,
+                          pred_dim=384, pred_depth=12, pred_heads=12),
+        optim=OptimConfig(lr_start=2e-4, lr_peak=6.25e-4, lr_final=1e-6, warmup_steps=12000),
+        data=DataConfig(batch_size=24, workers=8, shuffle_buffer=1000, hflip=True),
+        run=RunConfig(steps=90000, log_every=50, checkpoint_every=1000),
+        preset=name,
+    )
 
 
 PRESETS: dict[str, TrainConfig] = {
     "tiny_cpu": TrainConfig(),
-    "vit_l": TrainConfig(
-        model=ModelConfig(frames=16, size=224, tubelet=2, patch=16, embed_dim=1024, depth=24, heads=16,
-                          pred_dim=384, pred_depth=12, pred_heads=12),
-        mask=_vit_masks(),
-        optim=OptimConfig(lr_start=2e-4, lr_peak=6.25e-4, lr_final=1e-6, warmup_steps=12000),
-        data=DataConfig(batch_size=24, workers=8, shuffle_buffer=1000, hflip=True),
-        run=RunConfig(steps=90000, log_every=50, checkpoint_every=1000),
-        preset="vit_l",
-    ),
-    "vit_h": TrainConfig(
-        model=ModelConfig(frames=16, size=224, tubelet=2, patch=16, embed_dim=1280, depth=32, heads=16,
-                          pred_dim=384, pred_depth=12, pred_heads=12),
-        mask=_vit_masks(),
-        optim=OptimConfig(lr_start=2e-4, lr_peak=6.25e-4, lr_final=1e-6, warmup_steps=12000),
-        data=DataConfig(batch_size=24, workers=8, shuffle_buffer=1000, hflip=True),
-        run=RunConfig(steps=90000, log_every=50, checkpoint_every=1000),
-        preset="vit_h",
-    ),
+    "vit_l": _vit("vit_l", 1024, 24, 16),
+    "vit_h": _vit("vit_h", 1280, 32, 16),
 }
 
 

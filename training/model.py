@@ -12,6 +12,10 @@ from torch import nn
 from training.config import ModelConfig
 
 
+PIXEL_MEAN = (0.485, 0.456, 0.406)
+PIXEL_STD = (0.229, 0.224, 0.225)
+
+
 def _sincos_1d(dim: int, positions: np.ndarray) -> np.ndarray:
     """[len(positions), dim] sin-cos embedding of integer positions (dim even)."""
     omega = 1.0 / 10000 ** (np.arange(dim // 2, dtype=np.float64) / (dim / 2.0))
@@ -96,13 +100,18 @@ class VideoEncoder(nn.Module):
         self.patch_embed = nn.Conv3d(3, cfg.embed_dim, kernel_size=(cfg.tubelet, cfg.patch, cfg.patch),
                                      stride=(cfg.tubelet, cfg.patch, cfg.patch))
         self.register_buffer("pos_embed", sincos_3d(cfg.embed_dim, cfg.grid).unsqueeze(0), persistent=False)
+        # ImageNet statistics as in V-JEPA: without them the patch signal is small next to the fixed positions and
+        # about 90% of a random target encoder's output depends on the position alone (a trivial objective)
+        self.register_buffer("pixel_mean", torch.tensor(PIXEL_MEAN).view(1, 3, 1, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(PIXEL_STD).view(1, 3, 1, 1, 1), persistent=False)
         self.blocks = nn.ModuleList(Block(cfg.embed_dim, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.depth))
         self.norm = nn.LayerNorm(cfg.embed_dim)
         self.apply(_init_weights)
         _rescale_blocks(self.blocks)
 
     def forward(self, clip: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
-        x = self.patch_embed(clip).flatten(2).transpose(1, 2) + self.pos_embed
+        """`clip` is float in [0, 1]; the encoder normalizes it itself, so the exported form takes [0, 1] too."""
+        x = self.patch_embed((clip - self.pixel_mean) / self.pixel_std).flatten(2).transpose(1, 2) + self.pos_embed
         if keep is not None:
             x = gather_tokens(x, keep)
         for block in self.blocks:

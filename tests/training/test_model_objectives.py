@@ -93,3 +93,16 @@ def test_collapse_stats_tell_collapse_from_spread():
     assert spread["std_min"] > 0.5 and spread["rankme"] > 25
     assert to_a_point["std_mean"] < 1e-3  # complete collapse: no spread at all
     assert to_a_plane["rankme"] < 3  # dimensional collapse: spread, but in two directions
+
+
+def test_random_targets_depend_on_the_clip_not_only_on_the_position(small):
+    """The objective is not trivial: most of the target variance changes with the clip, not with the position."""
+    from training.synthetic import labelled_set
+
+    torch.manual_seed(0)
+    encoder = VideoEncoder(small.model).eval()
+    clips, _ = labelled_set(32, seed=5, frames=small.model.frames, size=small.model.size)
+    with torch.no_grad():
+        z = layer_normed(encoder(torch.from_numpy(clips).permute(0, 4, 1, 2, 3).float() / 255))
+    share = float(z.var(dim=0).mean(0).sum() / z.var(dim=(0, 1)).sum())
+    assert share > 0.5
