@@ -24,7 +24,8 @@ class NearDupConfig:
     max_samples: int = 48
     scales: tuple[float, ...] = (1.0, 0.8)  # centre crops hashed per frame: a cropped copy matches the 0.8 view
     band_bits: tuple[int, ...] = (16, 16, 16, 15)  # LSH bands over the 63 hash bits (each at most 24 bits)
-    min_band_hits: int = 4           # band collisions (from one query view) before a clip is compared in full
+    min_band_hits: int = 3           # band collisions (from one query view) before a clip is compared in full;
+    short_clip_samples: int = 8      # ... one fewer for clips of at most this many samples (they have fewer bands)
     max_bucket: int = 50_000         # a bucket this full says nothing (flat frames); it is ignored
     max_mean_hamming: float = 12.0   # mean bits apart over the best temporal alignment: near duplicate
     min_overlap: float = 0.5         # share of the shorter clip's samples the alignment must cover
@@ -130,13 +131,20 @@ def distance(query: Signature, indexed: np.ndarray, cfg: NearDupConfig) -> float
 
 def distances(query: Signature, indexed: np.ndarray, cfg: NearDupConfig,
               lengths: np.ndarray | None = None) -> np.ndarray:
-    """Best-alignment mean hamming of the query against C indexed clips [C, scales, frames] (padded to `lengths`)."""
+    """Best-alignment mean hamming of the query (every view) against C indexed clips [C, scales, frames]."""
+    views = np.broadcast_to(query.views[None], (len(indexed), *query.views.shape))
+    return view_distances(views, indexed, cfg, lengths)
+
+
+def view_distances(views: np.ndarray, indexed: np.ndarray, cfg: NearDupConfig,
+                   lengths: np.ndarray | None = None) -> np.ndarray:
+    """Best-alignment mean hamming of query views [C, V, scales, Fq] against C indexed clips [C, scales, Fi]
+    (zero-padded to `lengths`): the minimum over views, scale pairs and temporal offsets."""
     count, _, width = indexed.shape
     lengths = np.full(count, width) if lengths is None else lengths
-    q = query.views  # [V, S, Fq]: phases x mirror
-    fq = q.shape[2]
+    fq = views.shape[-1]
     # [C, V, Sq, Si, Fq, Fi]
-    ham = np.bitwise_count(q[None, :, :, None, :, None] ^ indexed[:, None, None, :, None, :]).astype(np.float32)
+    ham = np.bitwise_count(views[:, :, :, None, :, None] ^ indexed[:, None, None, :, None, :]).astype(np.float32)
     best = np.full(count, np.inf, dtype=np.float32)
     need = np.maximum(2, np.ceil(cfg.min_overlap * np.minimum(fq, lengths))).astype(int)
     for offset in range(-(width - 1), fq):
@@ -305,46 +313,50 @@ class NearDupIndex:
             lo, sizes = lo[keep], sizes[keep]
             flat = np.repeat(lo - np.cumsum(np.r_[0, sizes[:-1]]), sizes) + np.arange(sizes.sum())
             pairs = segment.entries[flat].astype(np.int64) * len(per_view) + np.repeat(view_of[keep], sizes)
-            candidates = self._hit(pairs, len(per_view))
-            best = self._better(best, self._verify(sig, candidates, segment.hashes, segment.lengths,
-                                                   segment.clip_ids))
+            best = self._better(best, self._verify(sig, self._hit(pairs, len(per_view), sig.frames), len(per_view),
+                                                   segment.hashes, segment.lengths, segment.clip_ids))
         if self._live_ids:
             pairs_list = [position * len(per_view) + view
                           for key, view in zip(keys.tolist(), view_of.tolist())
                           if len(self._live_table.get(key, ())) <= self.cfg.max_bucket
                           for position in self._live_table.get(key, ())]
-            candidates = self._hit(np.asarray(pairs_list, np.int64), len(per_view))
-            if len(candidates):
+            coded = self._hit(np.asarray(pairs_list, np.int64), len(per_view), sig.frames)
+            if len(coded):
+                candidates = _sorted_unique(coded // len(per_view))
                 width = max(self._live_hashes[i].shape[1] for i in candidates)
                 stacked = np.zeros((len(candidates), len(self.cfg.scales), width), np.uint64)
                 lengths = np.zeros(len(candidates), np.int32)
                 for row, i in enumerate(candidates):
                     stacked[row, :, : self._live_hashes[i].shape[1]] = self._live_hashes[i]
                     lengths[row] = self._live_hashes[i].shape[1]
-                found = self._verify(sig, np.arange(len(candidates)), stacked, lengths,
-                                     [self._live_ids[i] for i in candidates])
+                found = self._verify(sig, coded, len(per_view), stacked, lengths, self._live_ids,
+                                     at=np.searchsorted(candidates, coded // len(per_view)))
                 best = self._better(best, found)
         return best
 
-    def _hit(self, pairs: np.ndarray, views: int) -> np.ndarray:
-        """Clip positions with at least min_band_hits collisions from a single view (pairs = position*views+view)."""
+    def _hit(self, pairs: np.ndarray, views: int, samples: int) -> np.ndarray:
+        """(position, view) pairs with enough band collisions (pairs coded as position * views + view)."""
         if len(pairs) == 0:
             return np.zeros(0, np.int64)
+        need = self.cfg.min_band_hits - (1 if samples <= self.cfg.short_clip_samples else 0)
         pairs = np.sort(pairs)
         starts = np.flatnonzero(np.r_[True, pairs[1:] != pairs[:-1]])
         hits = np.diff(np.r_[starts, len(pairs)])
-        return _sorted_unique(pairs[starts][hits >= self.cfg.min_band_hits] // views)
+        return pairs[starts][hits >= max(1, need)]
 
-    def _verify(self, sig: Signature, candidates: np.ndarray, hashes: np.ndarray, lengths: np.ndarray,
-                ids: list[str]) -> NearDupMatch | None:
-        if len(candidates) == 0:
+    def _verify(self, sig: Signature, coded: np.ndarray, views: int, hashes: np.ndarray, lengths: np.ndarray,
+                ids: list[str], at: np.ndarray | None = None) -> NearDupMatch | None:
+        """Full comparison of each colliding (clip, view) pair; the closest clip within the threshold wins.
+        `at`: where each pair's clip lies in `hashes`, when that is not its position in `ids`."""
+        if len(coded) == 0:
             return None
-        d = distances(sig, hashes[candidates], self.cfg, lengths[candidates])
-        order = np.lexsort((candidates, d))
-        first = order[0]
+        rows, view = coded // views, coded % views
+        at = rows if at is None else at
+        d = view_distances(sig.views[view][:, None], hashes[at], self.cfg, lengths[at])
+        first = np.lexsort((rows, d))[0]
         if d[first] > self.cfg.max_mean_hamming:
             return None
-        return NearDupMatch(ids[int(candidates[first])], float(d[first]))
+        return NearDupMatch(ids[int(rows[first])], float(d[first]))
 
     @staticmethod
     def _better(a: NearDupMatch | None, b: NearDupMatch | None) -> NearDupMatch | None:

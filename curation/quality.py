@@ -26,7 +26,7 @@ class QualityConfig:
     max_luma: float = 225.0             # mean luma above: too_bright
     max_bright_fraction: float = 0.6    # share of pixels with luma > 239 above: too_bright
     max_letterbox_fraction: float = 0.2  # share of the frame in black bars above: letterboxed
-    min_frame_diff: float = 0.2         # mean absolute luma change between frames below: frozen
+    min_frame_diff: float = 0.2         # median absolute luma change between frames below: frozen
     min_sharpness: float = 0.05         # Laplacian variance / luma variance at the analysis size below: blurry
     # motion profile from the IMU when the clip has one
     static_gyro_rms: float = 0.02       # rad/s; below both static bounds: camera_static (lying on a table)
@@ -46,7 +46,8 @@ class QualityConfig:
             "duration_s": [self.min_duration_s], "short_side": [self.min_short_side],
             "luma_mean": [self.min_luma, self.max_luma], "dark_fraction": [self.max_dark_fraction],
             "bright_fraction": [self.max_bright_fraction], "letterbox_fraction": [self.max_letterbox_fraction],
-            "frame_diff_mean": [self.min_frame_diff], "sharpness": [self.min_sharpness],
+            "frame_diff_median": [self.min_frame_diff], "frame_diff_mean": [self.static_frame_diff],
+            "sharpness": [self.min_sharpness],
             "gyro_rms": [self.static_gyro_rms, self.shake_gyro_rms],
             "accel_std": [self.static_accel_std, self.shake_accel_std],
             "motion_speed": [self.static_speed], "motion_jitter": [self.shake_jitter],
@@ -72,6 +73,7 @@ class QualitySignals:
     accel_std: float | None       # m/s^2, from the IMU
     motion_speed: float           # image motion, frame widths per second (phase correlation)
     motion_jitter: float          # median change of image velocity between intervals, widths per second
+    frame_diff_median: float | None = None  # robust to keyframe pulses of a re-encoded still; None in old tables
 
     def to_json(self) -> str:
         return json.dumps({k: (round(v, 6) if isinstance(v, float) else v) for k, v in asdict(self).items()},
@@ -137,6 +139,7 @@ def measure(clip: DecodedClip, *, source_short_side: int | None = None, gyro_rms
         accel_std=float(accel_std) if has_imu else None,
         motion_speed=speed,
         motion_jitter=jitter,
+        frame_diff_median=float(np.median(diffs)),
     )
 
 
@@ -153,7 +156,7 @@ def quality_reason(signals: QualitySignals, cfg: QualityConfig) -> str | None:
         return "too_bright"
     if s.letterbox_fraction > cfg.max_letterbox_fraction:
         return "letterboxed"
-    if s.frame_diff_mean < cfg.min_frame_diff:
+    if (s.frame_diff_median if s.frame_diff_median is not None else s.frame_diff_mean) < cfg.min_frame_diff:
         return "frozen"
     if s.sharpness < cfg.min_sharpness:
         return "blurry"
@@ -182,8 +185,9 @@ def quality_detail(reason: str, signals: QualitySignals, cfg: QualityConfig, cli
         "too_bright": f"mean luma {s.luma_mean:.1f} (max {cfg.max_luma}), clipped pixels {s.bright_fraction:.0%} "
                       f"(max {cfg.max_bright_fraction:.0%})",
         "letterboxed": f"{s.letterbox_fraction:.0%} of the frame is black bars (max {cfg.max_letterbox_fraction:.0%})",
-        "frozen": f"mean frame change {s.frame_diff_mean:.2f} luma levels (min {cfg.min_frame_diff}): the picture "
-                  f"does not change",
+        "frozen": f"median frame change "
+                  f"{s.frame_diff_median if s.frame_diff_median is not None else s.frame_diff_mean:.2f} luma levels "
+                  f"(min {cfg.min_frame_diff}): the picture does not change",
         "blurry": f"sharpness {s.sharpness:.3f} (Laplacian variance over luma variance at {ANALYSIS_SIDE} px, "
                   f"min {cfg.min_sharpness})",
         "camera_static": (f"IMU gyro rms {s.gyro_rms} rad/s, accel std {s.accel_std} m/s^2: the camera lies still"

@@ -18,7 +18,8 @@ from curation.select import STAGES, Candidate, CurateConfig, SemanticOutcome, Ve
 KEPT_SAMPLE = 8
 PER_REASON_SAMPLE = 4
 PAIRS = 8
-SIGNALS = ("luma_mean", "dark_fraction", "bright_fraction", "letterbox_fraction", "frame_diff_mean", "sharpness",
+SIGNALS = ("luma_mean", "dark_fraction", "bright_fraction", "letterbox_fraction", "frame_diff_median",
+           "frame_diff_mean", "sharpness",
            "duration_s", "motion_speed", "motion_jitter", "gyro_rms", "accel_std")
 
 

@@ -27,6 +27,12 @@ def test_precision_and_recall_on_transformed_copies_and_hard_negatives(eval_set)
     assert result.precision >= 0.99, result.false_matches
 
 
+def test_precision_and_recall_on_two_second_clips():
+    """Short clips (6 samples at 3 fps) have few LSH bands: they need one collision fewer, and still no false match."""
+    result = evaluate(build_set(sources=4, frames=20, other_scenes=2))
+    assert (result.recall, result.precision) == (1.0, 1.0), (result.misses, result.false_matches)
+
+
 def test_remux_into_another_container_keeps_the_decoded_content_hash():
     data = encode(camera_frames(3, 20))
     assert decode_clip(remux(data), "a.mkv").content_hash == decode_clip(data, "a.mp4").content_hash
