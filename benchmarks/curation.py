@@ -40,7 +40,7 @@ def bench_query(sizes: list[int], queries: int, frames: int = 12) -> None:
     cfg = NearDupConfig()
     print(f"\n== near-dup query time (random signatures, {frames} sampled frames x {len(cfg.scales)} scales; queries "
           f"x {cfg.phases} phases x 2 mirrors; bands {cfg.band_bits}; {queries} queries: half near copies with 4 "
-          f"bits flipped per hash, half new) ==")
+          f"bits flipped per hash, half new; best of 3 runs per query) ==")
     baseline = None
     for n in sizes:
         started = time.perf_counter()
@@ -56,9 +56,12 @@ def bench_query(sizes: list[int], queries: int, frames: int = 12) -> None:
             if q % 2 == 0:  # a near copy: phase 0, plain, close to an indexed clip
                 hashes[0, 0] = flip_bits(plain[int(rng.integers(n))], 4, rng)
             sig = Signature(hashes)
-            t = time.perf_counter()
-            match = index.query(sig)
-            times.append(time.perf_counter() - t)
+            best = float("inf")
+            for _ in range(3):  # the best of three: the machine is shared, a query is a few milliseconds
+                t = time.perf_counter()
+                match = index.query(sig)
+                best = min(best, time.perf_counter() - t)
+            times.append(best)
             found += int(match is not None)
         median = float(np.median(times)) * 1e3
         p95 = float(np.quantile(times, 0.95)) * 1e3

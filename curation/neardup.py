@@ -141,25 +141,22 @@ def view_distances(views: np.ndarray, indexed: np.ndarray, cfg: NearDupConfig,
     """Best-alignment mean hamming of query views [C, V, scales, Fq] against C indexed clips [C, scales, Fi]
     (zero-padded to `lengths`): the minimum over views, scale pairs and temporal offsets."""
     count, _, width = indexed.shape
-    lengths = np.full(count, width) if lengths is None else lengths
+    lengths = np.full(count, width) if lengths is None else np.asarray(lengths)
     fq = views.shape[-1]
     # [C, V, Sq, Si, Fq, Fi]
     ham = np.bitwise_count(views[:, :, :, None, :, None] ^ indexed[:, None, None, :, None, :]).astype(np.float32)
-    best = np.full(count, np.inf, dtype=np.float32)
-    need = np.maximum(2, np.ceil(cfg.min_overlap * np.minimum(fq, lengths))).astype(int)
-    for offset in range(-(width - 1), fq):
-        # alignment: query sample q against indexed sample q - offset, a diagonal of the last two axes
-        diagonal = np.diagonal(ham, offset=-offset, axis1=-2, axis2=-1)  # [C, 2, Sq, Si, n]
-        if diagonal.shape[-1] == 0:
-            continue
-        ii = max(0, -offset) + np.arange(diagonal.shape[-1])
-        valid = (ii[None, :] < lengths[:, None]).astype(np.float32)  # [C, n]
-        overlap = valid.sum(axis=1)
-        sums = np.einsum("cmabn,cn->cmab", diagonal, valid)
-        candidate = (sums / np.maximum(overlap, 1)[:, None, None, None]).reshape(count, -1).min(axis=1)
-        candidate[overlap < need] = np.inf
-        best = np.minimum(best, candidate)
-    return best
+    # every temporal offset at once: cell (q, i) belongs to offset q - i; a one-hot product sums each diagonal
+    offset = (np.arange(fq)[:, None] - np.arange(width)[None, :] + width - 1).ravel()
+    onehot = np.zeros((fq * width, fq + width - 1), np.float32)
+    onehot[np.arange(fq * width), offset] = 1.0
+    valid = np.broadcast_to(np.arange(width)[None, None, :] < lengths[:, None, None], (count, fq, width))
+    valid = valid.reshape(count, -1).astype(np.float32)  # [C, Fq*Fi]
+    overlap = valid @ onehot  # [C, offsets]
+    sums = (ham.reshape(*ham.shape[:4], -1) * valid[:, None, None, None, :]) @ onehot  # [C, V, Sq, Si, offsets]
+    means = sums / np.maximum(overlap, 1.0)[:, None, None, None, :]
+    need = np.maximum(2, np.ceil(cfg.min_overlap * np.minimum(fq, lengths)))
+    means[np.broadcast_to((overlap < need[:, None])[:, None, None, None, :], means.shape)] = np.inf
+    return means.reshape(count, -1).min(axis=1)
 
 
 def _band_keys(hashes: np.ndarray, cfg: NearDupConfig) -> np.ndarray:
