@@ -159,7 +159,7 @@ def main() -> None:
         args.preset, args.batch, args.steps = args.preset or "vit_l", args.batch or 24, args.steps or 20
         cuda(args)
     else:
-        args.preset, args.batch, args.steps = args.preset or "tiny_cpu", args.batch or 16, args.steps or 20
+        args.preset, args.batch, args.steps = args.preset or "tiny_cpu", args.batch or 16, args.steps or 10
         cpu(args)
 
 

@@ -1,4 +1,4 @@
-"""Synthetic clips whose content moves in one of 8 directions, with a matching IMU-like stream: pretraining and probe data."""
+"""Synthetic clips of an object moving in one of 8 directions, with a matching IMU-like stream: pretraining and probe data."""
 
 from __future__ import annotations
 
@@ -20,49 +20,46 @@ class SyntheticSample:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
-def _scene(rng: np.random.Generator, height: int, width: int, size: int) -> np.ndarray:
-    """A smooth background with a dozen coloured blocks about a patch in size: structure every token can see."""
+def _background(rng: np.random.Generator, size: int) -> np.ndarray:
+    """A smooth, low-contrast random texture, so position is visible but the background is not the signal."""
     coarse = rng.uniform(40, 140, size=(4, 4, 3))
-    ys = np.linspace(0, 3, height)
-    xs = np.linspace(0, 3, width)
-    y0 = np.clip(np.floor(ys).astype(int), 0, 2)
-    x0 = np.clip(np.floor(xs).astype(int), 0, 2)
-    fy, fx = (ys - y0)[:, None, None], (xs - x0)[None, :, None]
-    rows = coarse[y0] * (1 - fy) + coarse[y0 + 1] * fy  # [height, 4, 3]
-    image = rows[:, x0] * (1 - fx) + rows[:, x0 + 1] * fx
-    for _ in range(max(6, height * width // (size * 6))):
-        h, w = rng.integers(max(2, size // 10), max(3, size // 4), size=2)
-        top, left = rng.integers(0, height - h), rng.integers(0, width - w)
-        image[top:top + h, left:left + w] = rng.uniform(0, 255, size=3)
-    return image + rng.normal(0, 4, size=image.shape)
+    ramp = np.linspace(0, 3, size)
+    y0 = np.clip(np.floor(ramp).astype(int), 0, 2)
+    fy = (ramp - y0)[:, None, None]
+    rows = coarse[y0] * (1 - fy) + coarse[y0 + 1] * fy  # [size, 4, 3]
+    fx = (ramp - y0)[None, :, None]
+    image = rows[:, y0] * (1 - fx) + rows[:, y0 + 1] * fx
+    return image + rng.normal(0, 4, size=(size, size, 3))
 
 
 def make_clip(label: int, seed: int, frames: int = 16, size: int = 32, stream: int = 0) -> SyntheticSample:
-    """One clip: a scene of coloured blocks moving in direction `label` * 45 degrees (counter-clockwise from
-    "right") at a random speed, as when the head turns in egocentric video; the IMU's gyroscope turns with it.
+    """One clip: a square moving in direction `label` * 45 degrees at a random speed, fully inside the frame.
 
     `stream` separates the pretraining clips (0) from the probe's (1), so the probe never sees a training clip.
     """
     rng = np.random.default_rng([stream, seed, label])
-    angle = label * 2 * np.pi / DIRECTIONS + rng.uniform(-0.15, 0.15)
-    speed = rng.uniform(0.6, 1.1) * size / 32
-    vy, vx = -np.sin(angle) * speed, np.cos(angle) * speed  # content velocity; image rows grow downwards
-    margin = int(np.ceil(speed * (frames - 1))) + 1
-    scene = _scene(rng, size + margin, size + margin, size)
-    # the view moves against the content: offsets stay inside the scene for every frame
-    oy0 = vy * (frames - 1) if vy > 0 else 0.0
-    ox0 = vx * (frames - 1) if vx > 0 else 0.0
+    angle = label * 2 * np.pi / DIRECTIONS
+    side = max(3, size // 6)
+    speed = rng.uniform(0.6, 1.0) * (size - side - 2) / max(1, frames - 1) * 0.8
+    vy, vx = -np.sin(angle) * speed, np.cos(angle) * speed  # image rows grow downwards
+    travel_y, travel_x = vy * (frames - 1), vx * (frames - 1)
+    lo_y, hi_y = max(0.0, -travel_y), min(size - side, size - side - travel_y)
+    lo_x, hi_x = max(0.0, -travel_x), min(size - side, size - side - travel_x)
+    y0, x0 = rng.uniform(lo_y, max(lo_y, hi_y)), rng.uniform(lo_x, max(lo_x, hi_x))
+    color = rng.uniform(150, 255, size=3) * rng.permutation([1.0, 0.6, 0.2])
+    background = _background(rng, size)
     clip = np.empty((frames, size, size, 3), np.uint8)
     for i in range(frames):
-        oy, ox = int(round(oy0 - vy * i)), int(round(ox0 - vx * i))
-        clip[i] = np.clip(scene[oy:oy + size, ox:ox + size], 0, 255)
-    # IMU-like: accelerometer holds gravity, gyroscope turns against the image motion (yaw, pitch), plus noise
+        frame = background.copy()
+        y, x = int(round(y0 + vy * i)), int(round(x0 + vx * i))
+        frame[y:y + side, x:x + side] = color
+        clip[i] = np.clip(frame, 0, 255)
+    # IMU-like: accelerometer carries the motion direction plus gravity, gyroscope small noise
     imu = np.zeros((frames, 6), np.float32)
-    imu[:, :3] = rng.normal(0, 0.05, (frames, 3))
-    imu[:, 2] += 9.81
-    imu[:, 3] = -vy * 0.1 + rng.normal(0, 0.01, frames)
-    imu[:, 4] = -vx * 0.1 + rng.normal(0, 0.01, frames)
-    imu[:, 5] = rng.normal(0, 0.01, frames)
+    imu[:, 0] = vx + rng.normal(0, 0.05, frames)
+    imu[:, 1] = -vy + rng.normal(0, 0.05, frames)
+    imu[:, 2] = 9.81 + rng.normal(0, 0.05, frames)
+    imu[:, 3:] = rng.normal(0, 0.01, (frames, 3))
     return SyntheticSample(key=f"synthetic-{stream}-{seed:08d}-{label}", frames=clip, sensors={"imu": imu},
                            meta={"label": int(label), "direction_deg": int(label * 360 // DIRECTIONS)})
 
