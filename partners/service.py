@@ -101,16 +101,22 @@ class AuditWriter:
         with self.flushing:
             with self.lock:
                 batch, self.queue = self.queue, []
-            if batch:
+            if not batch:
+                return
+            try:
                 with writing(self.catalog) as session:
                     session.add_all(batch)
+            except CatalogError:
+                with self.lock:  # the catalog is down: keep the batch, ahead of what came in meanwhile
+                    self.queue = [_fresh(event) for event in batch] + self.queue
+                raise
 
     def _run(self) -> None:
         while not self.stopped.wait(self.interval_s):
             try:
                 self.flush()
-            except CatalogError as e:  # the events stay lost only if the catalog stays down; say so loudly
-                log.error("could not write %s audit events: %s", "queued", e)
+            except CatalogError as e:  # the batch stays queued (flush puts it back); say so loudly
+                log.error("could not write the queued audit events, will retry: %s", e)
 
     def start(self) -> None:
         self.thread = threading.Thread(target=self._run, name="audit", daemon=True)
@@ -121,6 +127,12 @@ class AuditWriter:
         if self.thread is not None:
             self.thread.join()
         self.flush()
+
+
+def _fresh(event: AuditEvent) -> AuditEvent:
+    """A transient copy of an event whose failed session may have left it attached or half-flushed."""
+    return AuditEvent(at=event.at, partner_id=event.partner_id, token_id=event.token_id, action=event.action,
+                      target=event.target, status=event.status, detail=dict(event.detail or {}))
 
 
 def _warm_up() -> None:
@@ -237,8 +249,10 @@ def create_app(settings: Settings, config: ServiceConfig = ServiceConfig(), *, s
         # every partner action and refused token; part PUTs carry no token: their refusals are kept (a tampered,
         # expired or re-targeted URL leaves a trace), their successes are not (one per part would drown the log)
         refused_part = name == "upload_part" and response.status_code >= 400
+        # a request the service could not serve (catalog or store down) is kept even before a partner is known
+        unserved = response.status_code >= 500
         if route is None or name == "health" or (name == "upload_part" and not refused_part) or (
-                principal is None and response.status_code != 401 and not refused_part):
+                principal is None and response.status_code != 401 and not refused_part and not unserved):
             return response
         params = request.scope.get("path_params", {})
         target = params.get("delivery_id") or params.get("recording_id")
