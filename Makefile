@@ -30,4 +30,7 @@ test: $(STAMP)
 
 # the fault, fuzzing, hostile-input and isolation suites at their full counts (make test runs them CI-sized)
 reliability: $(STAMP)
-	ALLIANCE_RELIABILITY=full $(BIN)/python -m pytest tests/reliability tests/security $(PYTEST_ARGS)
+	@mkdir -p .alliance && rm -f .alliance/reliability.jsonl
+	ALLIANCE_RELIABILITY=full ALLIANCE_RELIABILITY_REPORT=.alliance/reliability.jsonl \
+		$(BIN)/python -m pytest tests/reliability tests/security -q $(PYTEST_ARGS)
+	$(BIN)/python -m tests.reliability.report .alliance/reliability.jsonl
