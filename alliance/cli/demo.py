@@ -27,6 +27,7 @@ INGEST_RUN = "demo-ingest"
 CURATE_RUNS = ("demo-curate-1", "demo-curate-2")
 TRAIN_RUN = "demo-jepa"
 REVOKED_FILE = ("glassco", "workshop-03.mp4")
+SEMDEDUP_EPS = "0.001"
 
 
 class DemoStepFailed(AllianceError):
@@ -168,7 +169,9 @@ def step_ingest(story: Story) -> str:
 def _curate(story: Story, run: str, encoder: str | None) -> str:
     args = ["pipeline", "curate", "--clips", INGEST_RUN, "--run", run]
     if encoder:
-        args += ["--encoder", encoder]
+        # a JEPA trained for a minute places every clip within a few degrees of the others: only near-identical
+        # embeddings may count as semantic duplicates (a trained encoder uses the default eps)
+        args += ["--encoder", encoder, "--eps", SEMDEDUP_EPS]
     alliance(*args)
     summary = _run_summary(run)
     story.reports.append(summary.get("report_key", ""))
