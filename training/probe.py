@@ -31,8 +31,9 @@ class ProbeResult:
 
 @torch.no_grad()
 def embed(encoder: torch.nn.Module, clips: np.ndarray, pool: str = "time", batch_size: int = 64) -> torch.Tensor:
-    """Features of uint8 clips [N, T, S, S, 3]: `mean` over all tokens (the exported form) or `time`, the mean
-    over space of each tubelet, concatenated in time order (keeps the order a direction is read from)."""
+    """Features of uint8 clips [N, T, S, S, 3]: `mean` over all tokens (the exported form), `time` (the mean over
+    space of each tubelet, concatenated in time order) or `tokens` (every token, in (t, h, w) order: a linear
+    read-out that keeps where things are, which a motion direction needs)."""
     encoder.eval()
     grid_t = encoder.cfg.grid[0]
     out = []
@@ -41,6 +42,8 @@ def embed(encoder: torch.nn.Module, clips: np.ndarray, pool: str = "time", batch
         tokens = encoder(x)
         if pool == "mean":
             out.append(tokens.mean(1))
+        elif pool == "tokens":
+            out.append(tokens.flatten(1))
         else:
             out.append(tokens.reshape(tokens.shape[0], grid_t, -1, tokens.shape[-1]).mean(2).flatten(1))
     return torch.cat(out)
@@ -78,7 +81,7 @@ def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Ten
 
 
 def probe_encoder(encoder: VideoEncoder, model: ModelConfig, *, n_train: int = 512, n_test: int = 256,
-                  seed: int = 0, pool: str = "time", checkpoint: str = "", step: int = 0) -> ProbeResult:
+                  seed: int = 0, pool: str = "tokens", checkpoint: str = "", step: int = 0) -> ProbeResult:
     """Probe `encoder` and a random-init encoder of the same shape (seed `seed`) on fresh synthetic clips."""
     train_clips, train_y = labelled_set(n_train, seed=seed * 2 + 1, frames=model.frames, size=model.size)
     test_clips, test_y = labelled_set(n_test, seed=seed * 2 + 2, frames=model.frames, size=model.size)
@@ -98,7 +101,7 @@ def probe_encoder(encoder: VideoEncoder, model: ModelConfig, *, n_train: int = 5
 
 
 def probe_checkpoint(store: ObjectStore, checkpoint_key: str, *, n_train: int = 512, n_test: int = 256,
-                     seed: int = 0, pool: str = "time") -> ProbeResult:
+                     seed: int = 0, pool: str = "tokens") -> ProbeResult:
     """Probe the context encoder of a checkpoint (the one `export` writes)."""
     payload = load_checkpoint(store, checkpoint_key)
     cfg = checkpoint_config(payload)

@@ -103,7 +103,8 @@ def probe(
     train_clips: int = typer.Option(512, "--train-clips"),
     test_clips: int = typer.Option(256, "--test-clips"),
     seed: int = typer.Option(0, "--seed"),
-    pool: str = typer.Option("time", "--pool", help="time (per-tubelet means, in order) or mean (all tokens)."),
+    pool: str = typer.Option("tokens", "--pool", help="tokens (every token, linear), time (per-tubelet means) or "
+                                                      "mean (the exported mean-pooled vector)."),
 ) -> None:
     """Linear probe of the frozen encoder on the 8-direction moving-object task vs a random-init encoder."""
     from training.checkpoint import resolve_checkpoint
