@@ -119,6 +119,9 @@ def cuda(args: argparse.Namespace) -> None:
     with counter:
         jepa_step(parts, clip, actions, masker(cfg.data.batch_size, 0), 0)
     flops = counter.get_total_flops()
+    counted_ops = {str(op) for op in counter.get_flop_counts().get("Global", {})}
+    if not any("scaled_dot_product" in op for op in counted_ops):
+        print("note: flop_counter did not count the attention kernels on this backend; MFU below understates")
     del model, teacher, optimizer, parts
     torch.cuda.empty_cache()
 

@@ -161,6 +161,11 @@ def prepare(model: JEPA, teacher: nn.Module | None, optimizer: torch.optim.Optim
     with several processes wrap in DDP. On CPU: plain fp32."""
     use_cuda = device.type == "cuda"
     if use_cuda and cfg.run.compile:
+        import torch._dynamo
+
+        for limit in ("recompile_limit", "cache_size_limit"):  # many identical blocks, a few mask shapes each
+            if hasattr(torch._dynamo.config, limit):
+                setattr(torch._dynamo.config, limit, max(64, getattr(torch._dynamo.config, limit)))
         teacher_blocks = list(teacher.blocks) if teacher is not None else []
         for block in [*model.encoder.blocks, *model.predictor.blocks, *teacher_blocks]:
             block.compile(dynamic=True)
@@ -401,7 +406,8 @@ def train(settings_or_store: Any, dataset: str, version: int, config: TrainConfi
     finally:
         loader.close()
     finished = end >= total
-    echo(f"run {run}: {'finished' if finished else 'stopped'} at step {end}, loss {last['loss']:.4f}, "
-         f"checkpoint {last['key']}")
+    if lead:
+        echo(f"run {run}: {'finished' if finished else 'stopped'} at step {end}, loss {last['loss']:.4f}, "
+             f"checkpoint {last['key']}")
     return TrainSummary(run, dataset, version, end, float(last["loss"]), str(last["key"]), dict(last["collapse"]),
                         clips_per_s, start, finished, tuple(losses))

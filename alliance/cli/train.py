@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -65,9 +66,12 @@ def train_run(
     effective = settings()
     run = run_id(name, version, cfg)
     metrics = effective.home / "runs" / run / "metrics.jsonl"
-    console.print(f"run {run}: {name}@v{version}, preset {cfg.preset}, objective {cfg.objective.kind}, "
-                  f"{cfg.run.steps} steps; metrics -> {metrics}")
+    if os.environ.get("RANK", "0") == "0":
+        console.print(f"run {run}: {name}@v{version}, preset {cfg.preset}, objective {cfg.objective.kind}, "
+                      f"{cfg.run.steps} steps; metrics -> {metrics}")
     summary = train(store(), name, version, cfg, stop_after=stop_after, metrics_path=metrics, echo=console.print)
+    if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 reports and records
+        return
     _record_run(summary, cfg.to_dict())
     stats = summary.collapse
     console.print(f"[bold]{'finished' if summary.finished else 'stopped'}[/bold] {summary.run} at step "
