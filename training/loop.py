@@ -161,11 +161,11 @@ def prepare(model: JEPA, teacher: nn.Module | None, optimizer: torch.optim.Optim
     with several processes wrap in DDP. On CPU: plain fp32."""
     use_cuda = device.type == "cuda"
     if use_cuda and cfg.run.compile:
-        import torch._dynamo
+        from torch import _dynamo
 
         for limit in ("recompile_limit", "cache_size_limit"):  # many identical blocks, a few mask shapes each
-            if hasattr(torch._dynamo.config, limit):
-                setattr(torch._dynamo.config, limit, max(64, getattr(torch._dynamo.config, limit)))
+            if hasattr(_dynamo.config, limit):
+                setattr(_dynamo.config, limit, max(64, getattr(_dynamo.config, limit)))
         teacher_blocks = list(teacher.blocks) if teacher is not None else []
         for block in [*model.encoder.blocks, *model.predictor.blocks, *teacher_blocks]:
             block.compile(dynamic=True)
