@@ -1,8 +1,10 @@
 """A tiny JEPA trained a few hundred CPU steps: the loss falls, nothing collapses, and the probe reads direction.
 
-Measured here (300 steps, seeds 0 and 1 of the probe): the trained encoder's token probe reached 40.6% and 43.8%
-against 34.0% and 41.8% for the same encoder at random init (chance 12.5%, frame-difference pixels 67%). That is
-above chance but not clearly above random init, so this test asserts what holds and prints both numbers.
+Measured here, 300 steps of the tiny_cpu preset, linear token probe (512 train / 256 test clips, probe seed 0;
+random-init encoder 34.0%, chance 12.5%, frame-difference pixels 67.6%): EMA L1 40.6%, SIGReg 39.5%, EMA
+0.99->0.999 39.5%, `future` mask 40.2%, a 1-layer 32-wide predictor 42.2%; probe seed 1: 43.8% vs 41.8%.
+Above chance and above random init, but not by the clear margin the issue asks for, so this test asserts what
+holds (loss falls, no collapse, probe above twice chance) and prints both numbers.
 """
 
 from __future__ import annotations
