@@ -71,8 +71,8 @@ def ledger(store: ObjectStore, name: str, version: int) -> Ledger:
         recordings[p].add(row["recording_id"])
         deliveries[p].add(row["delivery"])
     total = sum(seconds.values())
-    partners = tuple(PartnerCredit(p, clips[p], round(seconds[p] / 3600, 6),
-                                   round(seconds[p] / total, 6) if total else 0.0,
+    # exact figures: partners are credited by them, so they must add up to the version's content (round on display)
+    partners = tuple(PartnerCredit(p, clips[p], seconds[p] / 3600, seconds[p] / total if total else 0.0,
                                    len(recordings[p]), len(deliveries[p])) for p in sorted(clips))
     runs = tuple(RunUse(str(r.get("run")), name, int(r.get("version") or 0), int(r.get("steps") or 0),
                         len(r.get("checkpoints") or ()), str(r.get("started_at") or ""),
