@@ -200,7 +200,7 @@ def step_train(story: Story) -> str:
     o = story.options
     version = story.versions["round1"]
     alliance("train", "--dataset", f"{DATASET}@v{version}", "--set", f"run.steps={o.train_steps}",
-             "--set", f"run.name={TRAIN_RUN}", "--set", f"data.batch_size={o.batch_size}",
+             "--set", f"run.name={TRAIN_RUN}", "--set", f"data.batch_size={o.batch_size}", "--set", "data.workers=1",
              "--set", f"run.checkpoint_every={o.train_steps}", "--set", "run.log_every=10")
     alliance("train", "export", TRAIN_RUN)
     record = json.loads(_store().get_bytes(f"checkpoints/{TRAIN_RUN}/run.json"))
