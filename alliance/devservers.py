@@ -42,7 +42,7 @@ def _free_ports(n: int) -> list[int]:
             s.close()
 
 
-def _wait_for_port(port: int, process: subprocess.Popen | None, timeout_s: float, log: Path, what: str) -> None:
+def wait_for_port(port: int, process: subprocess.Popen | None, timeout_s: float, log: Path, what: str) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
@@ -122,7 +122,7 @@ class SeaweedS3:
                                         start_new_session=True)
         log.close()
         try:
-            _wait_for_port(self.s3_port, self.process, timeout_s, self.log_path, "SeaweedFS")
+            wait_for_port(self.s3_port, self.process, timeout_s, self.log_path, "SeaweedFS")
             self._wait_until_s3_answers(timeout_s)
         except ServerStartError:
             self.stop()
@@ -209,7 +209,7 @@ class Postgres:
             self._run(str(PG_BIN / "initdb"), "-D", str(data), "-A", "trust", "-U", self.user, "--no-sync")
         self._run(str(PG_BIN / "pg_ctl"), "-D", str(data), "-l", str(self.log_path), "-w", "-t", str(int(timeout_s)),
                   "-o", f"-p {self.port} -k {self.workdir} -c listen_addresses=127.0.0.1 -c fsync=off", "start")
-        _wait_for_port(self.port, None, timeout_s, self.log_path, "PostgreSQL")
+        wait_for_port(self.port, None, timeout_s, self.log_path, "PostgreSQL")
         return self
 
     def stop(self) -> None:

@@ -26,7 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from alliance.catalog import Catalog  # noqa: E402
-from alliance.devservers import SeaweedS3, _wait_for_port, free_port  # noqa: E402
+from alliance.devservers import SeaweedS3, wait_for_port, free_port  # noqa: E402
 from alliance.settings import S3Settings  # noqa: E402
 from alliance.store import S3Store  # noqa: E402
 from ingest.synth import ImuSpec, VideoSpec, imu_table, write_imu_csv, write_video  # noqa: E402
@@ -230,7 +230,7 @@ def main() -> None:
         service = subprocess.Popen([str(Path(sys.executable).parent / "alliance"), "serve", "--port", str(port),
                                     "--part-size-mb", "5"], env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
-            _wait_for_port(port, service, 60, tmp / "service.log", "delivery service")
+            wait_for_port(port, service, 60, tmp / "service.log", "delivery service")
             url = f"http://127.0.0.1:{port}"
             print(f"== {partners} partners x {files} recordings (+ IMU each), {size / 2**20:.1f} MiB in all "
                   f"(made in {time.perf_counter() - started:.1f}s); service pid {service.pid} on {url} ==")

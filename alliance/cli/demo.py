@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -62,7 +61,6 @@ class Story:
     data: Path
     records: list[StepRecord] = field(default_factory=list)
     versions: dict[str, int] = field(default_factory=dict)
-    reports: list[str] = field(default_factory=list)
     tokens: dict[str, str] = field(default_factory=dict)
     service_url: str = ""
     server: subprocess.Popen | None = None
@@ -73,17 +71,13 @@ class Story:
             self.server.wait(30)
 
 
-def alliance(*args: str, ok_codes: tuple[int, ...] = (0,), quiet: bool = False) -> subprocess.CompletedProcess:
-    """Run one `alliance` command as a user would, echoing it; its output streams through unless quiet."""
+def alliance(*args: str) -> None:
+    """Run one `alliance` command as a user would, echoing it first; its output streams through."""
     console.print(f"[bold cyan]$ alliance {' '.join(args)}[/bold cyan]")
     env = {**os.environ, "COLUMNS": os.environ.get("COLUMNS", "120")}
-    result = subprocess.run([sys.executable, "-m", "alliance.cli.main", *args], env=env, text=True,
-                            stdout=subprocess.PIPE if quiet else None, stderr=subprocess.STDOUT if quiet else None)
-    if result.returncode not in ok_codes:
-        if quiet and result.stdout:
-            console.print(result.stdout)
+    result = subprocess.run([sys.executable, "-m", "alliance.cli.main", *args], env=env)
+    if result.returncode != 0:
         raise DemoStepFailed(f"`alliance {' '.join(args)}` exited with {result.returncode}")
-    return result
 
 
 # --------------------------------------------------------------------------- the steps
@@ -97,24 +91,6 @@ def step_make_data(story: Story) -> str:
     planted = sorted({r.expect for r in recordings} - {"kept"})
     partners = sorted({r.partner for r in recordings})
     return f"{len(recordings)} recordings from {len(partners)} partners in {story.data}; planted: {', '.join(planted)}"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_for(url_port: int, process: subprocess.Popen, timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise DemoStepFailed(f"`alliance serve` exited with {process.returncode} before listening")
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", url_port)) == 0:
-                return
-        time.sleep(0.2)
-    raise DemoStepFailed(f"`alliance serve` did not listen on port {url_port} within {timeout_s:.0f}s")
 
 
 def step_deliver(story: Story) -> str:
@@ -137,11 +113,16 @@ def step_deliver(story: Story) -> str:
 
 
 def _start_service(story: Story) -> int:
-    port = _free_port()
+    from alliance.devservers import free_port, wait_for_port
+
+    port = free_port()
     console.print(f"[bold cyan]$ alliance serve --port {port} &[/bold cyan]")
-    story.server = subprocess.Popen([sys.executable, "-m", "alliance.cli.main", "serve", "--port", str(port)],
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    _wait_for(port, story.server)
+    log = settings().home / "demo-serve.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as sink:
+        story.server = subprocess.Popen([sys.executable, "-m", "alliance.cli.main", "serve", "--port", str(port)],
+                                        stdout=sink, stderr=subprocess.STDOUT)
+    wait_for_port(port, story.server, 60, log, "the delivery service")
     story.service_url = f"http://127.0.0.1:{port}"
     return port
 
@@ -174,7 +155,6 @@ def _curate(story: Story, run: str, encoder: str | None) -> str:
         args += ["--encoder", encoder, "--eps", SEMDEDUP_EPS]
     alliance(*args)
     summary = _run_summary(run)
-    story.reports.append(summary.get("report_key", ""))
     dropped = {f"{stage}:{reason}": n for stage, reasons in summary.get("dropped", {}).items()
                for reason, n in reasons.items()}
     return _funnel_line(summary.get("clips_in"), summary.get("kept"), dropped, "clips in", "kept") + \
@@ -186,8 +166,14 @@ def step_curate_round_1(story: Story) -> str:
 
 
 def _shard(story: Story, selection: str, label: str) -> str:
-    alliance("pipeline", "shard", "--name", DATASET, "--selection", selection, "--max-samples", "16")
-    version = _latest_version(selection)
+    version = _version_from(selection)
+    if version is None:
+        alliance("pipeline", "shard", "--name", DATASET, "--selection", selection, "--max-samples", "16")
+        version = _version_from(selection)
+    else:  # sharding it again now would leave out the recording revoked later in the story: a new version
+        console.print(f"{DATASET}@v{version} was made from {selection} by an earlier run: reusing it")
+    if version is None:
+        raise DemoStepFailed(f"`alliance pipeline shard` committed no version of {DATASET!r} from {selection}")
     story.versions[label] = version
     return _version_line(version)
 
@@ -229,7 +215,7 @@ def step_revoke_and_redact(story: Story) -> str:
     revoke(story.service_url, story.tokens[partner], recording, "consent withdrawn by the wearer")
     version = story.versions["round2"]
     alliance("datasets", "redact", f"{DATASET}@v{version}")
-    redacted = _latest_version(None)
+    redacted = _version_from(None) or version
     story.versions["redacted"] = redacted
     return f"{name} ({recording[:12]}) revoked; {DATASET}@v{redacted}: " + _version_line(redacted)
 
@@ -276,8 +262,8 @@ def _run_summary(run_id: str) -> dict:
         return dict(run.summary or {}) if run else {}
 
 
-def _latest_version(selection: str | None) -> int:
-    """The newest committed version of the demo dataset (optionally: the one made from this selection)."""
+def _version_from(selection: str | None) -> int | None:
+    """The newest committed version of the demo dataset (with a selection: the one made from it), or None."""
     from sqlalchemy import select
 
     from alliance.catalog import Catalog
@@ -289,7 +275,7 @@ def _latest_version(selection: str | None) -> int:
     for version, run in rows:
         if selection is None or (run is not None and (run.config or {}).get("selection") == selection):
             return version.version
-    raise DemoStepFailed(f"no committed version of {DATASET!r}" + (f" from selection {selection}" if selection else ""))
+    return None
 
 
 def _version_line(version: int) -> str:
