@@ -217,7 +217,7 @@ def step_revoke_and_redact(story: Story) -> str:
     alliance("datasets", "redact", f"{DATASET}@v{version}")
     redacted = _version_from(None) or version
     story.versions["redacted"] = redacted
-    return f"{name} ({recording[:12]}) revoked; {DATASET}@v{redacted}: " + _version_line(redacted)
+    return f"{name} ({recording[:12]}) revoked; " + _version_line(redacted)
 
 
 def step_ledger(story: Story) -> str:
