@@ -374,7 +374,7 @@ def run_curate(settings: Settings, clips_run: str, run_id: str, encoder_run: str
 
     reuse_analysis: when this run already analysed the same clip table with the same encoder, skip the Beam job
     and decide again from the stored signals, hashes and embeddings (new thresholds without re-decoding)."""
-    from pipelines.options import pipeline_options
+    from pipelines.options import pipeline_options, worker_log_path, worker_output_to
 
     started = time.perf_counter()
     store = open_store(settings=settings)
@@ -392,7 +392,8 @@ def run_curate(settings: Settings, clips_run: str, run_id: str, encoder_run: str
     if not reusable:
         for old in store.list(f"{work_prefix(run_id)}/"):
             store.delete(old.key)
-        with beam.Pipeline(options=pipeline_options(settings, beam_flags)) as pipeline:
+        with worker_output_to(worker_log_path(settings, "curate", run_id)), \
+                beam.Pipeline(options=pipeline_options(settings, beam_flags)) as pipeline:
             build_pipeline(pipeline, settings, [o.key for o in clip_parts], run_id, config, spec, shards)
         store.put_bytes(inputs_key, inputs.encode())
     summary = finalize(settings, store, clips_run, run_id, config, spec, started)

@@ -378,7 +378,7 @@ def run_ingest(settings: Settings, source: str, run_id: str, beam_flags: Sequenc
     on_progress(counts, recordings_in) is called about once a second while the job runs. parts: files of the clip
     table (0: one per BYTES_PER_PART of source video, at least 4), so no worker holds more than a part's rows.
     """
-    from pipelines.options import pipeline_options
+    from pipelines.options import pipeline_options, worker_log_path, worker_output_to
 
     validate_key(f"tables/clips/{run_id}")
     store = open_store(settings=settings)
@@ -393,7 +393,8 @@ def run_ingest(settings: Settings, source: str, run_id: str, beam_flags: Sequenc
     parts = parts or max(4, -(-sum(ref.bytes for ref in refs) // BYTES_PER_PART))
     build_pipeline(pipeline, settings, refs, run_id, config, overwrite, parts)
     try:
-        result = _run_with_progress(pipeline, store, run_id, len(refs), on_progress)
+        with worker_output_to(worker_log_path(settings, "ingest", run_id)):
+            result = _run_with_progress(pipeline, store, run_id, len(refs), on_progress)
     except BaseException:
         if record:
             _record_run(settings, run_id, "failed", config, source, {}, started_at)

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+import os
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 if TYPE_CHECKING:
     from apache_beam.options.pipeline_options import PipelineOptions
@@ -38,3 +42,29 @@ def pipeline_options(settings: "Settings", extra: Sequence[str] = ()) -> "Pipeli
     options = PipelineOptions(beam_args(settings, extra))
     options.view_as(SetupOptions).save_main_session = False
     return options
+
+
+def worker_log_path(settings: "Settings", kind: str, run: str) -> Path:
+    """Where the Beam workers of one run write what they print: $ALLIANCE_HOME/logs/{kind}-{run}.log."""
+    return settings.home / "logs" / f"{kind}-{run}.log"
+
+
+@contextmanager
+def worker_output_to(log: Path) -> Iterator[Path]:
+    """Send what Beam's local worker processes print to `log` while the job runs, not to the terminal.
+
+    Those workers inherit this process's stderr and log every bundle at INFO level there; their pipeline
+    options reach them empty, so no Beam flag quiets them. Errors still reach the user: the job's exception
+    is raised after stderr is restored, and the log keeps the workers' side of it.
+    """
+    log.parent.mkdir(parents=True, exist_ok=True)
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(log, "ab") as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield log
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)

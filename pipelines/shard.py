@@ -105,13 +105,14 @@ def write_shards_with_beam(settings: Settings, name: str, version: int, shards: 
     """Run the shard writes as a Beam job; returns the shards that failed, as rejections."""
     import apache_beam as beam
 
-    from pipelines.options import pipeline_options
+    from pipelines.options import pipeline_options, worker_log_path, worker_output_to
 
     store = open_store(settings=settings)
     prefix = f"datasets/{name}/v{version}/_work/rejections/"
     for info in list(store.list(prefix)):
         store.delete(info.key)
-    with beam.Pipeline(options=pipeline_options(settings, beam_flags)) as pipeline:
+    with worker_output_to(worker_log_path(settings, "shard", f"{name}-v{version}")), \
+            beam.Pipeline(options=pipeline_options(settings, beam_flags)) as pipeline:
         write = beam.ParDo(write_shard_dofn()(settings, name, version)).with_outputs("rejected", main="written")
         results = (pipeline
                    | "Shards" >> beam.Create(list(shards))
