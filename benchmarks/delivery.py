@@ -21,19 +21,11 @@ from alliance.devservers import SeaweedS3  # noqa: E402
 from alliance.settings import S3Settings, Settings  # noqa: E402
 from alliance.store import S3Store  # noqa: E402
 from ingest.synth import ImuSpec, VideoSpec, imu_table, write_imu_csv, write_video  # noqa: E402
+from partners.samples import delivery_toml  # noqa: E402
 
-METADATA = """
-license = "benchmark"
-[consent]
-scope = ["pretraining"]
-expires = 2099-01-01
-[device]
-kind = "glasses"
-model = "bench"
-mounting = "head"
-[sensors.imu]
-rate_hz = 100
-"""
+GLASSES = {"kind": "glasses", "model": "bench", "mounting": "head"}
+METADATA = delivery_toml(license="benchmark", device=GLASSES, scope=("pretraining",), expires="2099-01-01",
+                         imu_units=False)
 
 
 def make_folder(root: Path, files: int, frames: int, seed: int = 0) -> Path:

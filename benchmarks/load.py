@@ -30,20 +30,8 @@ from alliance.devservers import SeaweedS3, wait_for_port, free_port  # noqa: E40
 from alliance.settings import S3Settings  # noqa: E402
 from alliance.store import S3Store  # noqa: E402
 from ingest.synth import ImuSpec, VideoSpec, imu_table, write_imu_csv, write_video  # noqa: E402
+from partners.samples import delivery_toml  # noqa: E402
 
-METADATA = """
-delivery = "{delivery}"
-license = "load-benchmark"
-[consent]
-scope = ["pretraining"]
-expires = 2099-01-01
-[device]
-kind = "glasses"
-model = "load"
-mounting = "head"
-[sensors.imu]
-rate_hz = 100
-"""
 
 
 @dataclass
@@ -67,7 +55,9 @@ def make_folder(root: Path, partner: str, files: int, frames: int, seed: int) ->
         write_video(root / f"{partner}-{i}.mp4", VideoSpec(width=128, height=128, frames=frames, fps=10,
                                                           scene="noise", seed=seed * 100 + i))
         write_imu_csv(root / f"{partner}-{i}.imu.csv", imu_table(ImuSpec(seconds=frames / 10, rate_hz=100)))
-    (root / "delivery.toml").write_text(METADATA.format(delivery=f"{partner}-load"))
+    (root / "delivery.toml").write_text(delivery_toml(
+        delivery=f"{partner}-load", license="load-benchmark", device={"kind": "glasses", "model": "load", "mounting": "head"},
+        scope=("pretraining",), expires="2099-01-01", imu_units=False))
     return root
 
 

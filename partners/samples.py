@@ -61,23 +61,30 @@ DEVICES = {
 IMU_UNITS = {"ax": "m/s^2", "ay": "m/s^2", "az": "m/s^2", "gx": "rad/s", "gy": "rad/s", "gz": "rad/s"}
 
 
-def delivery_toml(partner: str, names: list[str]) -> str:
-    """The delivery.toml a partner writes once per folder: license, consent, device, the IMU stream."""
-    device = DEVICES.get(partner, {"kind": "camera", "model": "unknown", "mounting": "handheld"})
-    lines = [
-        f'partner = "{partner}"',
-        'license = "alliance-data-contract-1.0"',
+def delivery_toml(partner: str | None = None, names: list[str] = (), *, delivery: str | None = None,
+                  license: str = "alliance-data-contract-1.0", device: dict[str, str] | None = None,
+                  scope: tuple[str, ...] = ("pretraining", "evaluation"), expires: str = "2030-12-31",
+                  imu_units: bool = True) -> str:
+    """The delivery.toml a partner writes once per folder: license, consent, device, the IMU stream.
+
+    `names` get fixed start times, so the manifest does not depend on file mtimes."""
+    device = device or DEVICES.get(partner or "", {"kind": "camera", "model": "unknown", "mounting": "handheld"})
+    lines = [f'partner = "{partner}"'] if partner else []
+    lines += [f'delivery = "{delivery}"'] if delivery else []
+    lines += [
+        f'license = "{license}"',
         "[consent]",
-        'scope = ["pretraining", "evaluation"]',
-        "expires = 2030-12-31",
+        "scope = [" + ", ".join(f'"{s}"' for s in scope) + "]",
+        f"expires = {expires}",
         "faces_allowed = false",
         "[device]",
         *(f'{key} = "{value}"' for key, value in device.items()),
         "[sensors.imu]",
-        f"rate_hz = {IMU_RATE_HZ}",
-        "units = { " + ", ".join(f'{k} = "{v}"' for k, v in IMU_UNITS.items()) + " }",
+        f"rate_hz = {IMU_RATE_HZ:g}",
     ]
-    for index, name in enumerate(sorted(names)):  # fixed start times: the manifest does not depend on file mtimes
+    if imu_units:
+        lines.append("units = { " + ", ".join(f'{k} = "{v}"' for k, v in IMU_UNITS.items()) + " }")
+    for index, name in enumerate(sorted(names)):
         lines += [f'[recordings."{name}"]', f"start_time = 2026-11-0{1 + index % 9}T09:00:00Z"]
     return "\n".join(lines) + "\n"
 

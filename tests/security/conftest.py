@@ -11,23 +11,15 @@ import pytest
 from alliance.catalog import Catalog
 from alliance.settings import S3Settings, Settings
 from alliance.store import LocalStore, ObjectStore, S3Store
+from partners.samples import delivery_toml
 from ingest.synth import ImuSpec, VideoSpec, imu_table, write_imu_csv, write_video
 from partners.accounts import IssuedToken, add_partner
 from partners.server import serving
 from partners.service import ServiceConfig
 
-METADATA = """
-license = "CC-BY-4.0"
-[consent]
-scope = ["pretraining"]
-expires = 2099-12-31
-[device]
-kind = "glasses"
-model = "SecretGlass 9"
-mounting = "head"
-[sensors.imu]
-rate_hz = 100
-"""
+GLASSES = {"kind": "glasses", "model": "SecretGlass 9", "mounting": "head"}
+METADATA = delivery_toml(license="CC-BY-4.0", device=GLASSES, scope=("pretraining",), expires="2099-12-31",
+                         imu_units=False)
 UPLOAD_SECRET = "security-tests-know-this-secret-to-forge-expired-urls"
 
 
