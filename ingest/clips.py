@@ -15,7 +15,7 @@ import numpy as np
 from ingest.container import DEFAULT_FORMATS, open_container
 from ingest.errors import DecodeError
 from ingest.probe import MAX_PIXELS, ProbeResult, probe
-from ingest.scenes import detect_cuts, luma, luma_histogram, segments_between
+from ingest.scenes import detect_cuts, luma_histogram, segments_between
 from ingest.sensors import SensorSlice, SensorSpec, imu_stats, resample, window_slices
 
 EPS = 1e-6
@@ -38,6 +38,7 @@ class ClipConfig:
     crf: int = 23
     preset: str = "superfast"  # x264; encoding is most of ingest's CPU (veryfast: ~2x slower, ~0.7x the bytes)
     stats_every: int = 2  # frame statistics on every n-th frame
+    threads: int = 1  # decoder and scaler threads per window (0: FFmpeg's choice); 1: workers scale across cores
     max_pixels: int = MAX_PIXELS
     allowed_formats: tuple[str, ...] = tuple(sorted(DEFAULT_FORMATS))
     probe_timeout_s: float = 30.0
@@ -193,21 +194,23 @@ def _even(side: float) -> int:
 
 
 def window_frames(path: str, window: ClipWindow, size: tuple[int, int], rotation_deg: int,
-                  allowed_formats=DEFAULT_FORMATS, source: str | None = None,
-                  pix_fmt: str = "rgb24", max_pixels: int = MAX_PIXELS) -> Iterator[np.ndarray]:
-    """The window's output frames at `size`, rotation applied, decoded from the keyframe before it; frame-exact:
-    output frame j shows the source frame nearest to (start_frame + j) / fps.
+                  allowed_formats=DEFAULT_FORMATS, source: str | None = None, max_pixels: int = MAX_PIXELS,
+                  threads: int = 1) -> Iterator[Any]:
+    """The window's output frames as yuv420p av.VideoFrames at `size`, rotation applied, decoded from the keyframe
+    before it; frame-exact: output frame j shows the source frame nearest to (start_frame + j) / fps.
 
-    pix_fmt "rgb24": uint8 [H, W, 3]; "yuv420p": uint8 [H * 3 / 2, W], PyAV's packed planes (what the encoder
-    takes, one scaling pass and no colour conversion back and forth).
+    One swscale pass per frame, straight from the decoded picture to what the encoder takes (no RGB in between).
+    `threads` bounds the decoder and the scaler: 1 keeps a window on one core, and workers scale across cores.
     """
     import av
+    from av.video.reformatter import VideoReformatter
 
     name = source or path
     container, raw, _ = open_container(path, allowed_formats, max_pixels)
     with raw, container:
         stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
+        stream.codec_context.thread_count = max(0, threads)
+        stream.thread_type = "NONE" if threads == 1 else "AUTO"
         base = stream.time_base
         start = stream.start_time or 0
         targets = window.frame_times()
@@ -215,14 +218,15 @@ def window_frames(path: str, window: ClipWindow, size: tuple[int, int], rotation
         hold = max(MAX_HOLD_S, 2.5 / window.fps)
         if window.start_frame > 0:
             container.seek(start + int(math.floor((window.t0 - half) / base)), stream=stream, backward=True)
-        converted: dict[int, np.ndarray] = {}
+        scaler = VideoReformatter()  # one scaling context for the window, not one per frame
+        converted: dict[int, Any] = {}
 
-        def rgb(frame) -> np.ndarray:
+        def scaled(frame):
             key = frame.pts
-            if key not in converted:
+            if key not in converted:  # a source frame held for several output frames is scaled once
                 converted.clear()
-                image = frame.reformat(width=size[0], height=size[1], format=pix_fmt).to_ndarray()
-                converted[key] = rotate(image, rotation_deg, pix_fmt)
+                converted[key] = turn(scaler.reformat(frame, width=size[0], height=size[1], format="yuv420p",
+                                                      threads=max(0, threads)), rotation_deg)
             return converted[key]
 
         j, previous, last_time = 0, None, None
@@ -245,7 +249,7 @@ def window_frames(path: str, window: ClipWindow, size: tuple[int, int], rotation
                     if distance > hold + EPS:
                         raise DecodeError(name, "decode_failed", f"no frame within {hold:.2f} s of {targets[j]:.3f} "
                                                                  f"s (the timeline has a gap); re-export the file")
-                    yield rgb(previous[1] if nearer_previous else frame)
+                    yield scaled(previous[1] if nearer_previous else frame)
                     j += 1
                 if j >= len(targets):
                     return
@@ -256,12 +260,21 @@ def window_frames(path: str, window: ClipWindow, size: tuple[int, int], rotation
                                                      f"re-export the file") from e
         # the end of the stream: the last frame stands for targets within half a frame of it
         while previous is not None and j < len(targets) and targets[j] - previous[0] <= half + EPS:
-            yield rgb(previous[1])
+            yield scaled(previous[1])
             j += 1
         if j < len(targets):
             ended = f"{last_time:.3f} s" if last_time is not None else "its start"
             raise DecodeError(name, "truncated", f"the video ends at {ended}, inside the clip "
                                                  f"{window.t0:.3f}-{window.t1:.3f} s; upload the complete file")
+
+
+def turn(frame, rotation_deg: int):
+    """A yuv420p av.VideoFrame turned counter-clockwise by the display rotation (a new frame; the same one at 0)."""
+    import av
+
+    if (rotation_deg // 90) % 4 == 0:
+        return frame
+    return av.VideoFrame.from_ndarray(rotate(frame.to_ndarray(), rotation_deg, "yuv420p"), format="yuv420p")
 
 
 def rotate(image: np.ndarray, rotation_deg: int, pix_fmt: str = "rgb24") -> np.ndarray:
@@ -280,40 +293,42 @@ def rotate(image: np.ndarray, rotation_deg: int, pix_fmt: str = "rgb24") -> np.n
     return np.concatenate([plane.reshape(-1) for plane in turned]).reshape(new_height * 3 // 2, new_width)
 
 
-def luma_of(image: np.ndarray, pix_fmt: str = "rgb24") -> np.ndarray:
-    """Full-range luma (0..255, float32): from RGB, or from a packed yuv420p frame's limited-range Y plane."""
-    if pix_fmt != "yuv420p":
-        return luma(image)
-    y = image[: image.shape[0] * 2 // 3].astype(np.float32)
-    return np.clip((y - 16.0) * (255.0 / 219.0), 0.0, 255.0)
+# limited-range Y (16..235) -> full-range luma (0..255), for every possible byte
+FULL_RANGE = np.clip((np.arange(256, dtype=np.float32) - 16.0) * np.float32(255.0 / 219.0), 0.0, 255.0)
+
+
+def y_plane(frame) -> np.ndarray:
+    """The Y plane (uint8 [H, W], limited range) of a yuv420p av.VideoFrame, read in place (no copy)."""
+    plane = frame.planes[0]
+    return np.frombuffer(plane, np.uint8).reshape(plane.height, plane.line_size)[:, :plane.width]
+
+
+def luma_of(frame) -> np.ndarray:
+    """Full-range luma (0..255, float32 [H, W]) of a yuv420p av.VideoFrame."""
+    return FULL_RANGE[y_plane(frame)]
 
 
 # --------------------------------------------------------------------------- encoding and statistics
 
 
-def encode_clip(frames: list[np.ndarray], fps: float, path: str | Path, config: ClipConfig,
-                pix_fmt: str = "rgb24") -> Path:
-    """H.264 in MP4 at a fixed rate; deterministic for the same frames and settings."""
+def encode_clip(frames: list[Any], fps: float, path: str | Path, config: ClipConfig) -> Path:
+    """H.264 in MP4 at a fixed rate from yuv420p av.VideoFrames; deterministic for the same frames and settings."""
     import av
 
     path = Path(path)
     rate = Fraction(fps).limit_denominator(1001)
-    height, width = frames[0].shape[:2]
-    if pix_fmt == "yuv420p":
-        height = height * 2 // 3
     with av.open(str(path), mode="w", format="mp4") as container:
         stream = container.add_stream("libx264", rate=rate)
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        stream.time_base = 1 / rate
+        stream.width, stream.height, stream.pix_fmt = frames[0].width, frames[0].height, "yuv420p"
+        stream.time_base = stream.codec_context.time_base = 1 / rate
         stream.codec_context.gop_size = max(1, int(round(fps)))
-        # mbtree off: with it x264 gave different bytes for the same frames from run to run (seen with PyAV 18)
+        # mbtree off: with it x264 gave different bytes for the same frames from run to run (seen with PyAV 18);
+        # one thread: a window is one core's work (workers scale across cores), and the bytes never depend on it
         stream.codec_context.options = {"preset": config.preset, "crf": str(config.crf), "threads": "1", "mbtree": "0"}
-        for index, image in enumerate(frames):
-            # converted here, not by the encoder's own path: that one made the output differ from run to run
-            frame = av.VideoFrame.from_ndarray(image, format=pix_fmt)
-            if pix_fmt != "yuv420p":
-                frame = frame.reformat(format="yuv420p")
-            frame.pts = index
+        for index, frame in enumerate(frames):
+            # in the encoder's time base: decoded frames carry the source's, which PyAV would rescale the index
+            # from; set again for each send, so a frame held for two output times goes out under both
+            frame.time_base, frame.pts = 1 / rate, index
             for packet in stream.encode(frame):
                 container.mux(packet)
         for packet in stream.encode():
@@ -321,16 +336,29 @@ def encode_clip(frames: list[np.ndarray], fps: float, path: str | Path, config: 
     return path
 
 
-def frame_stats(lumas: list[np.ndarray], every: int = 2) -> dict[str, float]:
-    """The basic frame statistics curation needs, from full-range luma planes, on every n-th frame."""
-    sampled = lumas[::max(1, every)]
-    stack = np.stack(sampled)
-    diffs = [float(np.mean(np.abs(b - a))) for a, b in zip(sampled, sampled[1:])]
-    laplacian = [np.var(y[:-2, 1:-1] + y[2:, 1:-1] + y[1:-1, :-2] + y[1:-1, 2:] - 4 * y[1:-1, 1:-1])
-                 for y in sampled if min(y.shape) >= 3]
+def frame_stats(planes: list[np.ndarray], every: int = 2) -> dict[str, float]:
+    """The basic frame statistics curation needs, in full-range luma, from limited-range Y planes (uint8 [H, W]) of
+    every n-th frame.
+
+    Levels come from the byte histogram. Full-range luma is the Y byte clipped to 16..235, less 16, times 255/219:
+    differences and the Laplacian are computed on the clipped bytes in integers and scaled, which is the same.
+    """
+    sampled = planes[::max(1, every)]
+    histogram = np.zeros(256, np.int64)
+    for y in sampled:
+        histogram += np.bincount(y.ravel(), minlength=256)
+    pixels = float(histogram.sum())
+    levels = FULL_RANGE.astype(np.float64)
+    mean = float(histogram @ levels) / pixels
+    scale = 255.0 / 219.0
+    clipped = [np.clip(y, 16, 235).astype(np.int16) for y in sampled]
+    diffs = [float(np.abs(b - a).mean()) * scale for a, b in zip(clipped, clipped[1:])]
+    laplacian = [float(np.var(y[:-2, 1:-1] + y[2:, 1:-1] + y[1:-1, :-2] + y[1:-1, 2:] - 4 * y[1:-1, 1:-1])) * scale ** 2
+                 for y in clipped if min(y.shape) >= 3]
     return {
-        "luma_mean": float(stack.mean()), "luma_std": float(stack.std()),
-        "dark_fraction": float((stack < 16).mean()), "bright_fraction": float((stack > 239).mean()),
+        "luma_mean": mean, "luma_std": math.sqrt(max(0.0, float(histogram @ (levels - mean) ** 2) / pixels)),
+        "dark_fraction": float(histogram[FULL_RANGE < 16].sum()) / pixels,
+        "bright_fraction": float(histogram[FULL_RANGE > 239].sum()) / pixels,
         "frame_diff_mean": float(np.mean(diffs)) if diffs else 0.0,
         "sharpness": float(np.mean(laplacian)) if laplacian else 0.0,
     }
@@ -348,9 +376,9 @@ def cut_window(task: WindowTask, out_dir: str | Path) -> tuple[list[ClipOutput],
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     size = target_size(rec.width, rec.height, rec.rotation_deg, config)
     frames = list(window_frames(task.path, window, size, rec.rotation_deg, config.allowed_formats, rec.source,
-                                pix_fmt="yuv420p", max_pixels=config.max_pixels))
+                                max_pixels=config.max_pixels, threads=config.threads))
     min_frames = max(1, int(round(config.min_clip_s * window.fps)))
-    cuts = (detect_cuts([luma_histogram(luma_of(f, "yuv420p")) for f in frames], config.scene_threshold)
+    cuts = (detect_cuts([luma_histogram(luma_of(f)) for f in frames], config.scene_threshold)
             if config.scene_split else [])
     outputs, refusals = [], []
     for first, last in segments_between(len(frames), cuts):
@@ -370,7 +398,7 @@ def _clip_output(task: WindowTask, clip: str, frames: list[np.ndarray], times: n
     rec, config, fps = task.recording, task.config, task.window.fps
     out_dir = Path(out_dir)
     key = clip_key(rec.partner, rec.recording_id, clip)
-    files = {key: str(encode_clip(frames, fps, out_dir / f"{clip}.mp4", config, pix_fmt="yuv420p"))}
+    files = {key: str(encode_clip(frames, fps, out_dir / f"{clip}.mp4", config))}
     sensor_keys, sensor_channels, statuses = {}, {}, []
     gyro_rms = accel_std = None
     for samples in task.sensors:
@@ -388,8 +416,7 @@ def _clip_output(task: WindowTask, clip: str, frames: list[np.ndarray], times: n
             gyro_rms, accel_std = imu_stats(samples.channels, samples.units, values)
     order = ["ok", "sensor_gap", "sensor_invalid"]
     sensor_status = max(statuses, key=order.index) if statuses else "none"
-    height, width = frames[0].shape[0] * 2 // 3, frames[0].shape[1]
-    sampled = [luma_of(f, "yuv420p") for f in frames[::max(1, config.stats_every)]]
+    width, height = frames[0].width, frames[0].height
     source_w, source_h = (rec.height, rec.width) if rec.rotation_deg in (90, 270) else (rec.width, rec.height)
     row = {
         "clip_id": clip, "recording_id": rec.recording_id, "partner": rec.partner, "delivery": rec.delivery,
@@ -399,7 +426,7 @@ def _clip_output(task: WindowTask, clip: str, frames: list[np.ndarray], times: n
         "sensor_keys": json.dumps(sensor_keys, sort_keys=True),
         "sensor_channels": json.dumps(sensor_channels, sort_keys=True),
         "imu_gyro_rms": gyro_rms, "imu_accel_std": accel_std,
-        **frame_stats(sampled, every=1),
+        **frame_stats([y_plane(f) for f in frames], every=config.stats_every),
         "recording_meta": rec.meta_json, "status": "ingested",
     }
     return ClipOutput(row, files)

@@ -25,6 +25,7 @@ class VideoSpec:
     pix_fmt: str = "yuv420p"
     gop: int = 10
     bitrate: int = 0  # 0: codec default (crf-like quality)
+    preset: str = "ultrafast"  # x264/x265; "veryfast" writes CABAC + deblocking, as phone encoders do
     scene: str = "moving_square"  # moving_square, noise, dark, static, pan, counter, cut, head_motion
     seed: int = 0
     rotation: int = 0  # display rotation (counter-clockwise degrees) written as the stream's display matrix
@@ -137,9 +138,9 @@ def write_video(path: str | Path, spec: VideoSpec = VideoSpec(), frames: Iterato
         if spec.bitrate:
             stream.bit_rate = spec.bitrate
         if spec.codec == "libx264":
-            stream.codec_context.options = {"preset": "ultrafast", "bf": "0"}
+            stream.codec_context.options = {"preset": spec.preset, "bf": "0"}
         elif spec.codec in ("libx265", "hevc"):
-            stream.codec_context.options = {"preset": "ultrafast", "x265-params": "log-level=none:bframes=0"}
+            stream.codec_context.options = {"preset": spec.preset, "x265-params": "log-level=none:bframes=0"}
         audio = container.add_stream("aac", rate=8000) if spec.audio else None
         pts = vfr_pts(spec.frames) if spec.vfr else None
         for index, image in enumerate(frames if frames is not None else frames_of(spec)):
