@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import numpy as np
 
@@ -13,6 +15,7 @@ from alliance.store import ObjectStore
 from curation.media import DecodedClip, luma, resize_area
 
 HASH_BITS = 63  # 8x8 low-frequency DCT block without its DC term
+SEGMENT_FORMAT = 2  # 1: four fixed bands of 16 bits; 2: `bands` pseudo-random bit subsets, stored with the segment
 
 
 @dataclass(frozen=True)
@@ -23,9 +26,10 @@ class NearDupConfig:
     phases: int = 4                  # a query is also hashed on grids shifted by 1/phases of a step: any trim aligns
     max_samples: int = 48
     scales: tuple[float, ...] = (1.0, 0.8)  # centre crops hashed per frame: a cropped copy matches the 0.8 view
-    band_bits: tuple[int, ...] = (16, 16, 16, 15)  # LSH bands over the 63 hash bits (each at most 24 bits)
+    band_bits: int = 20              # bits per LSH band (at most 24): random buckets stay sparse at 100k+ clips
+    bands: int = 10                  # bands, each a fixed pseudo-random subset of the 63 hash bits (they overlap)
     min_band_hits: int = 3           # band collisions (from one query view) before a clip is compared in full;
-    short_clip_samples: int = 8      # ... one fewer for clips of at most this many samples (they have fewer bands)
+    short_clip_samples: int = 8      # ... one fewer for clips of at most this many samples
     max_bucket: int = 50_000         # a bucket this full says nothing (flat frames); it is ignored
     max_mean_hamming: float = 12.0   # mean bits apart over the best temporal alignment: near duplicate
     min_overlap: float = 0.5         # share of the shorter clip's samples the alignment must cover
@@ -159,28 +163,51 @@ def view_distances(views: np.ndarray, indexed: np.ndarray, cfg: NearDupConfig,
     return means.reshape(count, -1).min(axis=1)
 
 
+@lru_cache(maxsize=8)
+def band_positions(bits: int, bands: int) -> np.ndarray:
+    """Which hash bits each band reads, [bands, bits]: band b takes the bits ranked first by sha256("b:bit"), a
+    choice fixed forever (no dependence on numpy's random streams, which stored segments must outlive)."""
+    if not 1 <= bits <= 24 or not 1 <= bands <= 128:
+        raise ValueError(f"near-dup bands: {bands} bands of {bits} bits; need 1-24 bits and 1-128 bands")
+    rows = [sorted(sorted(range(HASH_BITS), key=lambda i: hashlib.sha256(f"{band}:{i}".encode()).digest())[:bits])
+            for band in range(bands)]
+    positions = np.asarray(rows, np.int64)
+    positions.flags.writeable = False
+    return positions
+
+
+@lru_cache(maxsize=8)
+def _band_tables(bits: int, bands: int) -> np.ndarray:
+    """uint32 [bands, 8, 256]: what byte k of a hash, having value v, contributes to band b's key (the band's index
+    included), so a key is the OR of 8 table reads instead of `bits` bit extractions."""
+    tables = np.zeros((bands, 8, 256), np.uint32)
+    values = np.arange(256)
+    for band, positions in enumerate(band_positions(bits, bands)):
+        tables[band] |= np.uint32(band << bits)
+        for j, position in enumerate(positions.tolist()):
+            byte, bit = divmod(position, 8)
+            tables[band, byte, (values >> bit) & 1 == 1] |= np.uint32(1 << j)
+    tables.flags.writeable = False
+    return tables
+
+
 def _band_keys(hashes: np.ndarray, cfg: NearDupConfig) -> np.ndarray:
-    """uint64 keys (band index above the band's bits, band value below) for each hash: [..., bands]."""
-    keys = []
-    shift = 0
-    width = np.uint64(max(cfg.band_bits))
-    for band, bits in enumerate(cfg.band_bits):
-        value = (hashes >> np.uint64(shift)) & np.uint64((1 << bits) - 1)
-        keys.append(value | (np.uint64(band) << width))
-        shift += bits
-    return np.stack(keys, axis=-1)
+    """uint32 keys [..., bands]: the band's index above its bits, the hash's bits at the band's positions below."""
+    tables = _band_tables(cfg.band_bits, cfg.bands)
+    octets = np.ascontiguousarray(hashes, dtype="<u8").reshape(-1).view(np.uint8).reshape(-1, 8)
+    if len(octets) <= 4096:  # a query: every read in one gather
+        reads = tables.reshape(-1)[_TABLE_OFFSETS[: cfg.bands][None] + octets[:, None, :]]
+        return np.bitwise_or.reduce(reads, axis=2).reshape(*np.shape(hashes), cfg.bands)
+    by_byte = np.ascontiguousarray(octets.T)  # a segment: band by band, no [n, bands, 8] temporaries
+    keys = np.empty((cfg.bands, len(octets)), np.uint32)
+    for band in range(cfg.bands):
+        np.take(tables[band, 0], by_byte[0], out=keys[band])
+        for byte in range(1, 8):
+            keys[band] |= tables[band, byte][by_byte[byte]]
+    return keys.T.reshape(*np.shape(hashes), cfg.bands)
 
 
-DENSE_KEYS = 1 << 22  # band key spaces up to this size get a directory (int64, 32 MiB at most)
-
-
-def _directory(keys: np.ndarray) -> np.ndarray | None:
-    """Where each possible key's bucket starts in the sorted keys (one more entry for the end), if the key space
-    is small (bands of up to ~20 bits); lookups then cost no binary search over millions of entries."""
-    space = int(keys[-1]) + 1 if len(keys) else 1
-    if space > DENSE_KEYS:
-        return None
-    return np.searchsorted(keys, np.arange(space + 1, dtype=np.uint64), "left").astype(np.int64)
+_TABLE_OFFSETS = (np.arange(128)[:, None] * 2048 + np.arange(8)[None, :] * 256).astype(np.intp)  # [band, byte]
 
 
 def _sorted_unique(values: np.ndarray) -> np.ndarray:
@@ -189,78 +216,136 @@ def _sorted_unique(values: np.ndarray) -> np.ndarray:
     return values[np.r_[True, values[1:] != values[:-1]]] if len(values) else values
 
 
+def _key_space(cfg: NearDupConfig) -> int:
+    return cfg.bands << cfg.band_bits
+
+
 @dataclass
 class Segment:
-    """A batch of indexed clips (one curation run): ids, content hashes, signatures and a sorted band table."""
+    """A batch of indexed clips (one curation run): ids, content hashes, signatures and their band table, one
+    entry per distinct (band key, clip) sorted by key. A table covering a good part of the key space keeps a
+    directory (where each key's bucket starts: one array read per lookup) instead of the sorted keys."""
 
     clip_ids: list[str]
     content_hashes: list[str]
     clip_keys: list[str]
     hashes: np.ndarray            # uint64 [n, scales, frames], zero-padded
     lengths: np.ndarray           # int32 [n]
-    keys: np.ndarray = field(default=None)     # sorted uint64 band keys
-    entries: np.ndarray = field(default=None)  # int32 clip position of each key
-    directory: np.ndarray | None = field(default=None, repr=False)  # first position of each key, when dense
-
-    def __post_init__(self) -> None:
-        if self.keys is not None and self.directory is None:
-            self.directory = _directory(self.keys)
+    entries: np.ndarray           # int32 clip position of each entry, sorted by key
+    bands: np.ndarray             # the band positions the table was made with [bands, bits]
+    keys: np.ndarray | None = field(default=None, repr=False)       # uint32 sorted keys (sparse tables)
+    directory: np.ndarray | None = field(default=None, repr=False)  # [space + 1] bucket starts (dense tables)
 
     def lookup(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Start positions and bucket sizes of these keys: O(1) each through the directory, else binary search."""
+        """Start positions and bucket sizes of these keys."""
         if self.directory is not None:
-            inside = keys < np.uint64(len(self.directory) - 1)
-            k = np.where(inside, keys, 0).astype(np.int64)
-            lo = self.directory[k]
-            return lo, np.where(inside, self.directory[k + 1] - lo, 0)
+            lo = self.directory[keys].astype(np.int64)
+            return lo, self.directory[keys + 1] - lo
         lo = np.searchsorted(self.keys, keys, "left")
         return lo, np.searchsorted(self.keys, keys, "right") - lo
+
+    def sorted_keys(self) -> np.ndarray:
+        """The table's keys in entry order (uint32), whichever way it is held."""
+        if self.keys is not None:
+            return self.keys
+        counts = np.diff(self.directory)
+        return np.repeat(np.arange(len(counts), dtype=np.uint32), counts)
 
     @classmethod
     def build(cls, clip_ids: list[str], content_hashes: list[str], clip_keys: list[str],
               signatures: list[np.ndarray], cfg: NearDupConfig) -> "Segment":
-        n = len(clip_ids)
-        scales = len(cfg.scales)
-        width = max([s.shape[1] for s in signatures], default=1)
-        hashes = np.zeros((n, scales, width), np.uint64)
-        lengths = np.zeros(n, np.int32)
-        for i, plain in enumerate(signatures):
-            hashes[i, :, : plain.shape[1]] = plain
-            lengths[i] = plain.shape[1]
-        segment = cls(list(clip_ids), list(content_hashes), list(clip_keys), hashes, lengths)
-        segment._index(cfg)
-        return segment
+        """A segment of these clips' plain hashes [scales, frames] each."""
+        hashes, lengths = _stack(signatures, len(cfg.scales))
+        return cls.of(list(clip_ids), list(content_hashes), list(clip_keys), hashes, lengths, cfg)
 
-    def _index(self, cfg: NearDupConfig) -> None:
-        n, scales, width = self.hashes.shape
-        valid = np.arange(width)[None, None, :] < self.lengths[:, None, None]  # [n, 1, F]
-        valid = np.broadcast_to(valid, self.hashes.shape)
-        keys = _band_keys(self.hashes, cfg)  # [n, S, F, B]
-        owner = np.broadcast_to(np.arange(n, dtype=np.int32)[:, None, None, None], keys.shape)
-        mask = np.broadcast_to(valid[..., None], keys.shape)
-        # one entry per (key, clip), sorted by key: repeated frames would only inflate hit counts
-        packed = _sorted_unique((keys[mask] << np.uint64(32)) | owner[mask].astype(np.uint64))
-        self.keys = packed >> np.uint64(32)
-        self.entries = (packed & np.uint64(0xFFFFFFFF)).astype(np.int32)
-        self.directory = _directory(self.keys)
+    @classmethod
+    def of(cls, clip_ids: list[str], content_hashes: list[str], clip_keys: list[str], hashes: np.ndarray,
+           lengths: np.ndarray, cfg: NearDupConfig) -> "Segment":
+        """A segment with its band table computed from the hashes."""
+        n, _, width = hashes.shape
+        packed = []
+        for start in range(0, n, _BUILD_CLIPS):  # bounded temporaries: a few thousand clips at a time
+            part = hashes[start:start + _BUILD_CLIPS]
+            keys = _band_keys(part, cfg)  # [c, S, F, B]
+            valid = np.arange(width)[None, None, :, None] < lengths[start:start + len(part), None, None, None]
+            owner = np.arange(start, start + len(part), dtype=np.uint64)[:, None, None, None]
+            # one entry per (key, clip): repeated frames would only inflate hit counts
+            packed.append(_sorted_unique(((keys.astype(np.uint64) << np.uint64(32)) | owner)[
+                np.broadcast_to(valid, keys.shape)]))
+        merged = np.sort(np.concatenate(packed)) if packed else np.zeros(0, np.uint64)
+        return cls.from_table(clip_ids, content_hashes, clip_keys, hashes, lengths,
+                              (merged >> np.uint64(32)).astype(np.uint32),
+                              (merged & np.uint64(0xFFFFFFFF)).astype(np.int32), cfg)
+
+    @classmethod
+    def from_table(cls, clip_ids: list[str], content_hashes: list[str], clip_keys: list[str], hashes: np.ndarray,
+                   lengths: np.ndarray, keys: np.ndarray, entries: np.ndarray, cfg: NearDupConfig) -> "Segment":
+        space = _key_space(cfg)
+        bands = band_positions(cfg.band_bits, cfg.bands)
+        if len(keys) * 8 < space:
+            return cls(clip_ids, content_hashes, clip_keys, hashes, lengths, entries, bands, keys=keys)
+        directory = np.zeros(space + 1, np.int32 if len(keys) < 2**31 else np.int64)
+        np.cumsum(np.bincount(keys, minlength=space), out=directory[1:])
+        return cls(clip_ids, content_hashes, clip_keys, hashes, lengths, entries, bands, directory=directory)
+
+    @classmethod
+    def concat(cls, segments: list["Segment"], cfg: NearDupConfig) -> "Segment":
+        """One segment of these, in order."""
+        if not segments:
+            return cls.build([], [], [], [], cfg)
+        width = max(s.hashes.shape[2] for s in segments)
+        hashes = np.concatenate([np.pad(s.hashes, ((0, 0), (0, 0), (0, width - s.hashes.shape[2])))
+                                 for s in segments])
+        return cls.of([c for s in segments for c in s.clip_ids], [c for s in segments for c in s.content_hashes],
+                      [c for s in segments for c in s.clip_keys], hashes,
+                      np.concatenate([s.lengths for s in segments]), cfg)
 
     def to_bytes(self) -> bytes:
         buffer = io.BytesIO()
-        np.savez(buffer, clip_ids=np.asarray(self.clip_ids, dtype=str),
+        np.savez(buffer, format=np.int64(SEGMENT_FORMAT), bands=self.bands,
+                 clip_ids=np.asarray(self.clip_ids, dtype=str),
                  content_hashes=np.asarray(self.content_hashes, dtype=str),
                  clip_keys=np.asarray(self.clip_keys, dtype=str),
-                 hashes=self.hashes, lengths=self.lengths, keys=self.keys, entries=self.entries)
+                 hashes=self.hashes, lengths=self.lengths, keys=self.sorted_keys(), entries=self.entries)
         return buffer.getvalue()
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> "Segment":
+    def from_bytes(cls, data: bytes, cfg: NearDupConfig) -> "Segment":
+        """A stored segment. One written with other bands (or by format 1, four fixed bands) keeps its
+        signatures: its band table is rebuilt from them in memory, nothing is decoded again."""
         z = np.load(io.BytesIO(data), allow_pickle=False)
-        return cls([str(c) for c in z["clip_ids"]], [str(c) for c in z["content_hashes"]],
-                   [str(c) for c in z["clip_keys"]], z["hashes"], z["lengths"], z["keys"], z["entries"])
+        ids = [str(c) for c in z["clip_ids"]]
+        content = [str(c) for c in z["content_hashes"]]
+        clip_keys = [str(c) for c in z["clip_keys"]]
+        hashes, lengths = z["hashes"], z["lengths"]
+        same_bands = ("format" in z.files and int(z["format"]) == SEGMENT_FORMAT
+                      and np.array_equal(z["bands"], band_positions(cfg.band_bits, cfg.bands)))
+        if not same_bands:
+            return cls.of(ids, content, clip_keys, hashes, lengths, cfg)
+        return cls.from_table(ids, content, clip_keys, hashes, lengths, z["keys"], z["entries"], cfg)
+
+
+_BUILD_CLIPS = 4096
+
+
+def _stack(plains: list[np.ndarray], scales: int) -> tuple[np.ndarray, np.ndarray]:
+    """Plain hashes [scales, frames] of clips as one zero-padded uint64 [n, scales, frames] and their lengths."""
+    width = max([p.shape[1] for p in plains], default=1)
+    hashes = np.zeros((len(plains), scales, width), np.uint64)
+    lengths = np.zeros(len(plains), np.int32)
+    for i, plain in enumerate(plains):
+        hashes[i, :, : plain.shape[1]] = plain
+        lengths[i] = plain.shape[1]
+    return hashes, lengths
+
+
+LIVE_BATCH = 1024  # clips added in this run are frozen into in-memory segments of this many, merged as they grow
 
 
 class NearDupIndex:
-    """Frozen segments (earlier runs, loaded from the store) plus the clips kept so far in this run."""
+    """Frozen segments (earlier runs, loaded from the store) plus the clips kept so far in this run: those are
+    frozen into segments every LIVE_BATCH clips and merged pairwise as they grow (like a binary counter), so a
+    run's memory is its band table, not a dictionary, and lookups stay array reads however many clips it adds."""
 
     def __init__(self, cfg: NearDupConfig = NearDupConfig(), segments: list[Segment] | None = None):
         self.cfg = cfg
@@ -272,74 +357,75 @@ class NearDupIndex:
             for clip_id, content_hash, clip_key in zip(segment.clip_ids, segment.content_hashes, segment.clip_keys):
                 self.content.setdefault(content_hash, clip_id)
                 self.keys[clip_id] = clip_key
-        self._live_ids: list[str] = []
-        self._live_content: list[str] = []
-        self._live_keys: list[str] = []
-        self._live_hashes: list[np.ndarray] = []
-        self._live_table: dict[int, list[int]] = {}
+        self._live: list[Segment] = []  # this run's frozen clips, oldest first
+        self._pending_ids: list[str] = []
+        self._pending_content: list[str] = []
+        self._pending_keys: list[str] = []
+        self._pending_hashes: list[np.ndarray] = []
+        self._pending_table: dict[int, list[int]] = {}
 
     def __len__(self) -> int:
-        return sum(len(s.clip_ids) for s in self.segments) + len(self._live_ids)
+        return sum(len(s.clip_ids) for s in self.segments + self._live) + len(self._pending_ids)
 
     def add(self, clip_id: str, content_hash: str, sig: Signature, clip_key: str = "") -> None:
         """Index a kept clip (its plain hashes only; queries try the mirrored view)."""
-        position = len(self._live_ids)
+        position = len(self._pending_ids)
         plain = sig.plain
-        self._live_ids.append(clip_id)
-        self._live_content.append(content_hash)
-        self._live_keys.append(clip_key)
+        self._pending_ids.append(clip_id)
+        self._pending_content.append(content_hash)
+        self._pending_keys.append(clip_key)
+        self._pending_hashes.append(plain)
         self.keys[clip_id] = clip_key
-        self._live_hashes.append(plain)
         self.clip_ids.add(clip_id)
         self.content.setdefault(content_hash, clip_id)
-        for key in _sorted_unique(_band_keys(plain, self.cfg).ravel()).tolist():
-            self._live_table.setdefault(key, []).append(position)
+        for key in np.unique(_band_keys(plain, self.cfg)).tolist():
+            self._pending_table.setdefault(key, []).append(position)
+        if len(self._pending_ids) >= LIVE_BATCH:
+            self._live.append(self._pending_segment())
+            self._pending_ids, self._pending_content, self._pending_keys = [], [], []
+            self._pending_hashes, self._pending_table = [], {}
+            while len(self._live) > 1 and len(self._live[-2].clip_ids) <= len(self._live[-1].clip_ids):
+                newer = self._live.pop()
+                self._live.append(Segment.concat([self._live.pop(), newer], self.cfg))
+
+    def _pending_segment(self) -> Segment:
+        return Segment.build(self._pending_ids, self._pending_content, self._pending_keys, self._pending_hashes,
+                             self.cfg)
 
     def query(self, sig: Signature) -> NearDupMatch | None:
         """The closest indexed clip within the threshold (ties: the earliest indexed), or None. A clip becomes a
         candidate when one view of the query (a phase, plain or mirrored) collides with it in enough bands."""
-        per_view = [_sorted_unique(_band_keys(view, self.cfg).ravel()) for view in sig.views]
-        keys = np.concatenate(per_view)
-        view_of = np.repeat(np.arange(len(per_view)), [len(k) for k in per_view])
+        views = sig.views.shape[0]
+        keys = _band_keys(sig.views, self.cfg)  # [V, S, F, B]
+        tagged = (np.arange(views, dtype=np.uint64)[:, None] << np.uint64(32)) | keys.reshape(views, -1)
+        coded = _sorted_unique(tagged.ravel())  # one per distinct (view, key)
+        view_of = (coded >> np.uint64(32)).astype(np.int64)
+        keys = (coded & np.uint64(0xFFFFFFFF)).astype(np.uint32)  # the tables' dtype: searchsorted copies nothing
+        need = max(1, self.cfg.min_band_hits - (1 if sig.frames <= self.cfg.short_clip_samples else 0))
         best: NearDupMatch | None = None
-        for segment in self.segments:
+        for segment in self.segments + self._live:
             lo, sizes = segment.lookup(keys)
             keep = (sizes > 0) & (sizes <= self.cfg.max_bucket)
             if not keep.any():
                 continue
             lo, sizes = lo[keep], sizes[keep]
             flat = np.repeat(lo - np.cumsum(np.r_[0, sizes[:-1]]), sizes) + np.arange(sizes.sum())
-            pairs = segment.entries[flat].astype(np.int64) * len(per_view) + np.repeat(view_of[keep], sizes)
-            best = self._better(best, self._verify(sig, self._hit(pairs, len(per_view), sig.frames), len(per_view),
-                                                   segment.hashes, segment.lengths, segment.clip_ids))
-        if self._live_ids:
-            pairs_list = [position * len(per_view) + view
+            pairs = segment.entries[flat].astype(np.int64) * views + np.repeat(view_of[keep], sizes)
+            best = self._better(best, self._verify(sig, _hits(pairs, need), views, segment.hashes, segment.lengths,
+                                                   segment.clip_ids))
+        if self._pending_ids:
+            pairs_list = [position * views + view
                           for key, view in zip(keys.tolist(), view_of.tolist())
-                          if len(self._live_table.get(key, ())) <= self.cfg.max_bucket
-                          for position in self._live_table.get(key, ())]
-            coded = self._hit(np.asarray(pairs_list, np.int64), len(per_view), sig.frames)
+                          if len(self._pending_table.get(key, ())) <= self.cfg.max_bucket
+                          for position in self._pending_table.get(key, ())]
+            coded = _hits(np.asarray(pairs_list, np.int64), need)
             if len(coded):
-                candidates = _sorted_unique(coded // len(per_view))
-                width = max(self._live_hashes[i].shape[1] for i in candidates)
-                stacked = np.zeros((len(candidates), len(self.cfg.scales), width), np.uint64)
-                lengths = np.zeros(len(candidates), np.int32)
-                for row, i in enumerate(candidates):
-                    stacked[row, :, : self._live_hashes[i].shape[1]] = self._live_hashes[i]
-                    lengths[row] = self._live_hashes[i].shape[1]
-                found = self._verify(sig, coded, len(per_view), stacked, lengths, self._live_ids,
-                                     at=np.searchsorted(candidates, coded // len(per_view)))
+                candidates = _sorted_unique(coded // views)
+                hashes, lengths = _stack([self._pending_hashes[i] for i in candidates], len(self.cfg.scales))
+                found = self._verify(sig, coded, views, hashes, lengths, self._pending_ids,
+                                     at=np.searchsorted(candidates, coded // views))
                 best = self._better(best, found)
         return best
-
-    def _hit(self, pairs: np.ndarray, views: int, samples: int) -> np.ndarray:
-        """(position, view) pairs with enough band collisions (pairs coded as position * views + view)."""
-        if len(pairs) == 0:
-            return np.zeros(0, np.int64)
-        need = self.cfg.min_band_hits - (1 if samples <= self.cfg.short_clip_samples else 0)
-        pairs = np.sort(pairs)
-        starts = np.flatnonzero(np.r_[True, pairs[1:] != pairs[:-1]])
-        hits = np.diff(np.r_[starts, len(pairs)])
-        return pairs[starts][hits >= max(1, need)]
 
     def _verify(self, sig: Signature, coded: np.ndarray, views: int, hashes: np.ndarray, lengths: np.ndarray,
                 ids: list[str], at: np.ndarray | None = None) -> NearDupMatch | None:
@@ -364,8 +450,18 @@ class NearDupIndex:
         return b if b.distance < a.distance else a  # ties keep the earlier segment's clip
 
     def live_segment(self) -> Segment:
-        """The clips added in this run as a frozen segment, ready to persist."""
-        return Segment.build(self._live_ids, self._live_content, self._live_keys, self._live_hashes, self.cfg)
+        """The clips added in this run as one frozen segment, ready to persist."""
+        return Segment.concat(self._live + [self._pending_segment()], self.cfg)
+
+
+def _hits(pairs: np.ndarray, need: int) -> np.ndarray:
+    """The distinct (position, view) pairs (coded as position * views + view) that occur at least `need` times."""
+    if len(pairs) == 0:
+        return np.zeros(0, np.int64)
+    pairs = np.sort(pairs)
+    starts = np.flatnonzero(np.r_[True, pairs[1:] != pairs[:-1]])
+    hits = np.diff(np.r_[starts, len(pairs)])
+    return pairs[starts][hits >= need]
 
 
 # --------------------------------------------------------------------------- persistence in the store
@@ -386,7 +482,7 @@ def load_index(store: ObjectStore, name: str, cfg: NearDupConfig = NearDupConfig
     for entry in read_manifest(store, name)["segments"]:
         if entry["run"] == before_run:
             break
-        segments.append(Segment.from_bytes(store.get_bytes(entry["key"])))
+        segments.append(Segment.from_bytes(store.get_bytes(entry["key"]), cfg))
     return NearDupIndex(cfg, segments)
 
 

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import io
 from dataclasses import replace
 
+import numpy as np
 import pytest
 
 from curation.evalset import TRANSFORMS, build_set, camera_frames, encode, evaluate, remux
 from curation.media import decode_clip
-from curation.neardup import (IndexChanged, NearDupConfig, NearDupIndex, commit_segment, load_index, read_manifest,
-                              signature)
+from curation.neardup import (HASH_BITS, LIVE_BATCH, IndexChanged, NearDupConfig, NearDupIndex, Segment, Signature,
+                              commit_segment, load_index, read_manifest, signature)
 from curation.select import Candidate, decide_duplicates
 
 
@@ -97,3 +99,63 @@ def test_a_clip_accepted_earlier_stays_accepted_and_a_redelivery_elsewhere_is_a_
     moved = decide_duplicates([elsewhere], load_index(file_store, "main", before_run="r2"))["src0"]
     assert (moved.kept, moved.reason, moved.duplicate_of) == (False, "duplicate_recording", "src0")
     assert "clips/p/src0.mp4" in moved.detail
+
+
+def _random_clips(n: int, frames: int, seed: int) -> list[np.ndarray]:
+    """Plain hashes [2 scales, frames] of n unrelated clips (random; no PyAV needed to exercise the index)."""
+    rng = np.random.default_rng(seed)
+    return list(rng.integers(0, 1 << HASH_BITS, size=(n, 2, frames), dtype=np.uint64))
+
+
+def _query_of(plain: np.ndarray, flipped: int, seed: int) -> Signature:
+    """A query whose phase-0 plain view is `plain` with `flipped` random bits changed per hash; other views random."""
+    rng = np.random.default_rng(seed)
+    views = rng.integers(0, 1 << HASH_BITS, size=(4, 2, *plain.shape), dtype=np.uint64)
+    near = plain.copy()
+    for _ in range(flipped):
+        near ^= np.uint64(1) << rng.integers(0, HASH_BITS, size=near.shape).astype(np.uint64)
+    views[0, 0] = near
+    return Signature(views)
+
+
+@pytest.mark.parametrize("band_bits", [20, 14])  # sparse tables (sorted keys) and dense ones (a directory)
+def test_clips_added_in_one_run_are_frozen_and_merged_yet_answer_like_one_segment(band_bits):
+    """A run adding more than LIVE_BATCH clips keeps them in merged in-memory segments: the answers, the order
+    of the persisted segment and its band table equal those of one segment built from all of them at once."""
+    cfg = replace(NearDupConfig(), band_bits=band_bits)
+    plains = _random_clips(2 * LIVE_BATCH + 300, 10, seed=5)
+    index = NearDupIndex(cfg)
+    for i, plain in enumerate(plains):
+        index.add(f"c{i}", f"h{i}", Signature(np.broadcast_to(plain, (4, 2, *plain.shape))))
+    whole = Segment.build([f"c{i}" for i in range(len(plains))], [f"h{i}" for i in range(len(plains))],
+                          [""] * len(plains), plains, cfg)
+    frozen = NearDupIndex(cfg, [whole])
+    assert len(index) == len(plains)
+    assert (whole.directory is None) == (band_bits == 20)
+    for probe in (0, LIVE_BATCH - 1, LIVE_BATCH, 2 * LIVE_BATCH + 5, len(plains) - 1):
+        sig = _query_of(plains[probe], 3, seed=probe)
+        assert index.query(sig) == frozen.query(sig)
+        assert index.query(sig).clip_id == f"c{probe}"
+    assert index.query(Signature(_random_clips(8, 10, seed=6)[0][None, None].repeat(4, 0).repeat(2, 1))) is None
+    live = index.live_segment()
+    assert live.clip_ids == whole.clip_ids
+    assert np.array_equal(live.entries, whole.entries) and np.array_equal(live.sorted_keys(), whole.sorted_keys())
+
+
+def test_a_segment_stored_with_other_bands_or_by_format_1_is_reindexed_from_its_signatures():
+    """The band table depends on the band layout; the stored signatures do not. A segment written with another
+    layout, or by format 1 (four fixed bands, no layout stored), is re-banded on load, answering as a new one."""
+    cfg = NearDupConfig()
+    plains = _random_clips(300, 10, seed=7)
+    ids = [f"c{i}" for i in range(len(plains))]
+    fresh = Segment.build(ids, ids, ids, plains, cfg)
+    other = Segment.build(ids, ids, ids, plains, replace(cfg, bands=4, band_bits=16))
+    old = io.BytesIO()  # what format 1 wrote: no format, no band layout, uint64 keys of four 16-bit bands
+    np.savez(old, clip_ids=np.asarray(ids), content_hashes=np.asarray(ids), clip_keys=np.asarray(ids),
+             hashes=fresh.hashes, lengths=fresh.lengths, keys=np.zeros(3, np.uint64), entries=np.zeros(3, np.int32))
+    for data in (fresh.to_bytes(), other.to_bytes(), old.getvalue()):
+        loaded = Segment.from_bytes(data, cfg)
+        assert loaded.clip_ids == ids
+        assert np.array_equal(loaded.entries, fresh.entries)
+        assert np.array_equal(loaded.sorted_keys(), fresh.sorted_keys())
+        assert NearDupIndex(cfg, [loaded]).query(_query_of(plains[17], 3, seed=1)).clip_id == "c17"
