@@ -11,7 +11,7 @@ import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, BinaryIO, Iterator
+from typing import IO, TYPE_CHECKING, BinaryIO, Iterable, Iterator
 from urllib.parse import urlparse
 
 from alliance.errors import AccessDenied, AlreadyExists, InvalidKey, KeyNotFound, StoreError
@@ -80,8 +80,15 @@ class ObjectStore(abc.ABC):
         """A streaming reader; the caller closes it."""
 
     @abc.abstractmethod
-    def open_write(self, key: str) -> "ObjectWriter":
-        """A streaming writer whose object appears only when it is closed without error."""
+    def open_write(self, key: str, *, sync: bool = True) -> "ObjectWriter":
+        """A streaming writer whose object appears only when it is closed without error.
+
+        sync=False defers durability: the object is visible at close but may not survive a power loss until
+        `sync([key])` returns. A caller writing many objects makes them durable together, off its write path.
+        """
+
+    def sync(self, keys: Iterable[str]) -> None:
+        """Make objects written with sync=False durable. Stores whose writes are durable on return need nothing."""
 
     @abc.abstractmethod
     def exists(self, key: str) -> bool:
@@ -212,8 +219,19 @@ class LocalStore(ObjectStore):
         except PermissionError as e:
             raise AccessDenied(f"{self.describe(key)}: access denied ({e.strerror})") from e
 
-    def open_write(self, key: str) -> ObjectWriter:
-        return _LocalWriter(self._path(key), key)
+    def open_write(self, key: str, *, sync: bool = True) -> ObjectWriter:
+        return _LocalWriter(self._path(key), key, sync=sync)
+
+    def sync(self, keys: Iterable[str]) -> None:
+        """fsync each file, then each directory holding one (their names came from renames), in parallel."""
+        paths = [self._path(key) for key in keys]
+        targets = [*paths, *sorted({p.parent for p in paths})]
+        if len(targets) <= 2:
+            for target in targets:
+                _fsync_path(target)
+            return
+        with ThreadPoolExecutor(min(8, len(targets)), thread_name_prefix="fsync") as pool:
+            list(pool.map(_fsync_path, targets))
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
@@ -258,10 +276,22 @@ class LocalStore(ObjectStore):
             parent = parent.parent
 
 
+def _fsync_path(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError as e:
+        raise KeyNotFound(f"{path}: no such object to sync") from e
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 class _LocalWriter(ObjectWriter):
-    def __init__(self, path: Path, key: str):
+    def __init__(self, path: Path, key: str, *, sync: bool = True):
         self.key = key
         self.path = path
+        self.sync = sync
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, self.tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
         self.file = os.fdopen(fd, "wb")
@@ -276,7 +306,8 @@ class _LocalWriter(ObjectWriter):
         if self.file.closed:
             return
         self.file.flush()
-        os.fsync(self.file.fileno())
+        if self.sync:
+            os.fsync(self.file.fileno())
         self.file.close()
         os.replace(self.tmp, self.path)
 
@@ -377,8 +408,8 @@ class S3Store(ObjectStore):
         response = self._call("get", key, self.client.get_object, Bucket=self.bucket, Key=self._key(key))
         return response["Body"]
 
-    def open_write(self, key: str) -> ObjectWriter:
-        return _S3MultipartWriter(self, key)
+    def open_write(self, key: str, *, sync: bool = True) -> ObjectWriter:
+        return _S3MultipartWriter(self, key)  # an S3 object is durable once its upload completes
 
     def exists(self, key: str) -> bool:
         try:

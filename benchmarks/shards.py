@@ -18,7 +18,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -48,8 +48,13 @@ class SplitStore(ObjectStore):
     def open_read(self, key: str):
         return self._pick(key).open_read(key)
 
-    def open_write(self, key: str) -> ObjectWriter:
-        return self._pick(key).open_write(key)
+    def open_write(self, key: str, *, sync: bool = True) -> ObjectWriter:
+        return self._pick(key).open_write(key, sync=sync)
+
+    def sync(self, keys: Iterable[str]) -> None:
+        keys = list(keys)
+        self.source.sync([k for k in keys if not k.startswith("datasets/")])
+        self.target.sync([k for k in keys if k.startswith("datasets/")])
 
     def exists(self, key: str) -> bool:
         return self._pick(key).exists(key)

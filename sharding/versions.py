@@ -7,6 +7,7 @@ import io
 import json
 import logging
 from collections import Counter, defaultdict
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -29,6 +30,9 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 R = TypeVar("R")
 Mapper = Callable[[Callable[[T], R], Sequence[T]], Iterable[R]]
+# Shards written at once by default: each stream's sha256 runs on its own thread beside the copy, so two
+# streams keep two cores busy; more would only add memory (a few MiB per stream, a multipart window on S3).
+STREAMS = 2
 
 INDEX_SCHEMA = pa.schema([
     ("key", pa.string()),            # the WebDataset __key__
@@ -70,12 +74,16 @@ class ShardReceipt:
 
 @dataclass(frozen=True)
 class Claim:
-    """A version number reserved for one plan; `committed` is set when that plan was already committed."""
+    """A version number reserved for one plan; `committed` is set when that plan was already committed.
+
+    `fresh` means this call made the claim: no earlier attempt can have left shards worth resuming.
+    """
 
     name: str
     version: int
     plan_sha256: str
     committed: Manifest | None = None
+    fresh: bool = False
 
 
 def _sequential(fn: Callable[[T], R], items: Sequence[T]) -> Iterable[R]:
@@ -99,7 +107,7 @@ def claim_version(store: ObjectStore, name: str, plan_sha256: str, *, samples: i
     version = latest + 1
     doc = canonical({"plan_sha256": plan_sha256, "claimed_at": _now(), "samples": samples, "shards": shards}).encode()
     if store.put_if_absent(plan_key(name, version), doc):
-        return Claim(name, version, plan_sha256)
+        return Claim(name, version, plan_sha256, fresh=True)
     holder = json.loads(store.get_bytes(plan_key(name, version)))
     if holder.get("plan_sha256") == plan_sha256:
         return Claim(name, version, plan_sha256)  # our own crashed or concurrent attempt: resume it
@@ -132,14 +140,23 @@ def shard_done(store: ObjectStore, name: str, version: int, shard: int) -> Shard
     return None
 
 
-def write_planned_shard(store: ObjectStore, name: str, version: int, shard: ShardPlan) -> ShardReceipt:
-    """Stream one shard into the store (multipart on S3), then its receipt; a shard with a receipt is skipped."""
-    done = shard_done(store, name, version, shard.index)
-    if done is not None:
-        return done
+def write_planned_shard(store: ObjectStore, name: str, version: int, shard: ShardPlan, *,
+                        resume: bool = True) -> ShardReceipt:
+    """Stream one shard into the store (multipart on S3), make it durable, then store its receipt.
+
+    With resume=True a shard that already has a receipt is skipped."""
+    if resume:
+        done = shard_done(store, name, version, shard.index)
+        if done is not None:
+            return done
+    return seal_shard(store, name, version, stream_shard(store, name, version, shard))
+
+
+def stream_shard(store: ObjectStore, name: str, version: int, shard: ShardPlan) -> ShardReceipt:
+    """Write one shard's bytes (on file:// not yet fsynced: `seal_shard` does it); its receipt, not yet stored."""
     key = shard_key(name, version, shard.index)
     spans: dict[str, dict[str, list[int]]] = {}
-    with store.open_write(key) as writer, closing(TarSink(writer)) as tar:
+    with store.open_write(key, sync=False) as writer, closing(TarSink(writer)) as tar:
         for sample in shard.samples:
             where = spans[sample.key] = {}
             span = tar.add_bytes(f"{sample.key}.json", sample.meta_json.encode())
@@ -149,8 +166,13 @@ def write_planned_shard(store: ObjectStore, name: str, version: int, shard: Shar
                     span = tar.add_stream(f"{sample.key}.{member.ext}", member.size, src, store.describe(member.key))
                 where[member.ext] = [span.offset, span.size]
         total, sha = tar.finish()
-    receipt = ShardReceipt(shard.index, key, total, sha, len(shard.samples), spans)
-    store.put_bytes(receipt_key(name, version, shard.index), receipt.to_json())
+    return ShardReceipt(shard.index, key, total, sha, len(shard.samples), spans)
+
+
+def seal_shard(store: ObjectStore, name: str, version: int, receipt: ShardReceipt) -> ShardReceipt:
+    """Make the shard durable, then store its receipt: a receipt never vouches for bytes a power loss could take."""
+    store.sync([receipt.key])
+    store.put_bytes(receipt_key(name, version, receipt.index), receipt.to_json())
     return receipt
 
 
@@ -189,12 +211,10 @@ def commit_version(store: ObjectStore, claim: Claim, entries: list[ShardEntry], 
                    parent: int | None, source: dict[str, Any], config: dict[str, Any],
                    redaction: dict[str, Any] | None = None) -> Manifest:
     """Check every shard is present at its size, write the index, then the manifest only if absent."""
-    for entry in entries:
-        try:
-            size = store.size(entry.key)
-        except KeyNotFound as e:
+    for entry, size in zip(entries, _concurrently(lambda entry: _size_or_none(store, entry.key), entries)):
+        if size is None:
             raise DatasetError(f"{store.describe(entry.key)} is missing before commit; re-run the same command "
-                               f"to write it") from e
+                               f"to write it")
         if size != entry.bytes:
             raise DatasetError(f"{store.describe(entry.key)} has {size} bytes, its receipt says {entry.bytes}; "
                                f"re-run the same command to rewrite it")
@@ -228,21 +248,58 @@ def commit_version(store: ObjectStore, claim: Claim, entries: list[ShardEntry], 
 def clean_work(store: ObjectStore, name: str, version: int) -> int:
     """Remove the claim and receipts of a committed version; returns how many objects went."""
     keys = [o.key for o in store.list(work_prefix(name, version))]
-    for key in keys:
-        store.delete(key)
+    _concurrently(store.delete, keys)
     return len(keys)
 
 
+def _size_or_none(store: ObjectStore, key: str) -> int | None:
+    try:
+        return store.size(key)
+    except KeyNotFound:
+        return None
+
+
+def _concurrently(fn: Callable[[T], R], items: Sequence[T], threads: int = 8) -> list[R]:
+    """fn over items in a few threads: small store requests (HEAD, DELETE) wait on the network, not the CPU."""
+    if len(items) < 2:
+        return [fn(item) for item in items]
+    with ThreadPoolExecutor(min(threads, len(items)), thread_name_prefix="store-small") as pool:
+        return list(pool.map(fn, items))
+
+
 def write_version(store: ObjectStore, name: str, plan: VersionPlan, *, parent: int | None = None,
-                  map_shards: Mapper | None = None) -> Manifest:
-    """Write (or finish, or find) the version of this plan; `map_shards` runs shard writes, e.g. in a pool."""
+                  map_shards: Mapper | None = None, streams: int = STREAMS) -> Manifest:
+    """Write (or finish, or find) the version of this plan.
+
+    Shards stream `streams` at a time (the default mapper), or through `map_shards`, e.g. a caller's pool."""
     claim = claim_version(store, name, plan.sha256, samples=plan.samples, shards=len(plan.shards))
     if claim.committed is not None:
         clean_work(store, name, claim.version)
         return claim.committed
-    receipts = list((map_shards or _sequential)(
-        lambda shard: write_planned_shard(store, name, claim.version, shard), plan.shards))
+    receipts = write_shards(store, claim, plan.shards, map_shards=map_shards, streams=streams)
     return finish_version(store, claim, plan, receipts, parent=parent)
+
+
+def write_shards(store: ObjectStore, claim: Claim, shards: Sequence[ShardPlan], *, map_shards: Mapper | None = None,
+                 streams: int = STREAMS) -> list[ShardReceipt]:
+    """Every shard of the claim written, durable and receipted (those an earlier attempt finished are kept).
+
+    Shard N is sealed (fsync, receipt) in the background while later shards stream, so durability is never
+    paid in the write path; the call returns only once every seal has."""
+    def write(shard: ShardPlan) -> Future[ShardReceipt] | ShardReceipt:
+        done = None if claim.fresh else shard_done(store, claim.name, claim.version, shard.index)
+        if done is not None:
+            return done
+        receipt = stream_shard(store, claim.name, claim.version, shard)
+        return sealer.submit(seal_shard, store, claim.name, claim.version, receipt)
+
+    with ThreadPoolExecutor(2, thread_name_prefix="shard-seal") as sealer:
+        if map_shards is None and streams > 1 and len(shards) > 1:
+            with ThreadPoolExecutor(min(streams, len(shards)), thread_name_prefix="shard-stream") as pool:
+                pending = list(pool.map(write, shards))
+        else:
+            pending = list((map_shards or _sequential)(write, shards))
+        return [r.result() if isinstance(r, Future) else r for r in pending]
 
 
 def finish_version(store: ObjectStore, claim: Claim, plan: VersionPlan, receipts: list[ShardReceipt], *,

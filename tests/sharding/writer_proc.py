@@ -44,8 +44,11 @@ class SlowStore(ObjectStore):
         time.sleep(self.delay)
         return self.inner.put_if_absent(key, data)
 
-    def open_write(self, key):
-        return SlowWriter(self.inner.open_write(key), self.delay)
+    def open_write(self, key, *, sync=True):
+        return SlowWriter(self.inner.open_write(key, sync=sync), self.delay)
+
+    def sync(self, keys):
+        self.inner.sync(keys)
 
     def get_bytes(self, key):
         return self.inner.get_bytes(key)
