@@ -32,8 +32,8 @@ class ProbeResult:
 @torch.no_grad()
 def embed(encoder: torch.nn.Module, clips: np.ndarray, pool: str = "time", batch_size: int = 64) -> torch.Tensor:
     """Features of uint8 clips [N, T, S, S, 3]: `mean` over all tokens (the exported form), `time` (the mean over
-    space of each tubelet, concatenated in time order) or `tokens` (every token, in (t, h, w) order: a linear
-    read-out that keeps where things are, which a motion direction needs)."""
+    space of each tubelet, concatenated in time order: the default, see `probe_encoder`) or `tokens` (every token,
+    in (t, h, w) order)."""
     encoder.eval()
     grid_t = encoder.cfg.grid[0]
     out = []
@@ -81,8 +81,13 @@ def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Ten
 
 
 def probe_encoder(encoder: VideoEncoder, model: ModelConfig, *, n_train: int = 512, n_test: int = 256,
-                  seed: int = 0, pool: str = "tokens", checkpoint: str = "", step: int = 0) -> ProbeResult:
-    """Probe `encoder` and a random-init encoder of the same shape (seed `seed`) on fresh synthetic clips."""
+                  seed: int = 0, pool: str = "time", checkpoint: str = "", step: int = 0) -> ProbeResult:
+    """Probe `encoder` and a random-init encoder of the same shape (seed `seed`) on fresh synthetic clips.
+
+    The default `time` pool averages each tubelet's tokens over space, so the probe cannot read the object's place
+    per token off a random projection of the pixels (with `tokens`, a random encoder reads direction almost as
+    well as a trained one): what is left is what the encoder itself made of the motion.
+    """
     train_clips, train_y = labelled_set(n_train, seed=seed * 2 + 1, frames=model.frames, size=model.size)
     test_clips, test_y = labelled_set(n_test, seed=seed * 2 + 2, frames=model.frames, size=model.size)
     train_y, test_y = torch.from_numpy(train_y), torch.from_numpy(test_y)
@@ -101,7 +106,7 @@ def probe_encoder(encoder: VideoEncoder, model: ModelConfig, *, n_train: int = 5
 
 
 def probe_checkpoint(store: ObjectStore, checkpoint_key: str, *, n_train: int = 512, n_test: int = 256,
-                     seed: int = 0, pool: str = "tokens") -> ProbeResult:
+                     seed: int = 0, pool: str = "time") -> ProbeResult:
     """Probe the context encoder of a checkpoint (the one `export` writes)."""
     payload = load_checkpoint(store, checkpoint_key)
     cfg = checkpoint_config(payload)

@@ -33,21 +33,25 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
 
 
 def make_clip(label: int, seed: int, frames: int = 16, size: int = 32, stream: int = 0) -> SyntheticSample:
-    """One clip: a square moving in direction `label` * 45 degrees at a random speed, fully inside the frame.
+    """One clip: a bright square (a quarter of the frame wide) moving in direction `label` * 45 degrees at a random
+    speed that crosses most of the frame, fully inside it, over a dim textured background.
 
-    `stream` separates the pretraining clips (0) from the probe's (1), so the probe never sees a training clip.
+    The object must dominate what the clip does: with a small, slow square on a bright texture (the first version)
+    the texture was most of what a JEPA learned to predict and its features read direction no better than a random
+    encoder's. `stream` separates the pretraining clips (0) from the probe's (1), so the probe never sees a training
+    clip.
     """
     rng = np.random.default_rng([stream, seed, label])
     angle = label * 2 * np.pi / DIRECTIONS
-    side = max(3, size // 6)
-    speed = rng.uniform(0.6, 1.0) * (size - side - 2) / max(1, frames - 1) * 0.8
+    side = max(3, size // 4)
+    speed = rng.uniform(0.8, 1.0) * (size - side - 2) / max(1, frames - 1)
     vy, vx = -np.sin(angle) * speed, np.cos(angle) * speed  # image rows grow downwards
     travel_y, travel_x = vy * (frames - 1), vx * (frames - 1)
     lo_y, hi_y = max(0.0, -travel_y), min(size - side, size - side - travel_y)
     lo_x, hi_x = max(0.0, -travel_x), min(size - side, size - side - travel_x)
     y0, x0 = rng.uniform(lo_y, max(lo_y, hi_y)), rng.uniform(lo_x, max(lo_x, hi_x))
     color = rng.uniform(150, 255, size=3) * rng.permutation([1.0, 0.6, 0.2])
-    background = _background(rng, size)
+    background = _background(rng, size) * 0.5
     clip = np.empty((frames, size, size, 3), np.uint8)
     for i in range(frames):
         frame = background.copy()
