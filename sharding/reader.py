@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import threading
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Iterator
@@ -44,7 +45,11 @@ def decode_frames(mp4: bytes, frames: int, size: int, where: str) -> tuple[np.nd
         with av.open(io.BytesIO(mp4), mode="r", format="mp4") as container:
             if not container.streams.video:
                 raise DatasetError(f"{where}: the mp4 has no video stream; rebuild the version from a good clip")
-            decoded = list(container.decode(video=0))
+            stream = container.streams.video[0]
+            # One decoder thread: readers scale by worker processes, and per-clip decoder threads on short
+            # clips cost more to start than they save (the decoded frames are the same either way).
+            stream.codec_context.thread_count = 1
+            decoded = list(container.decode(stream))
     except av.error.FFmpegError as e:
         raise DatasetError(f"{where}: the mp4 does not decode ({e}); run `alliance datasets verify`") from e
     if not decoded:
@@ -59,11 +64,23 @@ def decode_frames(mp4: bytes, frames: int, size: int, where: str) -> tuple[np.nd
     return out, indices
 
 
+_local = threading.local()
+
+
+def _reformatter() -> Any:
+    """This thread's scaler: frame.reformat() would build a new swscale context for every frame."""
+    if not hasattr(_local, "reformatter"):
+        from av.video.reformatter import VideoReformatter
+
+        _local.reformatter = VideoReformatter()
+    return _local.reformatter
+
+
 def _resize_crop(frame: Any, size: int) -> np.ndarray:
     h, w = frame.height, frame.width
     scale = size / min(h, w)
     new_w, new_h = max(size, round(w * scale)), max(size, round(h * scale))
-    image = frame.reformat(width=new_w, height=new_h, format="rgb24").to_ndarray()
+    image = _reformatter().reformat(frame, width=new_w, height=new_h, format="rgb24").to_ndarray()
     top, left = (new_h - size) // 2, (new_w - size) // 2
     return image[top:top + size, left:left + size]
 
