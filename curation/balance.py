@@ -16,6 +16,28 @@ def normalize(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
+def mean_direction(batches: BatchSource) -> np.ndarray:
+    """The mean of the unit-length rows of a stream of [b, d] batches (one pass, memory O(d)); [0] if empty."""
+    total, count = None, 0
+    for batch in batches():
+        x = normalize(batch).astype(np.float64)
+        total = x.sum(axis=0) if total is None else total + x.sum(axis=0)
+        count += len(x)
+    return (total / count).astype(np.float32) if count else np.zeros(0, np.float32)
+
+
+def centered(x: np.ndarray, mean: np.ndarray) -> np.ndarray:
+    """Unit rows with `mean` (from mean_direction) taken away, scaled to unit length again: a barely trained
+    encoder puts every clip in a narrow cone, and cosines measured from the cone's axis spread them out. A row at
+    the mean itself keeps its own direction, so two such rows still count as identical."""
+    x = normalize(x)
+    if not len(mean):
+        return x
+    away = x - mean
+    at_mean = np.linalg.norm(away, axis=1) < 1e-6
+    return normalize(np.where(at_mean[:, None], x, away))
+
+
 @dataclass(frozen=True)
 class KMeansConfig:
     """Streaming k-means: one online mini-batch pass, then `passes - 1` streamed Lloyd passes."""

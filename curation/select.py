@@ -10,8 +10,8 @@ from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
-from curation.balance import KMeansConfig, assign, balanced_sample, cluster_sizes, kmeans, normalize, \
-    streaming_kmeans, Hierarchy
+from curation.balance import (Hierarchy, KMeansConfig, assign, balanced_sample, centered, cluster_sizes, kmeans,
+                              mean_direction, streaming_kmeans)
 from curation.media import ClipDecodeError, DecodedClip, decode_clip
 from curation.neardup import NearDupConfig, NearDupIndex, Signature, signature
 from curation.quality import QualityConfig, QualitySignals, measure, quality_detail, quality_reason
@@ -210,7 +210,10 @@ def semantic_stage(order: dict[str, int], batches: EmbeddingBatches, cfg: SemDed
                 yield emb[mask]
 
     k = cfg.clusters_for(len(order))
+    # clusters from the plain directions: centring would leave the commonest concept near the origin, its
+    # directions mostly noise, and split it; SemDeDup's cosines are then measured from the mean direction
     centroids = streaming_kmeans(survivors, KMeansConfig(k=k, passes=cfg.passes, seed=cfg.seed))
+    mean = mean_direction(survivors) if cfg.center and len(centroids) else np.zeros(0, np.float32)
     k = len(centroids)
     if k == 0:
         return SemanticOutcome({}, 0)
@@ -224,8 +227,8 @@ def semantic_stage(order: dict[str, int], batches: EmbeddingBatches, cfg: SemDed
             keep = [j for j, i in enumerate(ids) if i in order]
             if not keep:
                 continue
-            x = normalize(emb[keep])
-            labels, _ = assign(x, centroids)
+            labels, _ = assign(emb[keep], centroids)
+            x = centered(emb[keep], mean)
             for cluster in np.unique(labels):
                 rows = np.flatnonzero(labels == cluster)
                 with open(os.path.join(spill, f"{cluster}.f32"), "ab") as f:
@@ -243,7 +246,7 @@ def semantic_stage(order: dict[str, int], batches: EmbeddingBatches, cfg: SemDed
                     first = members[by_rank[dup]]
                     sim = float(x[by_rank[position]] @ x[by_rank[dup]])
                     verdicts[member] = Verdict(member, False, "semantic_dup", "semantic_duplicate", first,
-                                               f"clip {member}: cosine {sim:.3f} to kept clip {first} in cluster "
+                                               f"clip {member}: {'centred ' if cfg.center else ''}cosine {sim:.3f} to kept clip {first} in cluster "
                                                f"{cluster} (threshold {1 - cfg.eps:.3f})", cluster)
                 else:
                     ids_all.append(member)

@@ -14,6 +14,7 @@ class SemDedupConfig:
     """Cosine similarity above 1 - eps to a kept item of the same cluster makes an item a semantic duplicate."""
 
     eps: float = 0.05
+    center: bool = True         # SemDeDup cosines measured from the survivors' mean direction (balance.centered)
     clusters: int = 0           # 0: about sqrt(items / 2), at least 1
     hierarchy: tuple[int, ...] = ()  # upper levels of the balancing hierarchy (cluster counts), coarse last
     target: int = 0             # clips to keep after balancing; 0: no balancing, every survivor is kept

@@ -6,7 +6,8 @@ import numpy as np
 
 from curation.balance import (allocate, assign, balanced_sample, cluster_sizes, hierarchical_kmeans, stream_rows,
                               streaming_kmeans, KMeansConfig)
-from curation.semdedup import semdedup
+from curation.select import semantic_stage
+from curation.semdedup import SemDedupConfig, semdedup
 
 
 def blobs(sizes, dim=32, spread=0.15, seed=0, centers=None):
@@ -68,3 +69,46 @@ def test_hierarchical_balancing_takes_evenly_from_known_clusters():
     # within a cluster the earliest in keep order are taken
     first = np.flatnonzero(truth == 0)[:10]
     assert chosen[first].all()
+
+
+def _cone(seed: int):
+    """Three known clusters and 15 planted near copies, squeezed into a narrow cone around one direction, as a
+    barely trained encoder places clips (every pair within about 10 degrees)."""
+    centers = np.random.default_rng(seed).normal(size=(3, 128)) * 4
+    x, truth, _ = blobs([50, 30, 20], dim=128, spread=1.0, seed=seed, centers=centers)
+    rng = np.random.default_rng(seed + 1)
+    planted = rng.choice(len(x), size=15, replace=False)
+    copies = x[planted] + rng.normal(size=(15, 128)).astype(np.float32) * 0.01
+    axis = rng.normal(size=128).astype(np.float32)
+    everything = np.concatenate([x, copies])
+    squeezed = axis / np.linalg.norm(axis) * np.linalg.norm(everything, axis=1).max() * 8 + everything
+    return squeezed, np.concatenate([truth, truth[planted]]), planted
+
+
+def test_centred_semantic_stage_finds_exactly_the_planted_copies_in_a_narrow_cone():
+    x, truth, planted = _cone(seed=3)
+    unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+    assert (unit @ unit.T).min() > 0.98  # every pair within a few degrees
+    ids = [f"c{i}" for i in range(len(x))]
+    order = {c: i for i, c in enumerate(ids)}  # originals first, so each copy meets its original kept
+    batches = stream_ids(ids, x, 32)
+
+    outcome = semantic_stage(order, batches, SemDedupConfig(eps=0.05, clusters=3))
+    dropped = {c: v.duplicate_of for c, v in outcome.verdicts.items() if not v.kept}
+    assert dropped == {f"c{100 + j}": f"c{p}" for j, p in enumerate(planted)}
+    assert sorted(outcome.sizes_before) == [20, 30, 50]  # the known clusters, each copy dropped from its own
+
+    plain = semantic_stage(order, batches, SemDedupConfig(eps=0.05, clusters=3, center=False))
+    assert sum(not v.kept for v in plain.verdicts.values()) > 100  # uncentred, nearly every clip looks alike
+
+
+def test_centring_keeps_identical_embeddings_identical_even_at_the_mean():
+    x = np.tile(np.float32([[3.0, 4.0, 0.0]]), (4, 1))
+    ids = [f"c{i}" for i in range(4)]
+    outcome = semantic_stage({c: i for i, c in enumerate(ids)}, stream_ids(ids, x, 2), SemDedupConfig(clusters=1))
+    assert [outcome.verdicts[c].kept for c in ids] == [True, False, False, False]
+
+
+def stream_ids(ids, x, batch):
+    """Batches of (clip ids, embeddings), streamed again on every call."""
+    return lambda: ((ids[s:s + batch], x[s:s + batch]) for s in range(0, len(x), batch))
