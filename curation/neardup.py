@@ -347,9 +347,11 @@ class NearDupIndex:
     frozen into segments every LIVE_BATCH clips and merged pairwise as they grow (like a binary counter), so a
     run's memory is its band table, not a dictionary, and lookups stay array reads however many clips it adds."""
 
-    def __init__(self, cfg: NearDupConfig = NearDupConfig(), segments: list[Segment] | None = None):
+    def __init__(self, cfg: NearDupConfig = NearDupConfig(), segments: list[Segment] | None = None,
+                 committed: int | None = None):
         self.cfg = cfg
         self.segments: list[Segment] = list(segments or [])  # committed by earlier runs, in commit order
+        self.committed = len(self.segments) if committed is None else committed  # commit records they came from
         self.clip_ids: set[str] = {c for s in self.segments for c in s.clip_ids}
         self.content: dict[str, str] = {}
         self.keys: dict[str, str] = {}  # clip id -> clip key, to show pairs side by side
@@ -483,7 +485,26 @@ def load_index(store: ObjectStore, name: str, cfg: NearDupConfig = NearDupConfig
         if entry["run"] == before_run:
             break
         segments.append(Segment.from_bytes(store.get_bytes(entry["key"]), cfg))
-    return NearDupIndex(cfg, segments)
+    return NearDupIndex(cfg, coalesce(segments, cfg), committed=len(segments))
+
+
+COALESCE_CLIPS = 16_384
+
+
+def coalesce(segments: list[Segment], cfg: NearDupConfig) -> list[Segment]:
+    """Adjacent small segments (one per run) merged in memory, in order, into segments of up to COALESCE_CLIPS
+    clips: a query costs a few lookups per segment, and an index fed by many small runs would have hundreds."""
+    out: list[Segment] = []
+    group: list[Segment] = []
+    for segment in segments + [None]:
+        size = sum(len(s.clip_ids) for s in group)
+        if segment is None or size + len(segment.clip_ids) > COALESCE_CLIPS:
+            if group:
+                out.append(group[0] if len(group) == 1 else Segment.concat(group, cfg))
+            group = []
+        if segment is not None:
+            group.append(segment)
+    return out
 
 
 def read_manifest(store: ObjectStore, name: str) -> dict:

@@ -314,11 +314,13 @@ def finalize(settings: Settings, store: ObjectStore, clips_run: str, run: str, c
         semantic = semantic_stage(order, _embedding_batches(store, parts), cfg.semantic)
         verdicts = merge(verdicts, semantic)
         balance = f"balanced to {cfg.semantic.target} clips" if cfg.semantic.target else "no balancing target"
-        semantic_note = f"encoder {spec.name}: {semantic.clusters} clusters, SemDeDup eps {cfg.semantic.eps}, {balance}"
+        cosines = "centred cosines" if cfg.semantic.center else "cosines"
+        semantic_note = (f"encoder {spec.name}: {semantic.clusters} clusters, SemDeDup eps {cfg.semantic.eps} "
+                         f"({cosines}), {balance}")
 
     # the index commit comes first: a run that lost a race to another writes nothing; a re-run after a later
     # failure finds its own commit and decides the same again
-    index_key = commit_segment(store, cfg.index, run, index.live_segment(), seen=len(index.segments))
+    index_key = commit_segment(store, cfg.index, run, index.live_segment(), seen=index.committed)
     selection_prefix = f"tables/selections/{run}"
     for old in store.list(f"{selection_prefix}/"):
         store.delete(old.key)

@@ -159,3 +159,24 @@ def test_a_segment_stored_with_other_bands_or_by_format_1_is_reindexed_from_its_
         assert np.array_equal(loaded.entries, fresh.entries)
         assert np.array_equal(loaded.sorted_keys(), fresh.sorted_keys())
         assert NearDupIndex(cfg, [loaded]).query(_query_of(plains[17], 3, seed=1)).clip_id == "c17"
+
+
+def test_small_committed_segments_are_merged_on_load_and_answer_as_before(file_store):
+    """Many small runs make many stored segments; loading merges them in memory (the store keeps one per run),
+    the next run still commits at the right position, and every answer, ties included, stays the same."""
+    cfg = NearDupConfig()
+    plains = _random_clips(90, 10, seed=9)
+    runs = [plains[:30], plains[30:60], plains[60:] + [plains[5]]]  # the last run repeats a clip: a tie
+    for r, clips in enumerate(runs):
+        ids = [f"r{r}-c{i}" for i in range(len(clips))]
+        commit_segment(file_store, "main", f"run-{r}", Segment.build(ids, ids, ids, clips, cfg), seen=r)
+    index = load_index(file_store, "main", cfg)
+    separate = NearDupIndex(cfg, [Segment.from_bytes(file_store.get_bytes(e["key"]), cfg)
+                                  for e in read_manifest(file_store, "main")["segments"]])
+    assert (len(index.segments), index.committed, len(separate.segments)) == (1, 3, 3)
+    for probe in (0, 5, 45, 89):
+        sig = _query_of(plains[probe], 2, seed=probe)
+        assert index.query(sig) == separate.query(sig)
+    assert index.query(_query_of(plains[5], 0, seed=1)).clip_id == "r0-c5"  # the earliest of the tie
+    commit_segment(file_store, "main", "run-3", index.live_segment(), seen=index.committed)
+    assert len(read_manifest(file_store, "main")["segments"]) == 4
