@@ -69,6 +69,36 @@ class SplitStore(ObjectStore):
         self._pick(key).delete(key)
 
 
+class RequestLog:
+    """Counts a boto3 client's S3 calls by operation, with their mean latency: what each kind of record costs."""
+
+    def __init__(self, client):
+        import collections
+        import threading
+
+        self.client, self.count, self.seconds = client, collections.Counter(), collections.Counter()
+        self.local = threading.local()
+
+    def _before(self, model, **_kwargs) -> None:
+        self.local.started = time.perf_counter()
+
+    def _after(self, model, **_kwargs) -> None:
+        self.count[model.name] += 1
+        self.seconds[model.name] += time.perf_counter() - self.local.started
+
+    def __enter__(self) -> "RequestLog":
+        self.client.meta.events.register("before-call.s3", self._before)
+        self.client.meta.events.register("after-call.s3", self._after)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.client.meta.events.unregister("before-call.s3", self._before)
+        self.client.meta.events.unregister("after-call.s3", self._after)
+
+    def summary(self) -> str:
+        return ", ".join(f"{op} {n} ({self.seconds[op] / n * 1000:.0f} ms)" for op, n in sorted(self.count.items()))
+
+
 def npy_bytes(rows: int, seed: int) -> bytes:
     buf = io.BytesIO()
     np.save(buf, np.random.default_rng(seed).normal(size=(rows, 6)).astype(np.float32))
@@ -217,6 +247,15 @@ def main() -> None:
         print(f"  disk  alliance (plan+shards+index+manifest, {STREAMS} shard streams, durable) "
               f"{ours_bytes / 2**20 / ours_s:8.1f} MiB/s  ({ours_s:.3f} s, best of 5)")
         print(f"  disk  RATIO alliance/webdataset: {wds_s / ours_s * ours_bytes / wds_bytes:.2f}x (goal >= 1.0x)")
+        synced = []
+        for i in range(3):
+            os.sync()
+            started = time.perf_counter()
+            wds_write(tmp / f"wds-synced{i}", source, rows, shard)
+            os.sync()
+            synced.append(time.perf_counter() - started)
+        print(f"  disk  webdataset.ShardWriter + os.sync(), its bytes on disk (context only) "
+              f"{wds_bytes / 2**20 / min(synced):8.1f} MiB/s  ({min(synced):.3f} s)")
         one_s = min(os.sync() or ours_write(source, rows, shard, f"one{i}", streams=1)[0] for i in range(3))
         print(f"  disk  alliance, one shard stream (attribution) {ours_bytes / 2**20 / one_s:8.1f} MiB/s  "
               f"({one_s:.3f} s), ratio {wds_s / one_s * ours_bytes / wds_bytes:.2f}x")
@@ -258,7 +297,8 @@ def main() -> None:
                 run()
         raw_s = min(s3_raw)
         s3_s, s3_bytes = min(s3_ours)
-        s3_one, _ = ours_write(SplitStore(source, target), rows, shard, "s3one", streams=1)
+        with RequestLog(target.client) as requests:
+            s3_one, _ = ours_write(SplitStore(source, target), rows, shard, "s3one", streams=1)
         print(f"  s3    boto3 upload_file of the shard files  {raw_bytes / 2**20 / raw_s:8.1f} MiB/s  "
               f"({raw_s:.2f} s, best of 3)")
         print(f"  s3    alliance ({STREAMS} shard streams, claim+receipts+index+manifest) "
@@ -266,6 +306,7 @@ def main() -> None:
         print(f"  s3    RATIO alliance/boto3: {raw_s / s3_s * s3_bytes / raw_bytes:.2f}x (goal >= 0.8x)")
         print(f"  s3    alliance, one shard stream (attribution) {s3_bytes / 2**20 / s3_one:8.1f} MiB/s  "
               f"({s3_one:.2f} s), ratio {raw_s / s3_one * s3_bytes / raw_bytes:.2f}x")
+        print(f"  s3    requests of that write (count, mean latency): {requests.summary()}")
 
         videos = [write_video(tmp / f"v{i}.mp4", VideoSpec(width=128, height=96, fps=10, frames=32, seed=i,
                                                            scene="pan")).read_bytes() for i in range(8)]

@@ -68,8 +68,8 @@ def write_shard_dofn() -> type:
     class WriteShard(beam.DoFn):
         """Writes one planned shard (skipped when its receipt is there); a failure leaves as a tagged rejection."""
 
-        def __init__(self, settings: Settings, name: str, version: int):
-            self.settings, self.name, self.version = settings, name, version
+        def __init__(self, settings: Settings, name: str, version: int, resume: bool = True):
+            self.settings, self.name, self.version, self.resume = settings, name, version, resume
             self.store: ObjectStore | None = None
             self.written = beam.metrics.Metrics.counter("shard", "shards_written")
             self.failed = beam.metrics.Metrics.counter("shard", "shard_write_failed")
@@ -81,7 +81,7 @@ def write_shard_dofn() -> type:
             from sharding.versions import write_planned_shard
 
             try:
-                receipt = write_planned_shard(self.store, self.name, self.version, shard)
+                receipt = write_planned_shard(self.store, self.name, self.version, shard, resume=self.resume)
             except AllianceError as e:
                 self.failed.inc()
                 yield beam.pvalue.TaggedOutput("rejected", Rejection(
@@ -101,7 +101,7 @@ def store_rejection(rejection: Rejection, settings: Settings, prefix: str) -> No
 
 
 def write_shards_with_beam(settings: Settings, name: str, version: int, shards: Sequence[Any],
-                           beam_flags: Sequence[str]) -> list[Rejection]:
+                           beam_flags: Sequence[str], *, resume: bool = True) -> list[Rejection]:
     """Run the shard writes as a Beam job; returns the shards that failed, as rejections."""
     import apache_beam as beam
 
@@ -113,7 +113,8 @@ def write_shards_with_beam(settings: Settings, name: str, version: int, shards: 
         store.delete(info.key)
     with worker_output_to(worker_log_path(settings, "shard", f"{name}-v{version}")), \
             beam.Pipeline(options=pipeline_options(settings, beam_flags)) as pipeline:
-        write = beam.ParDo(write_shard_dofn()(settings, name, version)).with_outputs("rejected", main="written")
+        write = beam.ParDo(write_shard_dofn()(settings, name, version, resume)).with_outputs("rejected",
+                                                                                             main="written")
         results = (pipeline
                    | "Shards" >> beam.Create(list(shards))
                    | "Spread" >> beam.Reshuffle()
@@ -134,8 +135,7 @@ def run_shard(settings: Settings, name: str, selection_run: str, beam_flags: Seq
     from sharding.layout import check_name, manifest_key
     from sharding.plan import ShardConfig, plan_samples, plan_version
     from sharding.records import record_version, revoked_recordings
-    from sharding.versions import (claim_version, clean_work, collect_receipts, finish_version, shard_done,
-                                   write_planned_shard)
+    from sharding.versions import claim_version, clean_work, collect_receipts, finish_version, shard_done, write_shards
 
     check_name(name)
     config = config or ShardConfig()
@@ -153,15 +153,16 @@ def run_shard(settings: Settings, name: str, selection_run: str, beam_flags: Seq
         manifest = claim.committed
         clean_work(store, name, manifest.version)  # a run killed right after its commit left these
     else:
-        todo = [s for s in plan.shards if shard_done(store, name, claim.version, s.index) is None]
+        # A claim made by this run has nothing to resume: no receipt lookups.
+        todo = list(plan.shards) if claim.fresh else [
+            s for s in plan.shards if shard_done(store, name, claim.version, s.index) is None]
         if todo and use_beam:
-            rejected = write_shards_with_beam(settings, name, claim.version, todo, beam_flags)
+            rejected = write_shards_with_beam(settings, name, claim.version, todo, beam_flags, resume=not claim.fresh)
             if rejected:
                 raise DatasetError(f"{len(rejected)} shard(s) of {name}@v{claim.version} failed: "
                                    f"{rejected[0].detail}")
         elif todo:
-            for shard in todo:
-                write_planned_shard(store, name, claim.version, shard)
+            write_shards(store, claim, todo)
         written = len(todo)
         manifest = finish_version(store, claim, plan, collect_receipts(store, claim, plan))
     if catalog is not None:

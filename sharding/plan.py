@@ -175,8 +175,12 @@ def plan_samples(rows: Iterable[Mapping[str, Any]], store: ObjectStore, *, threa
         members += [(f"{stream_suffix(stream)}.npy", k) for stream, k in sorted(sensor_keys.items())]
         sources.append((row, members))
     keys = sorted({k for _, members in sources for _, k in members})
+    # One task per thread, not per key: on S3 each thread still has its HEAD in flight, and a local store
+    # does not pay a future and a queue hand-off per stat.
+    chunks = [keys[i::threads] for i in range(threads)]
     with ThreadPoolExecutor(threads) as pool:
-        sizes = dict(zip(keys, pool.map(store.size, keys)))
+        sizes = {key: size for chunk, chunk_sizes in zip(chunks, pool.map(lambda c: [store.size(k) for k in c], chunks))
+                 for key, size in zip(chunk, chunk_sizes)}
     samples = []
     for row, members in sources:
         meta = sample_meta(row)
