@@ -201,8 +201,8 @@ class SemanticOutcome:
 
 def semantic_stage(order: dict[str, int], batches: EmbeddingBatches, cfg: SemDedupConfig,
                    spill_dir: str | None = None) -> SemanticOutcome:
-    """K-means over the survivors' embeddings (streamed), SemDeDup within each cluster in keep order, then
-    hierarchical balancing to cfg.target. `order` maps each survivor to its keep rank; other ids are ignored."""
+    """K-means over the survivors' embeddings (streamed), SemDeDup within each cluster in keep order (cosines
+    from the survivors' mean direction when cfg.center), then hierarchical balancing to cfg.target. `order` maps each survivor to its keep rank; other ids are ignored."""
     def survivors() -> Iterator[np.ndarray]:
         for ids, emb in batches():
             mask = np.fromiter((i in order for i in ids), bool, len(ids))
