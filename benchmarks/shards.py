@@ -188,6 +188,8 @@ def _status_mb(field: str) -> float:
 def read_clips(store_root: str, worker: int, workers: int, out: str) -> None:
     from sharding.reader import ShardReader
 
+    import av  # noqa: F401  (the reader imports PyAV on its first clip; imports stay out of the span)
+
     store = LocalStore(Path(store_root))
     reader = ShardReader(store, "clips", 1, frames=16, size=64, worker=worker, num_workers=workers)
     started = time.time()
