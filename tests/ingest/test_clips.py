@@ -148,6 +148,18 @@ def test_head_motion_is_not_a_cut_and_a_hard_cut_splits_the_window(tmp_path):
     assert [o.row["frames"] for o in short[0]] == [25] and [r.reason for r in short[1]] == ["scene_fragment"]
 
 
+def test_clip_keyframes_are_the_clips_own_not_the_sources(tmp_path):
+    # a keyframe every 3 source frames: the clip still gets one per second of its own (decoded frames carry their
+    # picture type, which x264 would otherwise follow)
+    path = write_video(tmp_path / "gop3.mp4", VideoSpec(frames=40, scene="static", gop=3))  # no scene cut to add one
+    outputs, _, errors = cut_all(path, ClipConfig(clip_s=2.0, short_side=32), tmp_path / "out")
+    assert not errors and len(outputs) == 2
+    for output in outputs:
+        with av.open(output.files[output.row["clip_key"]]) as container:
+            packets = [packet for packet in container.demux(video=0) if packet.size]
+        assert [i for i, packet in enumerate(packets) if packet.is_keyframe] == [0, 10]
+
+
 def test_frame_statistics_tell_dark_from_lit(tmp_path):
     dark = write_video(tmp_path / "dark.mp4", VideoSpec(frames=20, scene="dark"))
     lit = write_video(tmp_path / "lit.mp4", VideoSpec(frames=20, scene="moving_square"))
