@@ -121,11 +121,16 @@ def claim_version(store: ObjectStore, name: str, plan_sha256: str, *, samples: i
 
 
 def load_receipt(store: ObjectStore, name: str, version: int, shard: int) -> ShardReceipt | None:
+    """The stored receipt, or None: missing, or unreadable (receipts are not fsynced; a power loss may leave
+    one empty), in which case the shard is simply written again."""
+    key = receipt_key(name, version, shard)
     try:
-        raw = json.loads(store.get_bytes(receipt_key(name, version, shard)))
+        return ShardReceipt(**json.loads(store.get_bytes(key)))
     except KeyNotFound:
         return None
-    return ShardReceipt(**raw)
+    except (ValueError, TypeError) as e:
+        log.warning("%s is unreadable (%s); shard %d will be written again", store.describe(key), e, shard)
+        return None
 
 
 def shard_done(store: ObjectStore, name: str, version: int, shard: int) -> ShardReceipt | None:
@@ -170,9 +175,12 @@ def stream_shard(store: ObjectStore, name: str, version: int, shard: ShardPlan) 
 
 
 def seal_shard(store: ObjectStore, name: str, version: int, receipt: ShardReceipt) -> ShardReceipt:
-    """Make the shard durable, then store its receipt: a receipt never vouches for bytes a power loss could take."""
+    """Make the shard durable, then store its receipt: a receipt never vouches for bytes a power loss could take.
+
+    The receipt itself is not fsynced: losing it only means the shard is written again."""
     store.sync([receipt.key])
-    store.put_bytes(receipt_key(name, version, receipt.index), receipt.to_json())
+    with store.open_write(receipt_key(name, version, receipt.index), sync=False) as writer:
+        writer.write(receipt.to_json())
     return receipt
 
 

@@ -14,7 +14,7 @@ from sharding.errors import DatasetError
 from sharding.layout import receipt_key, shard_key
 from sharding.plan import ShardConfig, plan_samples, plan_version
 from sharding.tario import COPY_CHUNK, TarSink, _tarfile_header, iter_samples, member_header
-from sharding.versions import ShardReceipt, claim_version, write_version
+from sharding.versions import ShardReceipt, claim_version, load_receipt, write_planned_shard, write_version
 from tests.sharding.helpers import kept_rows, make_selection
 
 
@@ -101,3 +101,16 @@ def test_a_fresh_claim_rewrites_stale_leftovers_instead_of_trusting_them(file_st
     assert hashlib.sha256(file_store.get_bytes(stale)).hexdigest() == manifest.shards[0].sha256
     again = claim_version(file_store, "ego", plan.sha256)
     assert again.committed == manifest and not again.fresh
+
+
+def test_an_unreadable_receipt_means_the_shard_is_written_again(file_store, tmp_path):
+    """Receipts are not fsynced: after a power loss one may be empty; the re-run rewrites that shard."""
+    selection = make_selection(file_store, tmp_path / "media")
+    plan = plan_version(plan_samples(kept_rows(selection), file_store), ShardConfig(target_bytes=24_000, seed=7),
+                        {"selection": "sel-1"})
+    claim = claim_version(file_store, "ego", plan.sha256)
+    first = write_planned_shard(file_store, "ego", claim.version, plan.shards[0])
+    file_store.put_bytes(receipt_key("ego", claim.version, 0), b"")
+    assert load_receipt(file_store, "ego", claim.version, 0) is None
+    again = write_planned_shard(file_store, "ego", claim.version, plan.shards[0])
+    assert again == first and load_receipt(file_store, "ego", claim.version, 0) == first
