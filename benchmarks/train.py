@@ -4,8 +4,11 @@
     python benchmarks/train.py --device cuda --preset vit_l   # GPU: ViT-L, bf16 + torch.compile, MFU
 
 The CPU part writes a small synthetic dataset version through the sharding API into a temporary file:// store,
-then measures (1) the loader alone (ShardReader decode + collate, `data.workers` threads), (2) the training step
-alone on pre-loaded batches, (3) the real loop reading the shards, with the share of wall time spent waiting on data.
+then measures (1) the loader alone: clips/s that ClipLoader delivers with 1 and with `--workers` worker processes
+(ShardReader: tar read, PyAV decode, resize, crop; then collate), nothing consuming; (2) the training step alone:
+clips/s that jepa_step consumes (forward, backward, AdamW, EMA) on one batch already in memory, same preset and
+batch; (3) the real loop reading the shards, with the share of its wall time spent waiting on data. The goal is
+(1) / (2) >= 1.5x with `--workers` processes: the loader must never starve the step.
 The GPU part times jepa_step (the loop's own step function) on device-resident clips, counts the FLOPs of one step
 with torch.utils.flop_counter on the uncompiled model, and divides by the bf16 dense peak.
 """
@@ -48,8 +51,8 @@ def cpu(args: argparse.Namespace) -> None:
                                                "run.checkpoint_every": 10**9, "data.shuffle_buffer": 16})
     m = cfg.model
     print(f"preset {args.preset}: {m.frames}x{m.size}x{m.size} clips, {m.tokens} tokens, width {m.embed_dim}, "
-          f"depth {m.depth}; batch {cfg.data.batch_size}; loader threads {cfg.data.workers}; "
-          f"torch threads {torch.get_num_threads()}; cores {os.cpu_count()}")
+          f"depth {m.depth}; batch {cfg.data.batch_size}; loader worker processes {cfg.data.workers}; "
+          f"torch threads {torch.get_num_threads()}; cores {os.cpu_count()}; load {_load()}")
     with tempfile.TemporaryDirectory() as tmp:
         store = LocalStore(Path(tmp) / "store")
         started = time.perf_counter()
@@ -57,17 +60,21 @@ def cpu(args: argparse.Namespace) -> None:
                                           samples_per_shard=16)
         print(f"wrote bench@v{version}: {args.clips} clips in {time.perf_counter() - started:.1f}s")
 
-        # 1. the loader alone, reading and decoding shards
-        loader = ClipLoader(reader_factory(cfg, store, "bench", version), cfg)
-        batches = iter(loader)
-        next(batches)  # threads started, first shard opened
-        started = time.perf_counter()
-        count = 0
-        for count, _ in enumerate(batches, start=1):
-            if count >= args.loader_batches:
-                break
-        loader_rate = count * cfg.data.batch_size / (time.perf_counter() - started)
-        loader.close()
+        # 1. the loader alone, reading and decoding shards, with 1 and with --workers processes
+        loader_rates = {}
+        for workers in sorted({1, cfg.data.workers}):
+            loader_cfg = with_overrides(cfg, {"data.workers": workers})
+            loader = ClipLoader(reader_factory(loader_cfg, store, "bench", version), loader_cfg)
+            batches = iter(loader)
+            for _ in range(workers):
+                next(batches)  # every process started and its first shard opened
+            started = time.perf_counter()
+            count = 0
+            for count, _ in enumerate(batches, start=1):
+                if count >= args.loader_batches:
+                    break
+            loader_rates[workers] = count * cfg.data.batch_size / (time.perf_counter() - started)
+            loader.close()
 
         # 2. the step alone, on a batch already in memory
         device = torch.device("cpu")
@@ -88,10 +95,19 @@ def cpu(args: argparse.Namespace) -> None:
         summary = train(store, "bench", version, cfg, echo=lines.append)
         wait = [line for line in lines if "data_wait" in line]
 
-    print(f"loader (ShardReader decode + collate): {loader_rate:8.1f} clips/s")
-    print(f"step (fwd+bwd+AdamW+EMA), CPU fp32:    {step_rate:8.1f} clips/s  ({step_time * 1000:.0f} ms/step)")
-    print(f"loader / step consumption:             {loader_rate / step_rate:8.2f}x  (goal >= 1.5x)")
+    for workers, rate in loader_rates.items():
+        print(f"loader, {workers} worker process{'es' if workers > 1 else ''} (tar read + PyAV decode + resize + "
+              f"collate): {rate:8.1f} clips/s")
+    print(f"step (fwd+bwd+AdamW+EMA), CPU fp32: {step_rate:8.1f} clips/s  ({step_time * 1000:.0f} ms/step)")
+    for workers, rate in loader_rates.items():
+        print(f"loader ({workers} process{'es' if workers > 1 else ''}) / step consumption: {rate / step_rate:6.2f}x"
+              + ("  (goal >= 1.5x)" if workers == cfg.data.workers else ""))
     print(f"real loop on shards: {summary.steps} steps, {summary.clips_per_s:.1f} clips/s; {wait[-1] if wait else ''}")
+    print(f"load at the end: {_load()}")
+
+
+def _load() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def cuda(args: argparse.Namespace) -> None:
@@ -155,14 +171,14 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="timed steps")
     parser.add_argument("--warmup", type=int, default=8, help="CUDA: untimed steps (compile)")
     parser.add_argument("--clips", type=int, default=96, help="CPU: clips in the benchmark dataset")
-    parser.add_argument("--loader-batches", type=int, default=12)
+    parser.add_argument("--loader-batches", type=int, default=20)
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
     if args.device == "cuda":
         args.preset, args.batch, args.steps = args.preset or "vit_l", args.batch or 24, args.steps or 20
         cuda(args)
     else:
-        args.preset, args.batch, args.steps = args.preset or "tiny_cpu", args.batch or 16, args.steps or 10
+        args.preset, args.batch, args.steps = args.preset or "tiny_cpu", args.batch or 16, args.steps or 20
         cpu(args)
 
 

@@ -102,7 +102,7 @@ class DataConfig:
 
     source: str = "shards"  # shards | synthetic
     batch_size: int = 16
-    workers: int = 2  # loader threads, each owning its own reader
+    workers: int = 2  # loader processes, each owning its own reader
     prefetch: int = 4  # batches queued per worker
     shuffle_buffer: int = 64
     hflip: bool = False

@@ -23,3 +23,14 @@ def small_config(**overrides) -> TrainConfig:
 @pytest.fixture
 def small() -> TrainConfig:
     return small_config()
+
+
+def first_keys(loader, n: int) -> list[tuple[str, ...]]:
+    """The clip keys of the first `n` batches a loader delivers; the loader is closed after."""
+    out = []
+    for i, loaded in enumerate(loader, start=1):
+        out.append(loaded.batch.keys)
+        if i == n:
+            break
+    loader.close()
+    return out

@@ -9,7 +9,7 @@ import torch
 
 from alliance.cli.main import main
 from alliance.store import LocalStore
-from tests.training.conftest import small_config
+from tests.training.conftest import first_keys, small_config
 from training.checkpoint import read_run
 from training.data import ClipLoader, reader_factory
 from training.loop import train
@@ -32,16 +32,7 @@ def test_shard_loader_resumes_at_exactly_the_next_batch(tmp_path):
     cfg = small_config(**{"data.source": "shards", "data.workers": 2, "data.batch_size": 2,
                           "data.shuffle_buffer": 4})
     factory = reader_factory(cfg, store, "syn", version)
-
-    def keys(loader, n):
-        out = []
-        for i, loaded in enumerate(loader, start=1):
-            out.append(loaded.batch.keys)
-            if i == n:
-                break
-        loader.close()
-        return out
-
+    keys = first_keys
     whole = keys(ClipLoader(factory, cfg), 10)  # 12 clips / 2 workers / batch 2: crosses an epoch boundary
     first = ClipLoader(factory, cfg)
     head = keys(first, 4)
