@@ -51,9 +51,9 @@ def synthetic_index(n: int, frames: int, cfg: NearDupConfig, seed: int = 0) -> t
 
 
 def _table_mib(segment: Segment) -> int:
-    """Memory of the segment's band table (entries plus directory or sorted keys), MiB."""
-    held = segment.directory if segment.directory is not None else segment.keys
-    return (segment.entries.nbytes + held.nbytes) >> 20
+    """Memory of the segment's band table (entries, directory and, in small tables, keys), MiB."""
+    keys = segment.keys.nbytes if segment.keys is not None else 0
+    return (segment.entries.nbytes + segment.directory.nbytes + keys) >> 20
 
 
 def flip_bits(hashes: np.ndarray, bits: int, rng: np.random.Generator) -> np.ndarray:

@@ -223,8 +223,9 @@ def _key_space(cfg: NearDupConfig) -> int:
 @dataclass
 class Segment:
     """A batch of indexed clips (one curation run): ids, content hashes, signatures and their band table, one
-    entry per distinct (band key, clip) sorted by key. A table covering a good part of the key space keeps a
-    directory (where each key's bucket starts: one array read per lookup) instead of the sorted keys."""
+    entry per distinct (band key, clip) sorted by key, found through a directory of where each key prefix
+    (key >> shift) starts. A table covering a good part of the key space has one directory slot per key (shift 0)
+    and needs no keys; a smaller one has about one slot per entry and keeps its keys to check each match."""
 
     clip_ids: list[str]
     content_hashes: list[str]
@@ -233,16 +234,23 @@ class Segment:
     lengths: np.ndarray           # int32 [n]
     entries: np.ndarray           # int32 clip position of each entry, sorted by key
     bands: np.ndarray             # the band positions the table was made with [bands, bits]
-    keys: np.ndarray | None = field(default=None, repr=False)       # uint32 sorted keys (sparse tables)
-    directory: np.ndarray | None = field(default=None, repr=False)  # [space + 1] bucket starts (dense tables)
+    directory: np.ndarray         # [prefixes + 1] where the entries of each key prefix start
+    shift: int = 0                # prefix = key >> shift
+    keys: np.ndarray | None = field(default=None, repr=False)  # uint32 sorted keys, when shift > 0
 
-    def lookup(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Start positions and bucket sizes of these keys."""
-        if self.directory is not None:
-            lo = self.directory[keys].astype(np.int64)
-            return lo, self.directory[keys + 1] - lo
-        lo = np.searchsorted(self.keys, keys, "left")
-        return lo, np.searchsorted(self.keys, keys, "right") - lo
+    def lookup(self, keys: np.ndarray, max_bucket: int) -> tuple[np.ndarray, np.ndarray]:
+        """The positions of the entries holding these keys, and which key (an index into `keys`) each holds;
+        a prefix bucket of more than max_bucket entries says nothing (flat frames) and is skipped."""
+        prefix = keys >> np.uint32(self.shift)
+        lo = self.directory[prefix].astype(np.int64)
+        sizes = self.directory[prefix + 1] - lo
+        sizes[sizes > max_bucket] = 0
+        flat = np.repeat(lo - np.cumsum(sizes) + sizes, sizes) + np.arange(sizes.sum())
+        which = np.repeat(np.arange(len(keys)), sizes)
+        if self.keys is None:
+            return flat, which
+        match = self.keys[flat] == keys[which]
+        return flat[match], which[match]
 
     def sorted_keys(self) -> np.ndarray:
         """The table's keys in entry order (uint32), whichever way it is held."""
@@ -281,12 +289,13 @@ class Segment:
     def from_table(cls, clip_ids: list[str], content_hashes: list[str], clip_keys: list[str], hashes: np.ndarray,
                    lengths: np.ndarray, keys: np.ndarray, entries: np.ndarray, cfg: NearDupConfig) -> "Segment":
         space = _key_space(cfg)
-        bands = band_positions(cfg.band_bits, cfg.bands)
-        if len(keys) * 8 < space:
-            return cls(clip_ids, content_hashes, clip_keys, hashes, lengths, entries, bands, keys=keys)
-        directory = np.zeros(space + 1, np.int32 if len(keys) < 2**31 else np.int64)
-        np.cumsum(np.bincount(keys, minlength=space), out=directory[1:])
-        return cls(clip_ids, content_hashes, clip_keys, hashes, lengths, entries, bands, directory=directory)
+        shift = 0
+        if len(keys) * 8 < space:  # a small table: about one directory slot per entry
+            while (space >> shift) > max(len(keys), 1):
+                shift += 1
+        directory = _directory(keys >> np.uint32(shift) if shift else keys, ((space - 1) >> shift) + 1)
+        return cls(clip_ids, content_hashes, clip_keys, hashes, lengths, entries,
+                   band_positions(cfg.band_bits, cfg.bands), directory, shift, keys if shift else None)
 
     @classmethod
     def concat(cls, segments: list["Segment"], cfg: NearDupConfig) -> "Segment":
@@ -326,6 +335,20 @@ class Segment:
 
 
 _BUILD_CLIPS = 4096
+
+
+def _directory(prefixes: np.ndarray, slots: int) -> np.ndarray:
+    """[slots + 1]: where each prefix's run starts in the sorted `prefixes` (and the end), counted a million slots
+    at a time so that no temporary is larger than that."""
+    directory = np.zeros(slots + 1, np.int32 if len(prefixes) < 2**31 else np.int64)
+    done = 0
+    for first in range(0, slots, 1 << 20):
+        last = min(slots, first + (1 << 20))
+        end = int(np.searchsorted(prefixes, last))
+        counts = np.bincount((prefixes[done:end] - first).astype(np.intp), minlength=last - first)
+        directory[first + 1:last + 1] = np.cumsum(counts) + done
+        done = end
+    return directory
 
 
 def _stack(plains: list[np.ndarray], scales: int) -> tuple[np.ndarray, np.ndarray]:
@@ -397,29 +420,29 @@ class NearDupIndex:
     def query(self, sig: Signature) -> NearDupMatch | None:
         """The closest indexed clip within the threshold (ties: the earliest indexed), or None. A clip becomes a
         candidate when one view of the query (a phase, plain or mirrored) collides with it in enough bands."""
-        views = sig.views.shape[0]
+        views = sig.views.shape[0]  # at most 256: a view's number takes the low byte of a coded key
         keys = _band_keys(sig.views, self.cfg)  # [V, S, F, B]
-        tagged = (np.arange(views, dtype=np.uint64)[:, None] << np.uint64(32)) | keys.reshape(views, -1)
-        coded = _sorted_unique(tagged.ravel())  # one per distinct (view, key)
-        view_of = (coded >> np.uint64(32)).astype(np.int64)
-        keys = (coded & np.uint64(0xFFFFFFFF)).astype(np.uint32)  # the tables' dtype: searchsorted copies nothing
+        view = np.arange(views, dtype=np.uint64)[:, None]
+        tagged = (keys.reshape(views, -1).astype(np.uint64) << np.uint64(8)) | view
+        coded = _sorted_unique(tagged.ravel())  # one per distinct (key, view)
+        view_of = (coded & np.uint64(0xFF)).astype(np.int64)
+        keys = (coded >> np.uint64(8)).astype(np.uint32)
         need = max(1, self.cfg.min_band_hits - (1 if sig.frames <= self.cfg.short_clip_samples else 0))
         best: NearDupMatch | None = None
         for segment in self.segments + self._live:
-            lo, sizes = segment.lookup(keys)
-            keep = (sizes > 0) & (sizes <= self.cfg.max_bucket)
-            if not keep.any():
+            flat, which = segment.lookup(keys, self.cfg.max_bucket)
+            if not len(flat):
                 continue
-            lo, sizes = lo[keep], sizes[keep]
-            flat = np.repeat(lo - np.cumsum(np.r_[0, sizes[:-1]]), sizes) + np.arange(sizes.sum())
-            pairs = segment.entries[flat].astype(np.int64) * views + np.repeat(view_of[keep], sizes)
+            pairs = segment.entries[flat].astype(np.int64) * views + view_of[which]
             best = self._better(best, self._verify(sig, _hits(pairs, need), views, segment.hashes, segment.lengths,
                                                    segment.clip_ids))
         if self._pending_ids:
+            table = self._pending_table
+            held = np.fromiter(table.keys() & set(keys.tolist()), np.uint32)  # few: Python touches only these
+            rows = np.flatnonzero(np.isin(keys, held)).tolist()
             pairs_list = [position * views + view
-                          for key, view in zip(keys.tolist(), view_of.tolist())
-                          if len(self._pending_table.get(key, ())) <= self.cfg.max_bucket
-                          for position in self._pending_table.get(key, ())]
+                          for key, view in zip(keys[rows].tolist(), view_of[rows].tolist())
+                          if len(table[key]) <= self.cfg.max_bucket for position in table[key]]
             coded = _hits(np.asarray(pairs_list, np.int64), need)
             if len(coded):
                 candidates = _sorted_unique(coded // views)

@@ -202,7 +202,8 @@ class SemanticOutcome:
 def semantic_stage(order: dict[str, int], batches: EmbeddingBatches, cfg: SemDedupConfig,
                    spill_dir: str | None = None) -> SemanticOutcome:
     """K-means over the survivors' embeddings (streamed), SemDeDup within each cluster in keep order (cosines
-    from the survivors' mean direction when cfg.center), then hierarchical balancing to cfg.target. `order` maps each survivor to its keep rank; other ids are ignored."""
+    from the survivors' mean direction when cfg.center), then hierarchical balancing to cfg.target. `order` maps
+    each survivor to its keep rank; other ids are ignored."""
     def survivors() -> Iterator[np.ndarray]:
         for ids, emb in batches():
             mask = np.fromiter((i in order for i in ids), bool, len(ids))
@@ -235,6 +236,7 @@ def semantic_stage(order: dict[str, int], batches: EmbeddingBatches, cfg: SemDed
                     f.write(x[rows].astype(np.float32).tobytes())
                 files.setdefault(int(cluster), []).extend(ids[keep[r]] for r in rows)
         dim = centroids.shape[1]
+        cosine = "centred cosine" if cfg.center else "cosine"
         for cluster, members in sorted(files.items()):
             x = np.fromfile(os.path.join(spill, f"{cluster}.f32"), dtype=np.float32).reshape(-1, dim)
             rank = np.asarray([order[m] for m in members])
@@ -246,8 +248,8 @@ def semantic_stage(order: dict[str, int], batches: EmbeddingBatches, cfg: SemDed
                     first = members[by_rank[dup]]
                     sim = float(x[by_rank[position]] @ x[by_rank[dup]])
                     verdicts[member] = Verdict(member, False, "semantic_dup", "semantic_duplicate", first,
-                                               f"clip {member}: {'centred ' if cfg.center else ''}cosine {sim:.3f} to kept clip {first} in cluster "
-                                               f"{cluster} (threshold {1 - cfg.eps:.3f})", cluster)
+                                               f"clip {member}: {cosine} {sim:.3f} to kept clip {first} in "
+                                               f"cluster {cluster} (threshold {1 - cfg.eps:.3f})", cluster)
                 else:
                     ids_all.append(member)
                     rank_list.append(order[member])
