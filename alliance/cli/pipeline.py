@@ -47,6 +47,9 @@ def curate(ctx: typer.Context,
                                       "balancing)."),
            eps: float = typer.Option(0.05, "--eps", help="SemDeDup: drop a clip whose cosine to a kept one in its "
                                      "cluster is above 1 - eps."),
+           center: bool = typer.Option(True, "--center/--no-center", help="SemDeDup: measure cosines from the "
+                                       "survivors' mean direction (an early encoder's narrow cone of embeddings "
+                                       "then no longer makes every clip a duplicate)."),
            quality: list[str] = typer.Option([], "--quality", help="A quality threshold, NAME=VALUE (a field of "
                                              "curation.quality.QualityConfig), e.g. --quality min_sharpness=0.02."),
            reuse: bool = typer.Option(False, "--reuse-analysis", help="Decide again from this run's stored signals "
@@ -60,8 +63,8 @@ def curate(ctx: typer.Context,
     from pipelines.curate import run_curate
 
     run_id = run or f"curate-{clips}" + (f"-{encoder}" if encoder else "")
-    config = CurateConfig(quality=parse_overrides(quality), semantic=SemDedupConfig(eps=eps, target=target),
-                          index=index)
+    semantic = SemDedupConfig(eps=eps, target=target, center=center)
+    config = CurateConfig(quality=parse_overrides(quality), semantic=semantic, index=index)
     summary = run_curate(settings(), clips, run_id, encoder or None, tuple(ctx.args), config=config,
                          reuse_analysis=reuse)
     console.print(f"{summary.run}: {summary.clips_in} clips in, {summary.kept} kept ({summary.seconds:.1f} s)")
