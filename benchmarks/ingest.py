@@ -9,9 +9,12 @@ The realistic case is what partners deliver: egocentric video at 720p (1080p wit
 lightly encoded source (640x480, CAVLC, no deblocking, ~0.2 Mbps: the cheapest decode, so the hardest ratio) is
 printed for information. Sources are synthetic head-motion scenes, rendered once and repeated by remuxing (no
 re-encode) to the length needed. Every pipeline run is the local multi-processing runner on a folder of one
-recording. The decode baselines and the media work alone are the best of two runs (other load on the machine only
-ever slows a run down). Peak RSS is sampled (psutil, every 50 ms) over the whole process tree the job starts: Beam
-workers, the decoding helper and its per-window children.
+recording. The fixed start cost is the same job over a 4 s recording (Beam start, planning, tables, one window);
+"without it" divides the frames beyond that one window by the time beyond that job. The decode baselines and the
+media work alone are the best of two runs (other load on the machine only ever slows a run down). The process tree
+the job starts (Beam workers, the decoding helper and its per-window children) is sampled every 50 ms (psutil) for
+peak RSS and CPU seconds: frames per CPU-second is the per-worker comparison that other load on a shared machine
+hardly moves.
 
 Usage: python benchmarks/ingest.py [--full]     (about 3 minutes on 2 quiet cores; --full adds 1080p)
 """
@@ -65,28 +68,43 @@ def phone_like(width: int, height: int, seconds: int, repeat: int, mbps: float) 
     return Source(f"{width}x{height} 30 fps, phone-like H.264 (CABAC, deblocking, {mbps:g} Mbps)", spec, repeat)
 
 
-class PeakRss:
-    """Samples the RSS of this process and every descendant; the peak of the sum and of the largest single one."""
+class ProcessTree:
+    """Samples this process and every descendant: the peak RSS of the sum and of the largest single one, and the CPU
+    seconds they used (each process's last sample: a child's last <50 ms are missed; the sampling's own CPU is not
+    counted)."""
 
     def __init__(self, every_s: float = 0.05):
         self.every_s, self.total, self.single = every_s, 0, 0
+        self.cpu: dict[int, float] = {}
+        self.own_cpu = 0.0
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
 
+    @property
+    def cpu_s(self) -> float:
+        return sum(self.cpu.values()) - self.own_cpu
+
     def _run(self) -> None:
         me = psutil.Process()
+        before, own = me.cpu_times(), time.thread_time()
         while not self.stop.is_set():
             sizes = []
             for process in [me, *me.children(recursive=True)]:
                 try:
-                    sizes.append(process.memory_info().rss)
+                    with process.oneshot():
+                        sizes.append(process.memory_info().rss)
+                        times = process.cpu_times()
                 except (psutil.NoSuchProcess, psutil.AccessDenied):
                     continue
+                self.cpu[process.pid] = times.user + times.system
+                if process.pid == me.pid:
+                    self.cpu[process.pid] -= before.user + before.system
             self.total = max(self.total, sum(sizes))
             self.single = max(self.single, max(sizes[1:], default=0))  # the largest worker or decoding child
+            self.own_cpu = time.thread_time() - own
             self.stop.wait(self.every_s)
 
-    def __enter__(self) -> "PeakRss":
+    def __enter__(self) -> "ProcessTree":
         self.thread.start()
         return self
 
@@ -142,10 +160,24 @@ def one_core() -> Iterator[None]:
         os.sched_setaffinity(0, before)
 
 
-def bare_decode(path: Path, threads: int = 1, rgb: bool = True, limit: int = 600) -> float:
+@dataclass(frozen=True)
+class Rate:
+    """Frames per second of wall time, and per CPU-second (which other load on the machine hardly moves)."""
+
+    wall: float
+    cpu: float
+
+
+def best(rates: Iterator[Rate]) -> Rate:
+    """The best of a few runs: other load on the machine only ever slows a run down."""
+    rates = list(rates)
+    return Rate(max(r.wall for r in rates), max(r.cpu for r in rates))
+
+
+def bare_decode(path: Path, threads: int = 1, rgb: bool = True, limit: int = 600) -> Rate:
     """Frames/s of the plain loop over the first `limit` frames: PyAV decoding every frame (to an RGB array unless
     rgb=False), nothing else."""
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     frames = 0
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
@@ -157,10 +189,10 @@ def bare_decode(path: Path, threads: int = 1, rgb: bool = True, limit: int = 600
             frames += 1
             if frames >= limit:
                 break
-    return frames / (time.perf_counter() - started)
+    return Rate(frames / (time.perf_counter() - started), frames / (time.process_time() - cpu))
 
 
-def media_work(path: Path, config: ClipConfig, out: Path, limit: int = 5) -> float:
+def media_work(path: Path, config: ClipConfig, out: Path, limit: int = 5) -> Rate:
     """Frames/s of the pure functions over the first `limit` windows of a recording, one after the other in this
     process."""
     from ingest.clips import RecordingInfo, WindowTask, cut_window, plan_windows
@@ -169,22 +201,34 @@ def media_work(path: Path, config: ClipConfig, out: Path, limit: int = 5) -> flo
     result = probe_in_process(str(path))
     rec = RecordingInfo("0" * 64, "bench", "bench", str(path), result.codec, result.width, result.height, 0)
     windows = plan_windows(result, config)[:limit]
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     for window in windows:
         cut_window(WindowTask(rec, str(path), window, config), out)
-    return sum(w.frames for w in windows) / (time.perf_counter() - started)
+    frames = sum(w.frames for w in windows)
+    return Rate(frames / (time.perf_counter() - started), frames / (time.process_time() - cpu))
 
 
-def pipeline(path: Path, workers: int, home: Path, run: str, config: ClipConfig) -> tuple[float, int, int, int]:
-    """(wall seconds, clips, peak tree RSS, peak single-process RSS) of one ingest job over the folder of `path`."""
+@dataclass(frozen=True)
+class Job:
+    """One ingest job as measured: wall and CPU seconds of its process tree, clips, peak RSS (sum, largest one)."""
+
+    wall: float
+    cpu: float
+    clips: int
+    rss_total: int
+    rss_single: int
+
+
+def pipeline(path: Path, workers: int, home: Path, run: str, config: ClipConfig) -> Job:
+    """One ingest job over the folder of `path`."""
     from pipelines.ingest import run_ingest
 
     settings = Settings(home=home, runner=RunnerSettings(direct_num_workers=workers))
-    with PeakRss() as rss:
+    with ProcessTree() as tree:
         started = time.perf_counter()
         summary = run_ingest(settings, str(path.parent), run, config=config, overwrite=True, record=False)
         wall = time.perf_counter() - started
-    return wall, summary.clips_written, rss.total, rss.single
+    return Job(wall, tree.cpu_s, summary.clips_written, tree.total, tree.single)
 
 
 def load() -> str:
@@ -202,30 +246,37 @@ def throughput(source: Source, work: Path, home: Path, scaling: bool) -> dict[st
     tiny_spec = VideoSpec(**{**source.spec.__dict__, "frames": 4 * source.spec.fps})
     tiny = render(Source(source.label, tiny_spec, 1), work / f"{name}-tiny" / "tiny.mp4")
     frames = source.frames
-    with one_core():  # best of two: the machine's other load only ever slows a run down
-        baseline = max(bare_decode(path) for _ in range(2))
-        decode_only = max(bare_decode(path, rgb=False) for _ in range(2))
-        media = max(media_work(path, CLIP, work / f"{name}-media") for _ in range(2))
+    marginal = frames - tiny_spec.frames  # the tiny job's one window is work too: frames beyond it
+    with one_core():
+        baseline = best(bare_decode(path) for _ in range(2))
+        decode_only = best(bare_decode(path, rgb=False) for _ in range(2))
+        media = best(media_work(path, CLIP, work / f"{name}-media") for _ in range(2))
     threaded = bare_decode(path, threads=0)
-    print(f"  bare decode loop to RGB arrays, one core, decoder thread_count=1: {baseline:.0f} frames/s "
-          f"(the per-worker baseline; first 600 frames, best of 2)")
-    print(f"  for information: decode only (no RGB), one core: {decode_only:.0f} frames/s; decode to RGB with "
-          f"FFmpeg's threads on all cores: {threaded:.0f} frames/s")
-    print(f"  media work alone (decode, scale, x264 encode, stats; one core, no Beam; 5 windows): {media:.0f} "
-          f"frames/s = {media / baseline:.2f}x the baseline, {media / decode_only:.2f}x decode only")
-    walls, fixed = {}, {}
+    print(f"  bare decode loop to RGB arrays, one core, decoder thread_count=1: {baseline.wall:.0f} frames/s "
+          f"(the per-worker baseline; first 600 frames, best of 2; {baseline.cpu:.0f} per CPU-second)")
+    print(f"  for information: decode only (no RGB), one core: {decode_only.wall:.0f} frames/s; decode to RGB with "
+          f"FFmpeg's threads on all cores: {threaded.wall:.0f} frames/s")
+    print(f"  media work alone (decode, scale, x264 encode, stats; one core, no Beam; 5 windows): {media.wall:.0f} "
+          f"frames/s = {media.wall / baseline.wall:.2f}x the baseline, {media.wall / decode_only.wall:.2f}x decode "
+          f"only; per CPU-second {media.cpu:.0f} = {media.cpu / baseline.cpu:.2f}x")
+    jobs, starts = {}, {}
     for workers in ((1, 2) if scaling else (1,)):
-        fixed[workers], _, _, _ = pipeline(tiny, workers, home, f"{name}-tiny-w{workers}", CLIP)
-        walls[workers], clips, _, _ = pipeline(path, workers, home, f"{name}-w{workers}", CLIP)
-        print(f"  pipeline, {workers} worker(s): {clips} clips in {walls[workers]:.1f} s = "
-              f"{frames / walls[workers]:.0f} frames/s end to end; fixed start cost {fixed[workers]:.1f} s (a 4 s "
-              f"recording: Beam start, planning, tables); {frames / max(1e-9, walls[workers] - fixed[workers]):.0f} "
-              f"frames/s without it  [{load()}]")
-    end_to_end = frames / walls[1] / baseline
-    steady = frames / max(1e-9, walls[1] - fixed[1]) / baseline
+        starts[workers] = pipeline(tiny, workers, home, f"{name}-tiny-w{workers}", CLIP)
+        jobs[workers] = job = pipeline(path, workers, home, f"{name}-w{workers}", CLIP)
+        print(f"  pipeline, {workers} worker(s): {job.clips} clips in {job.wall:.1f} s = {frames / job.wall:.0f} "
+              f"frames/s end to end; fixed start cost {starts[workers].wall:.1f} s (a 4 s recording: Beam start, "
+              f"planning, tables); {marginal / max(1e-9, job.wall - starts[workers].wall):.0f} frames/s without it; "
+              f"CPU {job.cpu:.1f} s, of which the fixed start {starts[workers].cpu:.1f} s  [{load()}]")
+    one = jobs[1]
+    end_to_end = frames / one.wall / baseline.wall
+    steady = marginal / max(1e-9, one.wall - starts[1].wall) / baseline.wall
+    per_cpu = marginal / max(1e-9, one.cpu - starts[1].cpu) / baseline.cpu
     print(f"  => per worker: pipeline (1 worker) / bare decode (one core) = {end_to_end:.2f}x end to end, "
-          f"{steady:.2f}x without the fixed cost (goal >= {PER_WORKER_GOAL}x)")
-    ratios = {"worker": end_to_end, "worker_steady": steady, "fixed_s": fixed[1]}
+          f"{steady:.2f}x without the fixed cost (goal >= {PER_WORKER_GOAL}x); per CPU-second, without the fixed "
+          f"cost: {per_cpu:.2f}x (the same comparison as other load on the machine hardly moves it)")
+    walls = {workers: job.wall for workers, job in jobs.items()}
+    fixed = {workers: job.wall for workers, job in starts.items()}
+    ratios = {"worker": end_to_end, "worker_steady": steady, "worker_cpu": per_cpu, "fixed_s": fixed[1]}
     if scaling:
         ratios.update(scaling=walls[1] / walls[2],
                       scaling_steady=(walls[1] - fixed[1]) / max(1e-9, walls[2] - fixed[2]))
@@ -240,7 +291,8 @@ def peak_rss(work: Path, home: Path) -> float:
     peaks = {}
     for minutes in (1, 10):
         path = make(Source(f"320x240 10 fps, {minutes} min", spec, minutes), work / f"m{minutes}" / "walk.mp4")
-        _, clips, total, single = pipeline(path, 1, home, f"rss{minutes}", CLIP)
+        job = pipeline(path, 1, home, f"rss{minutes}", CLIP)
+        clips, total, single = job.clips, job.rss_total, job.rss_single
         peaks[minutes] = total, single
         print(f"  peak RSS, {minutes:>2} min recording ({clips} clips), 1 worker: process tree {total / 2**20:.0f} "
               f"MiB, largest single process {single / 2**20:.0f} MiB")
@@ -280,6 +332,8 @@ def main() -> None:
     print(f"  pipeline frames/s vs bare PyAV decode, per worker (goal >= {PER_WORKER_GOAL}x): "
           f"{hd['worker_steady']:.2f}x without the fixed start cost ({verdict(hd['worker_steady'], PER_WORKER_GOAL)}), "
           f"{hd['worker']:.2f}x end to end with its {hd['fixed_s']:.1f} s ({verdict(hd['worker'], PER_WORKER_GOAL)})")
+    print(f"  the same per CPU-second (frames per CPU-second of the whole job tree vs of the bare loop, without the "
+          f"fixed start): {hd['worker_cpu']:.2f}x")
     print(f"  2 workers vs 1 (goal >= {SCALING_GOAL}x): {hd['scaling_steady']:.2f}x without the fixed start cost "
           f"({verdict(hd['scaling_steady'], SCALING_GOAL)}), {hd['scaling']:.2f}x end to end "
           f"({verdict(hd['scaling'], SCALING_GOAL)})")

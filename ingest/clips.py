@@ -349,28 +349,42 @@ def frame_stats(planes: list[np.ndarray], every: int = 2) -> dict[str, float]:
     """The basic frame statistics curation needs, in full-range luma, from limited-range Y planes (uint8 [H, W]) of
     every n-th frame.
 
-    Levels come from the byte histogram. Full-range luma is the Y byte clipped to 16..235, less 16, times 255/219:
-    differences and the Laplacian are computed on the clipped bytes in integers and scaled, which is the same.
+    Full-range luma is the Y byte clipped to 16..235, less 16, times 255/219 (FULL_RANGE): every statistic is computed
+    on the clipped bytes with integer sums, exact, and scaled.
     """
-    sampled = planes[::max(1, every)]
-    histogram = np.zeros(256, np.int64)
-    for y in sampled:
-        histogram += np.bincount(y.ravel(), minlength=256)
-    pixels = float(histogram.sum())
-    levels = FULL_RANGE.astype(np.float64)
-    mean = float(histogram @ levels) / pixels
+    sampled = [np.clip(y, 16, 235).astype(np.int16) for y in planes[::max(1, every)]]
     scale = 255.0 / 219.0
-    clipped = [np.clip(y, 16, 235).astype(np.int16) for y in sampled]
-    diffs = [float(np.abs(b - a).mean()) * scale for a, b in zip(clipped, clipped[1:])]
-    laplacian = [float(np.var(y[:-2, 1:-1] + y[2:, 1:-1] + y[1:-1, :-2] + y[1:-1, 2:] - 4 * y[1:-1, 1:-1])) * scale ** 2
-                 for y in clipped if min(y.shape) >= 3]
+    pixels = sum(y.size for y in sampled)
+    total = sum(int(y.sum(dtype=np.int64)) for y in sampled)
+    squares = sum(_sum_of_squares(y) for y in sampled)
+    mean = total / pixels
+    diffs = [int(np.abs(b - a).sum(dtype=np.int64)) / a.size * scale for a, b in zip(sampled, sampled[1:])]
+    laplacian = [_variance(y[:-2, 1:-1] + y[2:, 1:-1] + y[1:-1, :-2] + y[1:-1, 2:] - 4 * y[1:-1, 1:-1]) * scale ** 2
+                 for y in sampled if min(y.shape) >= 3]
     return {
-        "luma_mean": mean, "luma_std": math.sqrt(max(0.0, float(histogram @ (levels - mean) ** 2) / pixels)),
-        "dark_fraction": float(histogram[FULL_RANGE < 16].sum()) / pixels,
-        "bright_fraction": float(histogram[FULL_RANGE > 239].sum()) / pixels,
+        "luma_mean": (mean - 16.0) * scale,
+        "luma_std": math.sqrt(max(0.0, squares / pixels - mean * mean)) * scale,
+        "dark_fraction": sum(int(np.count_nonzero(y <= _DARKEST)) for y in sampled) / pixels,
+        "bright_fraction": sum(int(np.count_nonzero(y >= _BRIGHTEST)) for y in sampled) / pixels,
         "frame_diff_mean": float(np.mean(diffs)) if diffs else 0.0,
         "sharpness": float(np.mean(laplacian)) if laplacian else 0.0,
     }
+
+
+_DARKEST = int(np.flatnonzero(FULL_RANGE < 16).max())  # the last Y byte whose full-range luma is below 16
+_BRIGHTEST = int(np.flatnonzero(FULL_RANGE > 239).min())  # the first above 239
+
+
+def _sum_of_squares(values: np.ndarray) -> int:
+    flat = values.astype(np.int64).ravel()
+    return int(np.dot(flat, flat))
+
+
+def _variance(values: np.ndarray) -> float:
+    """Population variance of integers, from exact integer sums."""
+    n = values.size
+    total = int(values.sum(dtype=np.int64))
+    return max(0.0, (_sum_of_squares(values) - total * total / n) / n)
 
 
 # --------------------------------------------------------------------------- one window, end to end
