@@ -10,11 +10,11 @@ lightly encoded source (640x480, CAVLC, no deblocking, ~0.2 Mbps: the cheapest d
 printed for information. Sources are synthetic head-motion scenes, rendered once and repeated by remuxing (no
 re-encode) to the length needed. Every pipeline run is the local multi-processing runner on a folder of one
 recording. The fixed start cost is the same job over one 4 s window per worker (Beam start, planning, tables, each
-worker's decoding helper); "without it" divides the frames beyond those windows by the time beyond that job. The decode baselines and the
-media work alone are the best of two runs (other load on the machine only ever slows a run down). The process tree
-the job starts (Beam workers, the decoding helper and its per-window children) is sampled every 50 ms (psutil) for
-peak RSS and CPU seconds: frames per CPU-second is the per-worker comparison that other load on a shared machine
-hardly moves.
+worker's decoding helper); "without it" divides the frames beyond those windows by the time beyond that job. The
+decode baselines and the media work alone are the best of two runs (other load on the machine only ever slows a run
+down). The process tree the job starts (Beam workers, the decoding helper and its per-window children) is sampled
+every 50 ms (psutil) for peak RSS, CPU seconds and windows in flight: frames per CPU-second is the per-worker
+comparison that other load on a shared machine hardly moves.
 
 Usage: python benchmarks/ingest.py [--full]     (about 3 minutes on 2 quiet cores; --full adds 1080p)
 """
