@@ -72,6 +72,28 @@ class MemberSpan:
     size: int
 
 
+class _SpareBuffers:
+    """Chunk buffers kept between sinks, so each shard does not fault in (and zero) fresh memory."""
+
+    def __init__(self, keep: int):
+        self.keep = keep
+        self._buffers: list[bytearray] = []
+        self._lock = threading.Lock()
+
+    def take(self) -> bytearray:
+        with self._lock:
+            if self._buffers:
+                return self._buffers.pop()
+        return bytearray(COPY_CHUNK)
+
+    def give(self, buffer: bytearray) -> None:
+        with self._lock:
+            if len(self._buffers) < self.keep:
+                self._buffers.append(buffer)
+
+
+_SPARE = _SpareBuffers(keep=12)  # two streams' worth (TarSink.BUFFERS each), 12 MiB at most held idle
+
 # a chunk to hash (after any batched small writes), and the pool buffer that holds it
 _HashItem = tuple[tuple["bytes | bytearray | memoryview", ...], "bytearray | None"]
 
@@ -112,7 +134,7 @@ class TarSink:
         """A free chunk buffer; waits for the hasher to hand one back once BUFFERS exist."""
         if self._made < self.BUFFERS and self._free.empty():
             self._made += 1
-            return bytearray(COPY_CHUNK)
+            return _SPARE.take()
         return self._free.get()
 
     def _write(self, data: bytes | memoryview, buffer: bytearray | None = None) -> None:
@@ -131,6 +153,8 @@ class TarSink:
         if self._hasher.is_alive():
             self._queue.put(None)
             self._hasher.join()
+        while not self._free.empty():
+            _SPARE.give(self._free.get())
 
     def add_bytes(self, name: str, data: bytes) -> MemberSpan:
         self._write(member_header(name, len(data)))
