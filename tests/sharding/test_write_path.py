@@ -12,7 +12,7 @@ from alliance.errors import KeyNotFound
 from alliance.store import LocalStore
 from sharding.errors import DatasetError
 from sharding.layout import receipt_key, shard_key
-from sharding.plan import ShardConfig, plan_samples, plan_version
+from sharding.plan import ShardConfig, object_sizes, plan_samples, plan_version
 from sharding.tario import COPY_CHUNK, TarSink, _tarfile_header, iter_samples, member_header
 from sharding.versions import ShardReceipt, claim_version, load_receipt, write_planned_shard, write_version
 from tests.sharding.helpers import kept_rows, make_selection
@@ -114,3 +114,28 @@ def test_an_unreadable_receipt_means_the_shard_is_written_again(file_store, tmp_
     assert load_receipt(file_store, "ego", claim.version, 0) is None
     again = write_planned_shard(file_store, "ego", claim.version, plan.shards[0])
     assert again == first and load_receipt(file_store, "ego", claim.version, 0) == first
+
+
+class _SlowSizes:
+    """A store whose size() waits like a network round trip, recording which threads asked."""
+
+    def __init__(self, sizes: dict[str, int]):
+        self.sizes, self.threads = sizes, set()
+
+    def size(self, key: str) -> int:
+        import threading
+        import time
+
+        self.threads.add(threading.current_thread().name)
+        time.sleep(0.005)
+        return self.sizes[key]
+
+
+def test_object_sizes_go_concurrent_only_when_requests_wait():
+    expected = {f"clips/{i:03d}.mp4": i * 7 for i in range(40)}
+    slow = _SlowSizes(expected)
+    assert object_sizes(slow, sorted(expected), threads=4, quick_s=0.001) == expected
+    assert len(slow.threads) > 1, "requests that wait are spread over threads"
+    local = _SlowSizes(expected)
+    assert object_sizes(local, sorted(expected), threads=4, quick_s=60) == expected
+    assert len(local.threads) == 1, "quick answers are asked for one by one"
