@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Mapping
 
 from alliance.store import ObjectStore
 from sharding.errors import DatasetError
 from sharding.layout import sample_key, stream_suffix
+from sharding.requests import map_requests
 from sharding.tario import BLOCK
 
 
@@ -196,20 +195,8 @@ def plan_samples(rows: Iterable[Mapping[str, Any]], store: ObjectStore, *, threa
 
 
 def object_sizes(store: ObjectStore, keys: list[str], threads: int = 8, *, quick_s: float = 0.02) -> dict[str, int]:
-    """Sizes of the objects, one by one while that stays quick (a local disk answers in microseconds), and in
-    `threads` threads once the requests turn out to wait on a network (S3 HEADs)."""
-    sizes: dict[str, int] = {}
-    started = time.perf_counter()
-    for done, key in enumerate(keys, 1):
-        sizes[key] = store.size(key)
-        if done < len(keys) and time.perf_counter() - started > quick_s:
-            rest = keys[done:]
-            chunks = [rest[i::threads] for i in range(threads)]  # a task per thread, not per key
-            with ThreadPoolExecutor(threads) as pool:
-                for chunk, chunk_sizes in zip(chunks, pool.map(lambda c: [store.size(k) for k in c], chunks)):
-                    sizes.update(zip(chunk, chunk_sizes))
-            break
-    return sizes
+    """Sizes of the objects (HEADs on S3, in threads once they turn out to wait on the network)."""
+    return dict(zip(keys, map_requests(store.size, keys, threads, quick_s=quick_s)))
 
 
 def shuffle_order(samples: Iterable[PlannedSample], seed: int) -> list[PlannedSample]:

@@ -24,6 +24,7 @@ from sharding.layout import (index_key, manifest_key, parse_ref, plan_key, recei
                              work_prefix)
 from sharding.manifest import Manifest, ShardEntry, latest_version, load_manifest
 from sharding.plan import ShardPlan, VersionPlan, canonical
+from sharding.requests import map_requests
 from sharding.tario import TarSink, iter_members, split_name
 
 log = logging.getLogger(__name__)
@@ -219,7 +220,7 @@ def commit_version(store: ObjectStore, claim: Claim, entries: list[ShardEntry], 
                    parent: int | None, source: dict[str, Any], config: dict[str, Any],
                    redaction: dict[str, Any] | None = None) -> Manifest:
     """Check every shard is present at its size, write the index, then the manifest only if absent."""
-    for entry, size in zip(entries, _concurrently(lambda entry: _size_or_none(store, entry.key), entries)):
+    for entry, size in zip(entries, map_requests(lambda entry: _size_or_none(store, entry.key), entries)):
         if size is None:
             raise DatasetError(f"{store.describe(entry.key)} is missing before commit; re-run the same command "
                                f"to write it")
@@ -256,7 +257,7 @@ def commit_version(store: ObjectStore, claim: Claim, entries: list[ShardEntry], 
 def clean_work(store: ObjectStore, name: str, version: int) -> int:
     """Remove the claim and receipts of a committed version; returns how many objects went."""
     keys = [o.key for o in store.list(work_prefix(name, version))]
-    _concurrently(store.delete, keys)
+    map_requests(store.delete, keys)
     return len(keys)
 
 
@@ -265,14 +266,6 @@ def _size_or_none(store: ObjectStore, key: str) -> int | None:
         return store.size(key)
     except KeyNotFound:
         return None
-
-
-def _concurrently(fn: Callable[[T], R], items: Sequence[T], threads: int = 8) -> list[R]:
-    """fn over items in a few threads: small store requests (HEAD, DELETE) wait on the network, not the CPU."""
-    if len(items) < 2:
-        return [fn(item) for item in items]
-    with ThreadPoolExecutor(min(threads, len(items)), thread_name_prefix="store-small") as pool:
-        return list(pool.map(fn, items))
 
 
 def write_version(store: ObjectStore, name: str, plan: VersionPlan, *, parent: int | None = None,
