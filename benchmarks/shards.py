@@ -2,8 +2,8 @@
 
 Starts its own SeaweedFS server; each RSS figure comes from a fresh child process.
 Sizes (--quick, the default): 96 samples of 1 MiB random "mp4" + a 6x32 float32 npy + json (~96 MiB), 16 MiB
-shards; 48 real PyAV clips (128x96, 32 frames) for the reader; one 1 GiB shard (64 samples of 16 MiB) for RSS.
---full: 512 samples of 2 MiB (1 GiB), 128 MiB shards; 192 clips for the reader; the same 1 GiB RSS shard.
+shards; 144 real PyAV clips (128x96, 32 frames) for the reader; one 1 GiB shard (64 samples of 16 MiB) for RSS.
+--full: 512 samples of 2 MiB (1 GiB), 128 MiB shards; 384 clips for the reader; the same 1 GiB RSS shard.
 Usage: python benchmarks/shards.py [--full]
 """
 
@@ -199,22 +199,34 @@ def read_clips(store_root: str, worker: int, workers: int, out: str) -> None:
 
     store = LocalStore(Path(store_root))
     reader = ShardReader(store, "clips", 1, frames=16, size=64, worker=worker, num_workers=workers)
-    started = time.time()
+    Path(out + ".ready").touch()
+    go = Path(out).parent / "go"
+    while not go.exists():  # every worker starts iterating together, after all start-up and imports
+        time.sleep(0.001)
     count = sum(1 for _ in reader)
-    Path(out).write_text(json.dumps({"count": count, "start": started, "end": time.time()}))
+    Path(out).write_text(json.dumps({"count": count, "end": time.time()}))
 
 
 def reader_rate(store: LocalStore, workers: int, tmp: Path) -> tuple[float, int]:
-    """Worker processes read their slots; the rate is over the span from the first start to the last end of
-    iteration (process start-up and imports excluded)."""
+    """Worker processes read their slots; the rate is over the span from a common start signal (given once
+    every worker has started and imported) to the last end of iteration."""
+    go = tmp / "go"
+    go.unlink(missing_ok=True)
     procs = [subprocess.Popen([sys.executable, __file__, "--read", str(store.root), str(w), str(workers),
                                str(tmp / f"count{w}")]) for w in range(workers)]
+    while not all((tmp / f"count{w}.ready").exists() for w in range(workers)):
+        if any(p.poll() not in (None, 0) for p in procs):
+            raise SystemExit("a reader worker failed before starting")
+        time.sleep(0.005)
+    started = time.time()
+    go.touch()
     for p in procs:
         if p.wait() != 0:
             raise SystemExit(f"reader worker exited with {p.returncode}")
     results = [json.loads((tmp / f"count{w}").read_text()) for w in range(workers)]
-    span = max(r["end"] for r in results) - min(r["start"] for r in results)
-    return span, sum(r["count"] for r in results)
+    for w in range(workers):
+        (tmp / f"count{w}.ready").unlink()
+    return max(r["end"] for r in results) - started, sum(r["count"] for r in results)
 
 
 def main() -> None:
@@ -231,7 +243,7 @@ def main() -> None:
     from alliance.devservers import SeaweedS3
     from ingest.synth import VideoSpec, write_video
 
-    samples, member, shard, clips = (512, 2 << 20, 128 << 20, 192) if args.full else (96, 1 << 20, 16 << 20, 48)
+    samples, member, shard, clips = (512, 2 << 20, 128 << 20, 384) if args.full else (96, 1 << 20, 16 << 20, 144)
     print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())} ({os.cpu_count()} CPUs)")
     with tempfile.TemporaryDirectory() as tmpdir, SeaweedS3(Path(tmpdir) / "weed") as server:
         tmp = Path(tmpdir)
