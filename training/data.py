@@ -225,13 +225,24 @@ class ClipLoader:
         self._processes = [
             self._context.Process(target=_produce, name=f"clip-loader-{w}", daemon=True,
                                   args=(self.factory, self.cfg, w, self.workers, dict(self.positions[w]),
-                                        self._queues[w], self._stop))
+                                        self._queues[w], self._stop, os.getpid()))
             for w in range(self.workers)]
         for process in self._processes:
             process.start()
 
 
-def _put(out: Any, item: Any, stop: Any) -> bool:
+class _Stop:
+    """Whether a loader process should end: the consumer said so, or the consumer is gone (killed: SIGKILL runs no
+    cleanup, and an orphaned worker would otherwise wait on its full queue forever)."""
+
+    def __init__(self, event: Any, parent: int):
+        self.event, self.parent = event, parent
+
+    def is_set(self) -> bool:
+        return self.event.is_set() or os.getppid() != self.parent
+
+
+def _put(out: Any, item: Any, stop: _Stop) -> bool:
     while not stop.is_set():
         try:
             out.put(item, timeout=0.1)
@@ -242,8 +253,9 @@ def _put(out: Any, item: Any, stop: Any) -> bool:
 
 
 def _produce(factory: ReaderFactory, cfg: TrainConfig, w: int, workers: int, position: dict, out: Any,
-             stop: Any) -> None:
+             event: Any, parent: int) -> None:
     """A loader process: read worker w's stream from `position`, send whole batches until told to stop."""
+    stop = _Stop(event, parent)
     epoch, reader_state = int(position["epoch"]), position["reader"]
     batch_size = cfg.data.batch_size
     samples, rejected = 0, Counter()

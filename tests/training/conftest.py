@@ -8,7 +8,7 @@ from training.config import TrainConfig, preset, with_overrides
 
 
 def small_config(**overrides) -> TrainConfig:
-    """2-layer width-32 ViT on 8 frames of 16x16, batch 4, synthetic clips, one loader thread."""
+    """2-layer width-32 ViT on 8 frames of 16x16, batch 4, synthetic clips, one loader process."""
     base = {
         "model.frames": 8, "model.size": 16, "model.patch": 4, "model.embed_dim": 32, "model.depth": 2,
         "model.heads": 2, "model.pred_dim": 16, "model.pred_depth": 1, "model.pred_heads": 2,

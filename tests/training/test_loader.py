@@ -5,6 +5,10 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -50,3 +54,37 @@ def test_a_killed_worker_is_an_error_not_a_hang():
     loader = ClipLoader(lambda worker, workers, epoch: _Dying(worker=worker, num_workers=workers), cfg)
     with pytest.raises(LoaderError, match="loader worker 0 failed: its process exited with code -9"):
         next(iter(loader))
+
+
+def test_workers_of_a_killed_trainer_exit_instead_of_waiting_forever():
+    """SIGKILL runs no cleanup: the orphaned workers notice their parent is gone and end."""
+    script = (
+        "import sys\n"
+        "from tests.training.conftest import small_config\n"
+        "from training.data import ClipLoader, reader_factory\n"
+        "import multiprocessing, time\n"
+        "cfg = small_config(**{'data.workers': 2})\n"
+        "batches = iter(ClipLoader(reader_factory(cfg), cfg))\n"
+        "next(batches)\n"
+        "print(' '.join(str(p.pid) for p in multiprocessing.active_children()), flush=True)\n"
+        "time.sleep(600)\n")
+    trainer = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
+                               cwd=Path(__file__).resolve().parents[2])
+    workers = [int(pid) for pid in trainer.stdout.readline().split()]
+    assert len(workers) == 2
+    trainer.kill()
+    trainer.wait()
+    for pid in workers:
+        for _ in range(300):  # a worker checks every 0.1 s while its queue is full
+            if not _alive(pid):
+                break
+            time.sleep(0.1)
+        assert not _alive(pid), f"loader worker {pid} outlived its killed trainer"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
