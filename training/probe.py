@@ -16,17 +16,19 @@ from training.synthetic import DIRECTIONS, labelled_set
 
 @dataclass(frozen=True)
 class ProbeResult:
-    """Test accuracy of the same linear probe on three feature sets; chance is 1/8."""
+    """Test accuracy of the same linear probe on the trained encoder, on random-init encoders of the same shape, and
+    on frame-difference pixels; chance is 1/8."""
 
     checkpoint: str
     step: int
     accuracy: float
-    random_init_accuracy: float
+    random_init_accuracy: float  # the mean over `random_init_accuracies`
     pixel_baseline_accuracy: float
     chance: float
     n_train: int
     n_test: int
     pool: str
+    random_init_accuracies: tuple[float, ...] = ()  # one per random initialization (they vary by 10-30 points)
 
 
 @torch.no_grad()
@@ -81,8 +83,10 @@ def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Ten
 
 
 def probe_encoder(encoder: VideoEncoder, model: ModelConfig, *, n_train: int = 512, n_test: int = 256,
-                  seed: int = 0, pool: str = "time", checkpoint: str = "", step: int = 0) -> ProbeResult:
-    """Probe `encoder` and a random-init encoder of the same shape (seed `seed`) on fresh synthetic clips.
+                  seed: int = 0, pool: str = "time", checkpoint: str = "", step: int = 0,
+                  random_inits: int = 3) -> ProbeResult:
+    """Probe `encoder` and `random_inits` random-init encoders of the same shape (torch seeds seed * 1000 + i: with
+    seed 0 the first is the very network a run with run.seed=0 starts from) on fresh synthetic clips.
 
     The default `time` pool averages each tubelet's tokens over space, so the probe cannot read the object's place
     per token off a random projection of the pixels (with `tokens`, a random encoder reads direction almost as
@@ -95,22 +99,26 @@ def probe_encoder(encoder: VideoEncoder, model: ModelConfig, *, n_train: int = 5
     def score(features_of) -> float:
         return linear_probe(features_of(train_clips), train_y, features_of(test_clips), test_y)
 
-    torch.manual_seed(seed)
-    random_encoder = VideoEncoder(model)
+    randoms = []
+    for i in range(max(1, random_inits)):
+        torch.manual_seed(seed * 1000 + i)
+        random_encoder = VideoEncoder(model)
+        randoms.append(score(lambda c: embed(random_encoder, c, pool)))
     return ProbeResult(
         checkpoint=checkpoint, step=step,
         accuracy=score(lambda c: embed(encoder, c, pool)),
-        random_init_accuracy=score(lambda c: embed(random_encoder, c, pool)),
+        random_init_accuracy=sum(randoms) / len(randoms),
         pixel_baseline_accuracy=score(pixel_features),
-        chance=1.0 / DIRECTIONS, n_train=n_train, n_test=n_test, pool=pool)
+        chance=1.0 / DIRECTIONS, n_train=n_train, n_test=n_test, pool=pool,
+        random_init_accuracies=tuple(randoms))
 
 
 def probe_checkpoint(store: ObjectStore, checkpoint_key: str, *, n_train: int = 512, n_test: int = 256,
-                     seed: int = 0, pool: str = "time") -> ProbeResult:
+                     seed: int = 0, pool: str = "time", random_inits: int = 3) -> ProbeResult:
     """Probe the context encoder of a checkpoint (the one `export` writes)."""
     payload = load_checkpoint(store, checkpoint_key)
     cfg = checkpoint_config(payload)
     encoder = VideoEncoder(cfg.model)
     encoder.load_state_dict(payload["encoder"])
     return probe_encoder(encoder, cfg.model, n_train=n_train, n_test=n_test, seed=seed, pool=pool,
-                         checkpoint=checkpoint_key, step=int(payload["step"]))
+                         checkpoint=checkpoint_key, step=int(payload["step"]), random_inits=random_inits)
