@@ -7,8 +7,9 @@ The CPU part writes a small synthetic dataset version through the sharding API i
 then measures (1) the loader alone: clips/s that ClipLoader delivers with 1 and with `--workers` worker processes
 (ShardReader: tar read, PyAV decode, resize, crop; then collate), nothing consuming; (2) the training step alone:
 clips/s that jepa_step consumes (forward, backward, AdamW, EMA) on one batch already in memory, same preset and
-batch; (3) the real loop reading the shards, with the share of its wall time spent waiting on data. The goal is
-(1) / (2) >= 1.5x with `--workers` processes: the loader must never starve the step.
+batch, at 1 and at the default number of torch threads (the faster counts); (3) the real loop reading the shards,
+with the share of its wall time spent waiting on data. The goal is (1) / (2) >= 1.5x with `--workers` processes:
+the loader must never starve the step.
 The GPU part times jepa_step (the loop's own step function) on device-resident clips, counts the FLOPs of one step
 with torch.utils.flop_counter on the uncompiled model, and divides by the bf16 dense peak.
 """
@@ -84,10 +85,18 @@ def cpu(args: argparse.Namespace) -> None:
         clip = torch.rand(cfg.data.batch_size, 3, m.frames, m.size, m.size)
         actions = torch.zeros(cfg.data.batch_size, m.grid[0], cfg.objective.action_dim)
         jepa_step(parts, clip, actions, masker(cfg.data.batch_size, 0), 0)
-        started = time.perf_counter()
-        for step in range(1, args.steps + 1):
-            jepa_step(parts, clip, actions, masker(cfg.data.batch_size, step), step)
-        step_time = (time.perf_counter() - started) / args.steps
+        # at 1 and at the default number of torch threads; the faster is what the loader must keep up with (on a
+        # busy machine a second intra-op thread can make the tiny step several times slower, flattering the ratio)
+        step_times = {}
+        default_threads = torch.get_num_threads()
+        for threads in sorted({1, default_threads}):
+            torch.set_num_threads(threads)
+            started = time.perf_counter()
+            for step in range(1, args.steps + 1):
+                jepa_step(parts, clip, actions, masker(cfg.data.batch_size, step), step)
+            step_times[threads] = (time.perf_counter() - started) / args.steps
+        torch.set_num_threads(default_threads)
+        step_time = min(step_times.values())
         step_rate = cfg.data.batch_size / step_time
 
         # 3. the real loop on the shards
@@ -98,7 +107,9 @@ def cpu(args: argparse.Namespace) -> None:
     for workers, rate in loader_rates.items():
         print(f"loader, {workers} worker process{'es' if workers > 1 else ''} (tar read + PyAV decode + resize + "
               f"collate): {rate:8.1f} clips/s")
-    print(f"step (fwd+bwd+AdamW+EMA), CPU fp32: {step_rate:8.1f} clips/s  ({step_time * 1000:.0f} ms/step)")
+    print(f"step (fwd+bwd+AdamW+EMA), CPU fp32: {step_rate:8.1f} clips/s  ({step_time * 1000:.0f} ms/step; "
+          + ", ".join(f"{t} torch thread{'s' if t > 1 else ''} {v * 1000:.0f} ms" for t, v in step_times.items())
+          + ")")
     for workers, rate in loader_rates.items():
         print(f"loader ({workers} process{'es' if workers > 1 else ''}) / step consumption: {rate / step_rate:6.2f}x"
               + ("  (goal >= 1.5x)" if workers == cfg.data.workers else ""))
