@@ -315,6 +315,10 @@ def peak_rss(work: Path, home: Path) -> float:
     return tree
 
 
+def verdict(value: float, goal: float, at_most: bool = False) -> str:
+    return "met" if (value <= goal if at_most else value >= goal) else "NOT MET"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--full", action="store_true", help="also a 1920x1080 source (about 2 minutes more)")
@@ -339,9 +343,6 @@ def main() -> None:
     print("\n== memory")
     tree = peak_rss(work, home)
     print(f"\nSUMMARY ({realistic.label}; {load()}; {time.perf_counter() - started:.0f} s in all)")
-    def verdict(value: float, goal: float, at_most: bool = False) -> str:
-        return "met" if (value <= goal if at_most else value >= goal) else "NOT MET"
-
     print(f"  pipeline frames/s vs bare PyAV decode, per worker (goal >= {PER_WORKER_GOAL}x): "
           f"{hd['worker_steady']:.2f}x without the fixed start cost ({verdict(hd['worker_steady'], PER_WORKER_GOAL)}), "
           f"{hd['worker']:.2f}x end to end with its {hd['fixed_s']:.1f} s ({verdict(hd['worker'], PER_WORKER_GOAL)})")
