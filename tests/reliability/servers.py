@@ -12,6 +12,7 @@ from unittest import mock
 import alliance.devservers as devservers
 from alliance.devservers import Postgres, SeaweedS3
 from alliance.settings import S3Settings
+from alliance.errors import StoreError
 from alliance.store import S3Store
 
 
@@ -49,6 +50,19 @@ class RestartableSeaweed:
         self.start()
         self.restarts += 1
         return time.monotonic() - started
+
+    def wait_until_readable(self, store: S3Store, key: str, timeout_s: float = 60.0) -> None:
+        """After a restart the S3 API answers before the volumes are loaded again: wait until an object reads."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                store.get_bytes(key)
+                return
+            except StoreError as err:
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"{store.describe(key)} still unreadable {timeout_s:.0f} s after the "
+                                         f"restart: {err}") from err
+                time.sleep(0.2)
 
     def store(self, prefix: str = "", max_attempts: int = 8) -> S3Store:
         who = self.server.identity("admin")

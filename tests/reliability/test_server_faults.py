@@ -140,6 +140,7 @@ def test_seaweedfs_restarted_in_the_middle_of_a_shard_write(seaweed, tmp_path):
     outcome = "finished" if first == 0 else output.text().strip().splitlines()[-1][:200]
     if first != 0:
         assert "Error" in outcome or "error" in outcome or "failed" in outcome, outcome
+        seaweed.wait_until_readable(store, "datasets/ego/v1/shard-000000.tar")
         code, out, _ = run_to_end(worker("shard", "ego", "sel-1", str(SHARD_TARGET)), env)
         assert code == 0, out
     assert digests(store, "datasets/") == expected
