@@ -8,6 +8,7 @@ mutexes abort in such children), and multiprocessing's spawn/forkserver re-impor
 from __future__ import annotations
 
 import atexit
+import gc
 import os
 import resource
 import shutil
@@ -174,6 +175,7 @@ def serve(address: str, parent_pid: int) -> None:
     for module in _PRELOAD:
         __import__(module)
     _warm_up()
+    gc.freeze()  # children never collect (and so never write to) what the helper holds: fewer copy-on-write pages
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped automatically
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
