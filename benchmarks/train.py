@@ -181,8 +181,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=None)
     parser.add_argument("--steps", type=int, default=None, help="timed steps")
     parser.add_argument("--warmup", type=int, default=8, help="CUDA: untimed steps (compile)")
-    parser.add_argument("--clips", type=int, default=96, help="CPU: clips in the benchmark dataset")
-    parser.add_argument("--loader-batches", type=int, default=20)
+    parser.add_argument("--clips", type=int, default=192, help="CPU: clips in the benchmark dataset")
+    parser.add_argument("--loader-batches", type=int, default=60)
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
     if args.device == "cuda":
