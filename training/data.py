@@ -1,4 +1,4 @@
-"""The streaming loader: reader processes (sharding's ShardReader or the synthetic stream) -> batches, resumable exactly."""
+"""The streaming loader: reader processes (ShardReader or the synthetic stream) -> batches, resumable exactly."""
 
 from __future__ import annotations
 
@@ -275,8 +275,9 @@ def _produce(factory: ReaderFactory, cfg: TrainConfig, w: int, workers: int, pos
                     continue
                 pending.append(sample)
                 if len(pending) == batch_size:
-                    item = Produced(collate_arrays(pending, cfg, epoch), {"epoch": epoch, "reader": reader.state_dict()},
-                                    samples, dict(rejected), dict(getattr(reader, "failures", {})))
+                    state = {"epoch": epoch, "reader": reader.state_dict()}
+                    item = Produced(collate_arrays(pending, cfg, epoch), state, samples, dict(rejected),
+                                    dict(getattr(reader, "failures", {})))
                     if not _put(out, item, stop):
                         return
                     produced, pending = produced + 1, []

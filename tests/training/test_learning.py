@@ -1,4 +1,4 @@
-"""A tiny JEPA trained for 150 CPU steps: the loss falls, nothing collapses, and the probe reads motion direction.
+"""A tiny JEPA, 150 CPU steps of SIGReg or EMA L1: the loss falls, nothing collapses, the probe reads direction.
 
 The probe is the same linear probe on the same clips for the trained encoder and for three randomly initialized
 encoders of the same architecture (the first is the very network the run starts from), on per-tubelet features
@@ -10,9 +10,9 @@ Measured (512 train / 256 test clips, chance 12.5%, frame-difference pixels 99.6
   random init (mean of 3) 41.3-45.3%, each init 31.3-58.2%: 2.09-2.33x the mean, 49-55 points above it, 36+ points
   above the best init. With the preset's 256 slices (4x the regularizer's cost, the step's largest part on CPU):
   95.7-98.4%.
-- EMA L1 (V-JEPA), 120-200 steps, train seeds 0-2 x probe seeds 0-2: trained 79.7-85.9%. Clearly above the typical
-  random init, but 19 random initializations over 3 probe sets gave 33-72% (17 of them at most 51%): the best ones
-  come within reach, so this test trains with SIGReg.
+- EMA L1 (V-JEPA), 120-200 steps, train seeds 0-2 x probe seeds 0-2: trained 79.7-85.9%: about 1.9x the random-init
+  mean and 35-42 points above it, but 19 random initializations over 3 probe sets gave 33-72% (17 of them at most
+  51%), so only SIGReg is also asserted to clear the best of the three random inits by 10 points.
 """
 
 from __future__ import annotations
@@ -39,16 +39,17 @@ def one_torch_thread():
 
 
 @pytest.mark.slow
-def test_tiny_jepa_learns_motion_that_random_encoders_do_not_have(tmp_path, one_torch_thread):
-    """16 frames of 32x32, width 64, 4 layers, batch 16, SIGReg objective (64 slices); linear probe, 8 directions."""
-    cfg = with_overrides(preset("tiny_cpu"), {"data.source": "synthetic", "objective.kind": "sigreg",
+@pytest.mark.parametrize("objective", ["sigreg", "ema_l1"])
+def test_tiny_jepa_learns_motion_that_random_encoders_do_not_have(tmp_path, one_torch_thread, objective):
+    """16 frames of 32x32, width 64, 4 layers, batch 16; linear probe on 8 directions."""
+    cfg = with_overrides(preset("tiny_cpu"), {"data.source": "synthetic", "objective.kind": objective,
                                               "objective.sigreg_slices": 64, "data.workers": 1, "run.steps": STEPS,
                                               "run.log_every": 50, "run.checkpoint_every": STEPS})
     store = LocalStore(tmp_path / "store")
     summary = train(store, "synthetic", 0, cfg, echo=print)
     result = probe_checkpoint(store, summary.checkpoint_key, n_train=512, n_test=256, pool="time", random_inits=3)
     randoms = result.random_init_accuracies
-    print(f"probe after {STEPS} steps ({result.pool} pool): trained {result.accuracy:.1%}, random init "
+    print(f"{objective}, probe after {STEPS} steps ({result.pool} pool): trained {result.accuracy:.1%}, random init "
           f"{result.random_init_accuracy:.1%} (mean of {', '.join(f'{a:.1%}' for a in randoms)}), frame-diff pixels "
           f"{result.pixel_baseline_accuracy:.1%}, chance {result.chance:.1%}; collapse {summary.collapse}")
     first, last = sum(summary.losses[:10]) / 10, sum(summary.losses[-10:]) / 10
@@ -60,5 +61,6 @@ def test_tiny_jepa_learns_motion_that_random_encoders_do_not_have(tmp_path, one_
     assert len(randoms) == 3
     assert result.accuracy >= result.random_init_accuracy + 0.15, result
     assert result.accuracy >= 1.5 * result.random_init_accuracy, result
-    assert result.accuracy >= max(randoms) + 0.10, result
     assert result.accuracy > 4 * result.chance, result
+    if objective == "sigreg":  # clear of the best random init too (EMA L1 is not, for every init: see above)
+        assert result.accuracy >= max(randoms) + 0.10, result
