@@ -220,7 +220,9 @@ def window_frames(path: str, window: ClipWindow, size: tuple[int, int], rotation
         half = 0.5 / window.fps
         hold = max(MAX_HOLD_S, 2.5 / window.fps)
         if window.start_frame > 0:
-            container.seek(start + int(math.floor((window.t0 - half) / base)), stream=stream, backward=True)
+            # the last keyframe at or before t0: frames before it are farther from every target than it is, so
+            # none is needed (seeking to t0 - half frame would decode a whole extra GOP when a keyframe sits at t0)
+            container.seek(start + int(math.floor((window.t0 + EPS) / base)), stream=stream, backward=True)
         scaler = VideoReformatter()  # one scaling context for the window, not one per frame
         converted: dict[int, Any] = {}
 

@@ -26,6 +26,7 @@ class VideoSpec:
     gop: int = 10
     bitrate: int = 0  # 0: codec default (crf-like quality)
     preset: str = "ultrafast"  # x264/x265; "veryfast" writes CABAC + deblocking, as phone encoders do
+    bframes: int = 0  # x264 B-frames: decode order differs from display order, as in many phone recordings
     scene: str = "moving_square"  # moving_square, noise, dark, static, pan, counter, cut, head_motion
     seed: int = 0
     rotation: int = 0  # display rotation (counter-clockwise degrees) written as the stream's display matrix
@@ -138,7 +139,7 @@ def write_video(path: str | Path, spec: VideoSpec = VideoSpec(), frames: Iterato
         if spec.bitrate:
             stream.bit_rate = spec.bitrate
         if spec.codec == "libx264":
-            stream.codec_context.options = {"preset": spec.preset, "bf": "0"}
+            stream.codec_context.options = {"preset": spec.preset, "bf": str(spec.bframes)}
         elif spec.codec in ("libx265", "hevc"):
             stream.codec_context.options = {"preset": spec.preset, "x265-params": "log-level=none:bframes=0"}
         audio = container.add_stream("aac", rate=8000) if spec.audio else None

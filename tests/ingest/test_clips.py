@@ -39,9 +39,11 @@ def decoded(output) -> list[np.ndarray]:
         return [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
 
 
-def test_windows_are_frame_exact_even_between_keyframes(tmp_path):
-    # 1.5 s clips at 10 fps start at frames 0, 15, 30...: most starts are not keyframes (one every 10 frames)
-    path = write_video(tmp_path / "counter.mp4", VideoSpec(frames=64, scene="counter", gop=10))
+@pytest.mark.parametrize("gop,bframes", [(10, 0), (15, 0), (15, 2), (4, 3)])
+def test_windows_are_frame_exact_even_between_keyframes(tmp_path, gop, bframes):
+    # 1.5 s clips at 10 fps start at frames 0, 15, 30...: with gop 10 most starts are not keyframes; with gop 15 every
+    # start is one (the seek must land on it, not a GOP earlier); B-frames make decode order differ from display order
+    path = write_video(tmp_path / "counter.mp4", VideoSpec(frames=64, scene="counter", gop=gop, bframes=bframes))
     outputs, refusals, errors = cut_all(path, ClipConfig(clip_s=1.5, short_side=64), tmp_path / "out")
     assert not refusals and not errors
     assert [o.row["t0"] for o in outputs] == [0.0, 1.5, 3.0, 4.5]  # 64 frames: the partial 5th window is no clip
