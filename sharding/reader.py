@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import threading
 from collections import Counter
 from dataclasses import dataclass
@@ -68,11 +69,12 @@ _local = threading.local()
 
 
 def _reformatter() -> Any:
-    """This thread's scaler: frame.reformat() would build a new swscale context for every frame."""
-    if not hasattr(_local, "reformatter"):
+    """This thread's scaler (frame.reformat() would build a new swscale context for every frame); a forked child
+    builds its own, never one whose state was made in its parent."""
+    if getattr(_local, "pid", None) != os.getpid():
         from av.video.reformatter import VideoReformatter
 
-        _local.reformatter = VideoReformatter()
+        _local.reformatter, _local.pid = VideoReformatter(), os.getpid()
     return _local.reformatter
 
 
@@ -80,7 +82,9 @@ def _resize_crop(frame: Any, size: int) -> np.ndarray:
     h, w = frame.height, frame.width
     scale = size / min(h, w)
     new_w, new_h = max(size, round(w * scale)), max(size, round(h * scale))
-    image = _reformatter().reformat(frame, width=new_w, height=new_h, format="rgb24").to_ndarray()
+    # one scaling thread, on the caller's: swscale's own thread pool does not survive a fork (a loader worker forked
+    # after its parent had scaled frames hung for ever), and readers scale by worker processes anyway
+    image = _reformatter().reformat(frame, width=new_w, height=new_h, format="rgb24", threads=1).to_ndarray()
     top, left = (new_h - size) // 2, (new_w - size) // 2
     return image[top:top + size, left:left + size]
 

@@ -85,3 +85,25 @@ def test_reader_imports_neither_torch_nor_beam():
             "print('torch' in sys.modules, 'apache_beam' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]
+
+
+def test_a_process_forked_after_decoding_decodes_too(tmp_path):
+    # loader workers are forked from a trainer that may have decoded clips itself: the child must not inherit a
+    # scaler (or swscale thread pool) from its parent; it once hung here for ever
+    import multiprocessing
+
+    from ingest.synth import VideoSpec, write_video
+    from sharding.reader import decode_frames
+
+    mp4 = write_video(tmp_path / "clip.mp4", VideoSpec(width=64, height=48, frames=12)).read_bytes()
+    expected, _ = decode_frames(mp4, 6, 32, "clip")
+    results = multiprocessing.get_context("fork").Queue()
+    child = multiprocessing.get_context("fork").Process(
+        target=lambda: results.put(decode_frames(mp4, 6, 32, "clip")[0].tobytes()))
+    child.start()
+    child.join(30)
+    hung = child.is_alive()
+    if hung:
+        child.kill()
+    assert not hung, "the forked child hung decoding a clip its parent had decoded before"
+    assert child.exitcode == 0 and results.get(timeout=5) == expected.tobytes()
