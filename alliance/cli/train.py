@@ -107,10 +107,11 @@ def probe(
     train_clips: int = typer.Option(512, "--train-clips"),
     test_clips: int = typer.Option(256, "--test-clips"),
     seed: int = typer.Option(0, "--seed"),
-    pool: str = typer.Option("tokens", "--pool", help="tokens (every token, linear), time (per-tubelet means) or "
-                                                      "mean (the exported mean-pooled vector)."),
+    pool: str = typer.Option("time", "--pool", help="time (per-tubelet means over space: a random encoder cannot read "
+                                                    "the motion off them), tokens (every token) or mean (the "
+                                                    "exported mean-pooled vector)."),
 ) -> None:
-    """Linear probe of the frozen encoder on the 8-direction moving-object task vs a random-init encoder."""
+    """Linear probe of the frozen encoder on the 8-direction moving-object task vs random-init encoders."""
     from training.checkpoint import resolve_checkpoint
     from training.probe import probe_checkpoint
 
@@ -120,7 +121,9 @@ def probe(
     console.print(f"probe of {key} (step {result.step}), {result.n_train} train / {result.n_test} test clips, "
                   f"pool {result.pool}:")
     console.print(f"  trained encoder      {result.accuracy:6.1%}")
-    console.print(f"  random-init encoder  {result.random_init_accuracy:6.1%}")
+    randoms = result.random_init_accuracies
+    console.print(f"  random-init encoders {result.random_init_accuracy:6.1%}  (mean of {len(randoms)}: "
+                  + ", ".join(f"{a:.1%}" for a in randoms) + ")")
     console.print(f"  frame-diff pixels    {result.pixel_baseline_accuracy:6.1%}")
     console.print(f"  chance               {result.chance:6.1%}")
 
