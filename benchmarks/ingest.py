@@ -329,7 +329,7 @@ def main() -> None:
     started = time.perf_counter()
     print(f"clips: {CLIP.clip_s:g} s at {CLIP.short_side} px short side, x264 preset {CLIP.preset} crf {CLIP.crf}; "
           f"{load()}\n")
-    realistic = phone_like(1280, 720, seconds=8, repeat=8, mbps=8)  # 16 windows: 8 for each of 2 workers
+    realistic = phone_like(1280, 720, seconds=8, repeat=16, mbps=8)  # a 2-minute recording: 32 windows
     print(f"== {realistic.label} (realistic)")
     hd = throughput(realistic, work, home, scaling=True)
     if args.full:
