@@ -162,7 +162,7 @@ def run_shard(settings: Settings, name: str, selection_run: str, beam_flags: Seq
                 raise DatasetError(f"{len(rejected)} shard(s) of {name}@v{claim.version} failed: "
                                    f"{rejected[0].detail}")
         elif todo:
-            write_shards(store, claim, todo)
+            write_shards(store, claim, todo, resume=False)  # todo holds only shards without a receipt
         written = len(todo)
         manifest = finish_version(store, claim, plan, collect_receipts(store, claim, plan))
     if catalog is not None:

@@ -282,13 +282,16 @@ def write_version(store: ObjectStore, name: str, plan: VersionPlan, *, parent: i
 
 
 def write_shards(store: ObjectStore, claim: Claim, shards: Sequence[ShardPlan], *, map_shards: Mapper | None = None,
-                 streams: int = STREAMS) -> list[ShardReceipt]:
+                 streams: int = STREAMS, resume: bool | None = None) -> list[ShardReceipt]:
     """Every shard of the claim written, durable and receipted (those an earlier attempt finished are kept).
 
-    Shard N is sealed (fsync, receipt) in the background while later shards stream, so durability is never
-    paid in the write path; the call returns only once every seal has."""
+    resume (default: unless this run made the claim) looks for receipts first; a caller that has already left
+    out the finished shards passes False. Shard N is sealed (fsync, receipt) in the background while later
+    shards stream, so durability is never paid in the write path; the call returns only once every seal has."""
+    resume = not claim.fresh if resume is None else resume
+
     def write(shard: ShardPlan) -> Future[ShardReceipt] | ShardReceipt:
-        done = None if claim.fresh else shard_done(store, claim.name, claim.version, shard.index)
+        done = shard_done(store, claim.name, claim.version, shard.index) if resume else None
         if done is not None:
             return done
         receipt = stream_shard(store, claim.name, claim.version, shard)

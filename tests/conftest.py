@@ -68,13 +68,7 @@ def postgres_server() -> Postgres:
 @pytest.fixture
 def postgres_url(postgres_server) -> str:
     """A fresh database on the session's PostgreSQL server."""
-    import psycopg
-
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(f"host=127.0.0.1 port={postgres_server.port} user={postgres_server.user} dbname=postgres",
-                         autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    return f"postgresql+psycopg://{postgres_server.user}@127.0.0.1:{postgres_server.port}/{name}"
+    return postgres_server.create_database("t")
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -90,13 +90,7 @@ class StoppablePostgres:
         self.stops += 1
 
     def database(self) -> str:
-        import psycopg
-
-        name = f"f_{uuid.uuid4().hex[:10]}"
-        with psycopg.connect(f"host=127.0.0.1 port={self.server.port} user={self.server.user} dbname=postgres",
-                             autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
-        return f"postgresql+psycopg://{self.server.user}@127.0.0.1:{self.server.port}/{name}"
+        return self.server.create_database("f")
 
     def close(self) -> None:
         self.server.stop()

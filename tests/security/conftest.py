@@ -93,14 +93,8 @@ def file_deployment(tmp_path_factory):
 @pytest.fixture(scope="module")
 def s3_deployment(tmp_path_factory, seaweed, postgres_server):
     """Over the real SeaweedFS S3 server (presigned part URLs) and PostgreSQL."""
-    import psycopg
-
     tmp_path = tmp_path_factory.mktemp("s3-deployment")
-    name = f"sec_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(f"host=127.0.0.1 port={postgres_server.port} user={postgres_server.user} dbname=postgres",
-                         autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    postgres_url = f"postgresql+psycopg://{postgres_server.user}@127.0.0.1:{postgres_server.port}/{name}"
+    postgres_url = postgres_server.create_database("sec")
     who = seaweed.identity("admin")
     store = S3Store(f"s3://alliance/sec-{uuid.uuid4().hex[:12]}", S3Settings(
         endpoint_url=seaweed.endpoint_url, access_key_id=who.access_key, secret_access_key=who.secret_key,
