@@ -10,11 +10,14 @@ lightly encoded source (640x480, CAVLC, no deblocking, ~0.2 Mbps: the cheapest d
 printed for information. Sources are synthetic head-motion scenes, rendered once and repeated by remuxing (no
 re-encode) to the length needed. Every pipeline run is the local multi-processing runner on a folder of one
 recording. The fixed start cost is the same job over one 4 s window per worker (Beam start, planning, tables, each
-worker's decoding helper); "without it" divides the frames beyond those windows by the time beyond that job. The
-decode baselines, the media work alone and every pipeline job are the best of two runs (other load on the machine
-only ever slows a run down). The process tree the job starts (Beam workers, the decoding helper and its per-window children) is sampled
-every 50 ms (psutil) for peak RSS, CPU seconds and windows in flight: frames per CPU-second is the per-worker
-comparison that other load on a shared machine hardly moves.
+worker's decoding helper); "without it" divides the frames beyond those windows by the time beyond that job.
+
+The baseline and every pipeline job are the best of two runs (other load only ever slows a run down), in two rounds
+with the baseline measured at the start of each: the speed of a shared virtual machine drifts over minutes, and a
+baseline taken a minute before the jobs it divides moved the ratio by up to 15%. The process tree a job starts (Beam
+workers, the decoding helper and its children) is sampled every 50 ms (psutil) for peak RSS, CPU seconds and windows
+being cut at once; frames per CPU-second are printed beside the wall-clock figures (less moved by other load, though
+on a shared virtual machine CPU seconds drift too).
 
 Usage: python benchmarks/ingest.py [--full]     (about 3 minutes on 2 quiet cores; --full adds 1080p)
 """
@@ -33,6 +36,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
+
+# one worker is one core, as in the pipeline's decoding children (ingest.bounded): no BLAS thread pool for numpy
+for _pool in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_pool, "1")
 
 # this file is named like the `ingest` package: keep its folder off the import path so the package is found
 _HERE = Path(__file__).resolve().parent
@@ -77,7 +84,7 @@ class ProcessTree:
         self.every_s, self.total, self.single = every_s, 0, 0
         self.cpu: dict[int, float] = {}
         self.own_cpu = 0.0
-        self.in_flight: list[int] = []  # per sample: windows being cut (forked children of the decoding helpers)
+        self.in_flight: list[int] = []  # per sample: windows being cut (busy children of the decoding helpers)
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
 
@@ -88,21 +95,27 @@ class ProcessTree:
     def _run(self) -> None:
         me = psutil.Process()
         before, own = me.cpu_times(), time.thread_time()
+        last = time.perf_counter()
         while not self.stop.is_set():
             sizes, helpers, windows = [], set(), 0
+            now = time.perf_counter()
             for process in [me, *me.children(recursive=True)]:
                 try:
                     with process.oneshot():
                         sizes.append(process.memory_info().rss)
                         times = process.cpu_times()
+                        cutting = "ingest.bounded" in process.cmdline() and process.ppid() in helpers
                         if "ingest.bounded" in process.cmdline():
-                            windows += process.ppid() in helpers
                             helpers.add(process.pid)
                 except (psutil.NoSuchProcess, psutil.AccessDenied):
                     continue
-                self.cpu[process.pid] = times.user + times.system
+                cpu = times.user + times.system
+                # a decoding child lives on between windows: it is cutting one while it uses over half a core
+                windows += cutting and cpu - self.cpu.get(process.pid, cpu) > 0.5 * (now - last)
+                self.cpu[process.pid] = cpu
                 if process.pid == me.pid:
                     self.cpu[process.pid] -= before.user + before.system
+            last = now
             self.total = max(self.total, sum(sizes))
             self.single = max(self.single, max(sizes[1:], default=0))  # the largest worker or decoding child
             self.own_cpu = time.thread_time() - own
@@ -167,7 +180,7 @@ def one_core() -> Iterator[None]:
 
 @dataclass(frozen=True)
 class Rate:
-    """Frames per second of wall time, and per CPU-second (which other load on the machine hardly moves)."""
+    """Frames per second of wall time, and per CPU-second (less moved by other load on the machine)."""
 
     wall: float
     cpu: float
@@ -256,26 +269,36 @@ def throughput(source: Source, work: Path, home: Path, scaling: bool) -> dict[st
     path = make(source, work / name / "walk.mp4")
     frames = source.frames
     with one_core():
-        baseline = best(bare_decode(path) for _ in range(2))
         decode_only = best(bare_decode(path, rgb=False) for _ in range(2))
         media = best(media_work(path, CLIP, work / f"{name}-media") for _ in range(2))
     threaded = bare_decode(path, threads=0)
+    counts = (1, 2) if scaling else (1,)
+    tiny = {}
+    for workers in counts:  # the fixed start cost: the same job over one 4 s window per worker (each starts its helper)
+        spec = VideoSpec(**{**source.spec.__dict__, "frames": 4 * source.spec.fps * workers})
+        tiny[workers] = spec, render(Source(source.label, spec, 1), work / f"{name}-tiny-w{workers}" / "tiny.mp4")
+    baselines, start_runs, job_runs = [], {w: [] for w in counts}, {w: [] for w in counts}
+    for _ in range(2):  # two rounds, each baseline next to its jobs: a drift in the machine's speed moves both alike
+        with one_core():
+            baselines.append(bare_decode(path))
+        for workers in counts:
+            start_runs[workers].append(pipeline(tiny[workers][1], workers, home, f"{name}-tiny-w{workers}", CLIP))
+            job_runs[workers].append(pipeline(path, workers, home, f"{name}-w{workers}", CLIP))
+    baseline = best(baselines)
     print(f"  bare decode loop to RGB arrays, one core, decoder thread_count=1: {baseline.wall:.0f} frames/s "
-          f"(the per-worker baseline; first 600 frames, best of 2; {baseline.cpu:.0f} per CPU-second)")
+          f"(the per-worker baseline; first 600 frames, best of 2, one before each round of pipeline jobs; "
+          f"{baseline.cpu:.0f} per CPU-second)")
     print(f"  for information: decode only (no RGB), one core: {decode_only.wall:.0f} frames/s; decode to RGB with "
           f"FFmpeg's threads on all cores: {threaded.wall:.0f} frames/s")
     print(f"  media work alone (decode, scale, x264 encode, stats; one core, no Beam; 5 windows): {media.wall:.0f} "
           f"frames/s = {media.wall / baseline.wall:.2f}x the baseline, {media.wall / decode_only.wall:.2f}x decode "
           f"only; per CPU-second {media.cpu:.0f} = {media.cpu / baseline.cpu:.2f}x")
     jobs, starts, steady_rate = {}, {}, {}
-    for workers in ((1, 2) if scaling else (1,)):
-        # the fixed start cost: the same job over one 4 s window per worker (so every worker starts its helper)
-        tiny_spec = VideoSpec(**{**source.spec.__dict__, "frames": 4 * source.spec.fps * workers})
-        tiny = render(Source(source.label, tiny_spec, 1), work / f"{name}-tiny-w{workers}" / "tiny.mp4")
-        # best of 2, like the baselines: a ratio of a best-of-2 baseline to one pipeline run would be biased low
-        starts[workers] = fastest(pipeline(tiny, workers, home, f"{name}-tiny-w{workers}", CLIP) for _ in range(2))
-        jobs[workers] = job = fastest(pipeline(path, workers, home, f"{name}-w{workers}", CLIP) for _ in range(2))
-        marginal = frames - tiny_spec.frames  # the frames beyond the fixed-cost job's
+    for workers in counts:
+        # each the best of its 2 runs, like the baseline: a best-of-2 baseline over one run would bias the ratio low
+        starts[workers], jobs[workers] = fastest(start_runs[workers]), fastest(job_runs[workers])
+        job = jobs[workers]
+        marginal = frames - tiny[workers][0].frames  # the frames beyond the fixed-cost job's
         steady_rate[workers] = marginal / max(1e-9, job.wall - starts[workers].wall)
         print(f"  pipeline, {workers} worker(s): {job.clips} clips in {job.wall:.1f} s = {frames / job.wall:.0f} "
               f"frames/s end to end; fixed start cost {starts[workers].wall:.1f} s (one 4 s window per worker: Beam "
@@ -288,7 +311,7 @@ def throughput(source: Source, work: Path, home: Path, scaling: bool) -> dict[st
     per_cpu = (frames - 4 * source.spec.fps) / max(1e-9, one.cpu - starts[1].cpu) / baseline.cpu
     print(f"  => per worker: pipeline (1 worker) / bare decode (one core) = {end_to_end:.2f}x end to end, "
           f"{steady:.2f}x without the fixed cost (goal >= {PER_WORKER_GOAL}x); per CPU-second, without the fixed "
-          f"cost: {per_cpu:.2f}x (the same comparison as other load on the machine hardly moves it)")
+          f"cost: {per_cpu:.2f}x (the same comparison, less moved by other load)")
     ratios = {"worker": end_to_end, "worker_steady": steady, "worker_cpu": per_cpu, "fixed_s": starts[1].wall}
     if scaling:
         ratios.update(scaling=jobs[1].wall / jobs[2].wall, scaling_steady=steady_rate[2] / steady_rate[1])

@@ -3,6 +3,10 @@
 Children are forked by a small helper process (one per calling process, started on first use, PyAV preloaded) that
 has a single thread: forking the caller itself would copy a threaded Beam worker or web server mid-lock (gRPC's
 mutexes abort in such children), and multiprocessing's spawn/forkserver re-import the caller's __main__ per child.
+
+A child serves one call at a time and is kept for the next (up to TASKS_PER_CHILD): a fresh process per call paid
+its page faults and cold caches again every time (6-10% of a clip window's time). A child that timed out, died, ran
+out of memory or failed unexpectedly is never reused.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import atexit
 import gc
 import os
+import pickle
 import resource
 import shutil
 import signal
@@ -29,15 +34,22 @@ from ingest.errors import DecodeError
 T = TypeVar("T")
 _PRELOAD = ("av", "numpy", "ingest.probe", "ingest.clips")
 _START_TIMEOUT_S = 30.0
+_THREAD_POOLS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+TASKS_PER_CHILD = 64  # then a fresh child: what a long-lived decoder might leak or fragment stays bounded
 
 
 class _Helper:
     """The client side: the helper's process and its socket."""
 
     def __init__(self) -> None:
+        self.owner = os.getpid()
+        self.idle: dict[int, list[_Child]] = {}  # memory limit -> children waiting for a call
+        self.idle_lock = threading.Lock()
         self.dir = tempfile.mkdtemp(prefix="alliance-bounded-")  # 0700: only this user can connect
         self.address = os.path.join(self.dir, "s")
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+        for pool in _THREAD_POOLS:  # media work is one core's: BLAS threads (numpy's dot) spun on the others
+            env.setdefault(pool, "1")
         self.process = subprocess.Popen([sys.executable, "-m", "ingest.bounded", self.address, str(os.getpid())],
                                         env=env, stdin=subprocess.DEVNULL)
         ready = Path(self.address + ".ready")
@@ -52,12 +64,48 @@ class _Helper:
     def alive(self) -> bool:
         return self.process.poll() is None
 
-    def connect(self) -> Connection:
+    def child(self, memory_limit_mb: int) -> "_Child":
+        """An idle child with this memory limit, or a new one."""
+        with self.idle_lock:
+            waiting = self.idle.get(memory_limit_mb, [])
+            while waiting:
+                child = waiting.pop()
+                if child.usable():
+                    return child
+                child.kill()
+        return self.fork(memory_limit_mb)
+
+    def release(self, child: "_Child") -> None:
+        """Back to the idle children after a call that left it sound; retired once it has served its share."""
+        if child.calls >= TASKS_PER_CHILD:
+            child.close()
+            return
+        with self.idle_lock:
+            self.idle.setdefault(child.memory_limit_mb, []).append(child)
+
+    def fork(self, memory_limit_mb: int) -> "_Child":
+        """A new child, forked by the helper."""
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.connect(self.address)
-        return Connection(sock.detach())
+        conn = Connection(sock.detach())
+        if not conn.poll(_START_TIMEOUT_S):
+            conn.close()
+            raise DecodeError(self.address, "decode_failed", "the decoding helper did not fork a child; retry the run")
+        pid = conn.recv()
+        conn.send(memory_limit_mb)
+        return _Child(conn, pid, memory_limit_mb)
+
+    def disown(self) -> None:
+        """Let go of the idle children without touching them or the helper (in a forked copy of the caller)."""
+        for child in (c for waiting in self.idle.values() for c in waiting):
+            child.close()
+        self.idle.clear()
 
     def stop(self) -> None:
+        if os.getpid() != self.owner:  # an atexit handler inherited by a forked copy of the caller
+            return
+        with self.idle_lock:
+            self.disown()
         if self.alive():
             self.process.terminate()
             try:
@@ -67,18 +115,61 @@ class _Helper:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+class _Child:
+    """The caller's end of one forked child: its connection, pid, memory limit and how many calls it has served."""
+
+    def __init__(self, conn: Connection, pid: int, memory_limit_mb: int):
+        self.conn, self.pid, self.memory_limit_mb, self.calls = conn, pid, memory_limit_mb, 0
+
+    def usable(self) -> bool:
+        """An idle child has nothing to say: a readable connection means it is gone (end of file)."""
+        try:
+            return not self.conn.poll(0)
+        except OSError:
+            return False
+
+    def start(self, fn: Callable, args: tuple) -> bool:
+        """Hand it a call; False when it turns out to be gone before taking it (then no file is to blame)."""
+        try:
+            self.conn.send((fn, args))
+            if not self.conn.poll(_START_TIMEOUT_S):
+                return False
+            return self.conn.recv() == "started"
+        except (EOFError, OSError):
+            return False
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def kill(self) -> None:
+        self.close()
+        _kill(self.pid)
+
+
 _helper: _Helper | None = None
-_helper_pid = 0
 _lock = threading.Lock()
 
 
 def _get_helper() -> _Helper:
-    global _helper, _helper_pid
+    global _helper
     with _lock:
-        if _helper is None or _helper_pid != os.getpid() or not _helper.alive():
-            _helper, _helper_pid = _Helper(), os.getpid()
+        if _helper is None or not _helper.alive():
+            if _helper is not None:
+                _helper.stop()  # its idle children go with it
+            _helper = _Helper()
             atexit.register(_helper.stop)
         return _helper
+
+
+def _after_fork_in_child() -> None:
+    """A forked copy of the caller starts its own helper: the parent's helper and children stay the parent's."""
+    global _helper, _lock
+    if _helper is not None:
+        _helper.disown()
+    _helper, _lock = None, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def run_bounded(fn: Callable[..., T], args: tuple, *, path: str | Path, timeout_s: float,
@@ -87,24 +178,30 @@ def run_bounded(fn: Callable[..., T], args: tuple, *, path: str | Path, timeout_
 
     fn and args must pickle (module-level functions, dataclasses, arrays); so must the result.
     """
-    conn = _get_helper().connect()
+    helper = _get_helper()
+    child = helper.child(memory_limit_mb)
+    if not child.start(fn, args):  # it left while idle (killed from outside, say): one fresh child, once
+        child.kill()
+        child = helper.fork(memory_limit_mb)
+        if not child.start(fn, args):
+            child.kill()
+            raise DecodeError(path, "decode_failed", "the decoding child did not take the call; retry the run")
+    child.calls += 1
+    if not child.conn.poll(timeout_s):
+        child.kill()
+        raise DecodeError(path, "decode_timeout",
+                          f"decoding did not finish within {timeout_s:g} s; the file may be malformed "
+                          f"(re-encode it) or too long for the time bound (raise the timeout)")
     try:
-        if not conn.poll(_START_TIMEOUT_S):
-            raise DecodeError(path, "decode_failed", "the decoding helper did not fork a child; retry the run")
-        pid = conn.recv()
-        conn.send((fn, args, memory_limit_mb))
-        if not conn.poll(timeout_s):
-            _kill(pid)
-            raise DecodeError(path, "decode_timeout",
-                              f"decoding did not finish within {timeout_s:g} s; the file may be malformed "
-                              f"(re-encode it) or too long for the time bound (raise the timeout)")
-        try:
-            status, payload = conn.recv()
-        except EOFError:
-            raise DecodeError(path, "decode_failed", "the decoder process died (crashed or was killed); the file "
-                                                     "crashes FFmpeg: re-encode it with a standard encoder") from None
-    finally:
-        conn.close()
+        status, payload = child.conn.recv()
+    except (EOFError, OSError):
+        child.kill()
+        raise DecodeError(path, "decode_failed", "the decoder process died (crashed or was killed); the file "
+                                                 "crashes FFmpeg: re-encode it with a standard encoder") from None
+    if status in ("ok", "decode_error"):  # a refused file leaves the child as sound as a good one
+        helper.release(child)
+    else:
+        child.kill()
     if status == "ok":
         return payload
     if status == "decode_error":
@@ -126,22 +223,29 @@ def _kill(pid: int) -> None:
 
 
 def _child(conn: Connection) -> None:
-    """In a forked child: run one request and send back its outcome."""
+    """In a forked child: take calls one at a time and send back each outcome, until the caller hangs up."""
     conn.send(os.getpid())
-    fn, args, memory_limit_mb = conn.recv()
+    memory_limit_mb = conn.recv()
     if memory_limit_mb > 0:
         limit = memory_limit_mb << 20
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-    try:
-        result = ("ok", fn(*args))
-    except DecodeError as e:
-        result = ("decode_error", (e.path, e.reason, e.detail))
-    except MemoryError:
-        result = ("memory", "")
-    except Exception:  # anything else goes back to the caller with its traceback, never swallowed
-        result = ("error", traceback.format_exc(limit=6))
-    conn.send(result)
-    conn.close()
+    while True:
+        try:
+            call = conn.recv_bytes()
+        except EOFError:
+            return
+        conn.send("started")
+        try:
+            fn, args = pickle.loads(call)
+            result = ("ok", fn(*args))
+        except DecodeError as e:
+            result = ("decode_error", (e.path, e.reason, e.detail))
+        except MemoryError:
+            result = ("memory", "")
+        except Exception:  # anything else goes back to the caller with its traceback, never swallowed
+            result = ("error", traceback.format_exc(limit=6))
+        conn.send(result)
+        call = result = fn = args = None  # nothing of one call is held while waiting for the next
 
 
 def _warm_up() -> None:
@@ -171,7 +275,7 @@ def _warm_up() -> None:
 
 
 def serve(address: str, parent_pid: int) -> None:
-    """Accept one connection per request and fork a child for it; exit when the parent is gone."""
+    """Accept one connection per child and fork the child; exit when the parent is gone."""
     for module in _PRELOAD:
         __import__(module)
     _warm_up()

@@ -352,22 +352,37 @@ def frame_stats(planes: list[np.ndarray], every: int = 2) -> dict[str, float]:
     every n-th frame.
 
     Full-range luma is the Y byte clipped to 16..235, less 16, times 255/219 (FULL_RANGE): every statistic is computed
-    on the clipped bytes with integer sums, exact, and scaled.
+    on the clipped bytes with exact integer sums (float64 dot products of integers stay exact below 2**53), and
+    scaled. One sampled frame is worked on at a time.
     """
-    sampled = [np.clip(y, 16, 235).astype(np.int16) for y in planes[::max(1, every)]]
     scale = 255.0 / 219.0
-    pixels = sum(y.size for y in sampled)
-    total = sum(int(y.sum(dtype=np.int64)) for y in sampled)
-    squares = sum(_sum_of_squares(y) for y in sampled)
+    pixels = total = squares = dark = bright = 0
+    diffs, laplacian = [], []
+    previous = None
+    for y in planes[::max(1, every)]:
+        clipped = np.clip(y, 16, 235).astype(np.int16)
+        values = clipped.astype(np.float64).ravel()
+        pixels += values.size
+        total += int(values.sum())
+        squares += int(values @ values)
+        dark += int(np.count_nonzero(y <= _DARKEST))
+        bright += int(np.count_nonzero(y >= _BRIGHTEST))
+        if previous is not None:
+            difference = clipped - previous
+            diffs.append(int(np.abs(difference, out=difference).sum(dtype=np.int64)) / difference.size * scale)
+        previous = clipped
+        if min(y.shape) >= 3:
+            response = clipped[:-2, 1:-1] + clipped[2:, 1:-1]
+            response += clipped[1:-1, :-2]
+            response += clipped[1:-1, 2:]
+            response -= 4 * clipped[1:-1, 1:-1]
+            laplacian.append(_variance(response) * scale ** 2)
     mean = total / pixels
-    diffs = [int(np.abs(b - a).sum(dtype=np.int64)) / a.size * scale for a, b in zip(sampled, sampled[1:])]
-    laplacian = [_variance(y[:-2, 1:-1] + y[2:, 1:-1] + y[1:-1, :-2] + y[1:-1, 2:] - 4 * y[1:-1, 1:-1]) * scale ** 2
-                 for y in sampled if min(y.shape) >= 3]
     return {
         "luma_mean": (mean - 16.0) * scale,
         "luma_std": math.sqrt(max(0.0, squares / pixels - mean * mean)) * scale,
-        "dark_fraction": sum(int(np.count_nonzero(y <= _DARKEST)) for y in sampled) / pixels,
-        "bright_fraction": sum(int(np.count_nonzero(y >= _BRIGHTEST)) for y in sampled) / pixels,
+        "dark_fraction": dark / pixels,
+        "bright_fraction": bright / pixels,
         "frame_diff_mean": float(np.mean(diffs)) if diffs else 0.0,
         "sharpness": float(np.mean(laplacian)) if laplacian else 0.0,
     }
@@ -377,16 +392,11 @@ _DARKEST = int(np.flatnonzero(FULL_RANGE < 16).max())  # the last Y byte whose f
 _BRIGHTEST = int(np.flatnonzero(FULL_RANGE > 239).min())  # the first above 239
 
 
-def _sum_of_squares(values: np.ndarray) -> int:
-    flat = values.astype(np.int64).ravel()
-    return int(np.dot(flat, flat))
-
-
 def _variance(values: np.ndarray) -> float:
-    """Population variance of integers, from exact integer sums."""
-    n = values.size
-    total = int(values.sum(dtype=np.int64))
-    return max(0.0, (_sum_of_squares(values) - total * total / n) / n)
+    """Population variance of small integers (|v| * sqrt(n) below 2**26), from exact sums."""
+    flat = values.astype(np.float64).ravel()
+    n, total = flat.size, int(flat.sum())
+    return max(0.0, (int(flat @ flat) - total * total / n) / n)
 
 
 # --------------------------------------------------------------------------- one window, end to end

@@ -1,13 +1,11 @@
-"""Probe: what a good file is, why a bad one is refused, and that a hang or crash costs only a bounded wait."""
+"""Probe: what a good file is and why a bad one is refused."""
 
 from __future__ import annotations
 
 import os
-import time
 
 import pytest
 
-from ingest.bounded import run_bounded
 from ingest.errors import DecodeError
 from ingest.probe import probe
 from ingest.synth import VideoSpec, write_video
@@ -73,19 +71,6 @@ def test_mkv_avi_and_mpegts_are_accepted(tmp_path):
     for name, fmt in (("v.mkv", "matroska"), ("v.avi", "avi"), ("v.ts", "mpegts")):
         result = probe(write_video(tmp_path / name, VideoSpec(frames=10), container_format=fmt))
         assert result.container_format == fmt and result.width == 64
-
-
-def test_a_hang_becomes_decode_timeout_within_the_bound(tmp_path):
-    started = time.monotonic()
-    with pytest.raises(DecodeError) as caught:
-        run_bounded(time.sleep, (30,), path=tmp_path / "slow.mp4", timeout_s=0.5)
-    assert caught.value.reason == "decode_timeout" and time.monotonic() - started < 5
-
-
-def test_a_crashing_decoder_becomes_decode_failed(tmp_path):
-    with pytest.raises(DecodeError) as caught:
-        run_bounded(os._exit, (3,), path=tmp_path / "crash.mp4", timeout_s=5)
-    assert caught.value.reason == "decode_failed" and "died" in caught.value.detail
 
 
 def test_decode_error_survives_pickling():
