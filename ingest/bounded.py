@@ -187,17 +187,13 @@ def run_bounded(fn: Callable[..., T], args: tuple, *, path: str | Path, timeout_
             child.kill()
             raise DecodeError(path, "decode_failed", "the decoding child did not take the call; retry the run")
     child.calls += 1
-    if not child.conn.poll(timeout_s):
-        child.kill()
-        raise DecodeError(path, "decode_timeout",
-                          f"decoding did not finish within {timeout_s:g} s; the file may be malformed "
-                          f"(re-encode it) or too long for the time bound (raise the timeout)")
     try:
-        status, payload = child.conn.recv()
+        status, payload = child.conn.recv() if child.conn.poll(timeout_s) else ("timeout", None)
     except (EOFError, OSError):
+        status, payload = "died", None
+    except BaseException:  # the caller was interrupted: the call is abandoned, and its child with it
         child.kill()
-        raise DecodeError(path, "decode_failed", "the decoder process died (crashed or was killed); the file "
-                                                 "crashes FFmpeg: re-encode it with a standard encoder") from None
+        raise
     if status in ("ok", "decode_error"):  # a refused file leaves the child as sound as a good one
         helper.release(child)
     else:
@@ -206,6 +202,13 @@ def run_bounded(fn: Callable[..., T], args: tuple, *, path: str | Path, timeout_
         return payload
     if status == "decode_error":
         raise DecodeError(*payload)
+    if status == "timeout":
+        raise DecodeError(path, "decode_timeout",
+                          f"decoding did not finish within {timeout_s:g} s; the file may be malformed "
+                          f"(re-encode it) or too long for the time bound (raise the timeout)")
+    if status == "died":
+        raise DecodeError(path, "decode_failed", "the decoder process died (crashed or was killed); the file "
+                                                 "crashes FFmpeg: re-encode it with a standard encoder")
     if status == "memory":
         raise DecodeError(path, "decode_failed", f"decoding needed more than {memory_limit_mb} MiB of memory; "
                                                  f"re-encode the file at a lower resolution")
@@ -224,6 +227,7 @@ def _kill(pid: int) -> None:
 
 def _child(conn: Connection) -> None:
     """In a forked child: take calls one at a time and send back each outcome, until the caller hangs up."""
+    _die_with_parent()
     conn.send(os.getpid())
     memory_limit_mb = conn.recv()
     if memory_limit_mb > 0:
@@ -246,6 +250,17 @@ def _child(conn: Connection) -> None:
             result = ("error", traceback.format_exc(limit=6))
         conn.send(result)
         call = result = fn = args = None  # nothing of one call is held while waiting for the next
+
+
+def _die_with_parent() -> None:
+    """Linux: SIGKILL this child when the helper exits (it exits when the caller is gone), so a call stuck in a
+    decoder never outlives the run that made it. Elsewhere a stuck child lives until its call returns."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
 
 
 def _warm_up() -> None:

@@ -93,6 +93,32 @@ def test_a_forked_copy_of_the_caller_uses_its_own_helper(tmp_path):
     assert _pid(tmp_path) == parent_child
 
 
+def test_a_stuck_child_does_not_outlive_its_caller(tmp_path):
+    """A caller killed mid-call (a Beam worker under kill -9) takes its helper along, and the helper its children."""
+    pid_file = tmp_path / "child.pid"
+    caller = os.fork()
+    if caller == 0:
+        try:
+            run_bounded(_hang_after_writing_pid, (str(pid_file),), path=tmp_path, timeout_s=120)
+        finally:
+            os._exit(0)
+    deadline = time.monotonic() + 20
+    while not pid_file.exists() or not pid_file.read_text():
+        assert time.monotonic() < deadline, "the call never started"
+        time.sleep(0.02)
+    stuck = int(pid_file.read_text())
+    os.kill(caller, signal.SIGKILL)
+    os.waitpid(caller, 0)
+    _wait_gone(stuck, timeout_s=10)
+
+
+def _hang_after_writing_pid(path: str) -> None:
+    with open(path + ".tmp", "w") as f:
+        f.write(str(os.getpid()))
+    os.replace(path + ".tmp", path)
+    time.sleep(120)
+
+
 def _refuse(path: str) -> None:
     raise DecodeError(path, "corrupt", "made up for the test")
 
