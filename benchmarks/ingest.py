@@ -37,13 +37,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-# one worker is one core, as in the pipeline's decoding children (ingest.bounded): no BLAS thread pool for numpy
-for _pool in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ.setdefault(_pool, "1")
-
 # this file is named like the `ingest` package: keep its folder off the import path so the package is found
 _HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE] + [str(_HERE.parent)]
+
+from ingest.bounded import one_core_env  # noqa: E402
+
+os.environ.update(one_core_env(dict(os.environ)))  # one worker is one core, as in the pipeline's decoding children
 
 import av  # noqa: E402
 import psutil  # noqa: E402
@@ -104,8 +104,9 @@ class ProcessTree:
                     with process.oneshot():
                         sizes.append(process.memory_info().rss)
                         times = process.cpu_times()
-                        cutting = "ingest.bounded" in process.cmdline() and process.ppid() in helpers
-                        if "ingest.bounded" in process.cmdline():
+                        bounded = "ingest.bounded" in process.cmdline()
+                        cutting = bounded and process.ppid() in helpers
+                        if bounded:
                             helpers.add(process.pid)
                 except (psutil.NoSuchProcess, psutil.AccessDenied):
                     continue
@@ -308,7 +309,7 @@ def throughput(source: Source, work: Path, home: Path, scaling: bool) -> dict[st
     one = jobs[1]
     end_to_end = frames / one.wall / baseline.wall
     steady = steady_rate[1] / baseline.wall
-    per_cpu = (frames - 4 * source.spec.fps) / max(1e-9, one.cpu - starts[1].cpu) / baseline.cpu
+    per_cpu = (frames - tiny[1][0].frames) / max(1e-9, one.cpu - starts[1].cpu) / baseline.cpu
     print(f"  => per worker: pipeline (1 worker) / bare decode (one core) = {end_to_end:.2f}x end to end, "
           f"{steady:.2f}x without the fixed cost (goal >= {PER_WORKER_GOAL}x); per CPU-second, without the fixed "
           f"cost: {per_cpu:.2f}x (the same comparison, less moved by other load)")
@@ -318,7 +319,7 @@ def throughput(source: Source, work: Path, home: Path, scaling: bool) -> dict[st
         print(f"  => 2 workers vs 1: {ratios['scaling']:.2f}x end to end, {ratios['scaling_steady']:.2f}x without "
               f"the fixed cost (goal >= {SCALING_GOAL}x)  [{load()}]")
         # what two free cores would give: windows cut at once, less any CPU that a second worker adds per frame
-        cpu_per_frame = {w: (jobs[w].cpu - starts[w].cpu) / (frames - 4 * source.spec.fps * w) for w in (1, 2)}
+        cpu_per_frame = {w: (jobs[w].cpu - starts[w].cpu) / (frames - tiny[w][0].frames) for w in (1, 2)}
         cpu_cost = cpu_per_frame[2] / cpu_per_frame[1]
         ratios["projected"] = jobs[2].in_flight / max(1e-9, cpu_cost)
         print(f"     with 2 workers {jobs[2].in_flight:.2f} windows were cut at once on average, at {cpu_cost:.2f}x "

@@ -35,6 +35,12 @@ T = TypeVar("T")
 _PRELOAD = ("av", "numpy", "ingest.probe", "ingest.clips")
 _START_TIMEOUT_S = 30.0
 _THREAD_POOLS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def one_core_env(env: dict[str, str]) -> dict[str, str]:
+    """`env` with BLAS and OpenMP pools at one thread unless set: media work is one core's, and numpy's dot on a
+    frame otherwise woke threads that spun on the other cores."""
+    return {**{pool: "1" for pool in _THREAD_POOLS}, **env}
 TASKS_PER_CHILD = 64  # then a fresh child: what a long-lived decoder might leak or fragment stays bounded
 
 
@@ -47,9 +53,7 @@ class _Helper:
         self.idle_lock = threading.Lock()
         self.dir = tempfile.mkdtemp(prefix="alliance-bounded-")  # 0700: only this user can connect
         self.address = os.path.join(self.dir, "s")
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
-        for pool in _THREAD_POOLS:  # media work is one core's: BLAS threads (numpy's dot) spun on the others
-            env.setdefault(pool, "1")
+        env = one_core_env(dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p)))
         self.process = subprocess.Popen([sys.executable, "-m", "ingest.bounded", self.address, str(os.getpid())],
                                         env=env, stdin=subprocess.DEVNULL)
         ready = Path(self.address + ".ready")
