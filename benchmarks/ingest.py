@@ -12,14 +12,16 @@ re-encode) to the length needed. Every pipeline run is the local multi-processin
 recording. The fixed start cost is the same job over one 4 s window per worker (Beam start, planning, tables, each
 worker's decoding helper); "without it" divides the frames beyond those windows by the time beyond that job.
 
-The baseline and every pipeline job are the best of two runs (other load only ever slows a run down), in two rounds
-with the baseline measured at the start of each: the speed of a shared virtual machine drifts over minutes, and a
-baseline taken a minute before the jobs it divides moved the ratio by up to 15%. The process tree a job starts (Beam
-workers, the decoding helper and its children) is sampled every 50 ms (psutil) for peak RSS, CPU seconds and windows
-being cut at once; frames per CPU-second are printed beside the wall-clock figures (less moved by other load, though
-on a shared virtual machine CPU seconds drift too).
+The baseline and every pipeline job are the best of three runs (other load only ever slows a run down), in three
+rounds with the baseline measured at the start of each: the speed of a shared virtual machine drifts over minutes,
+and a baseline taken a minute before the jobs it divides moved the ratio by up to 15%. The baseline decodes the
+whole recording, the same frames the job cuts: the speed also swings by 10-20% over seconds, so the best of a few
+short loops (600 frames, 3 s) read up to 9% above a whole-recording loop run just after them, and would flatter the
+baseline. The process tree a job starts (Beam workers, the decoding helper and its children) is sampled every 50 ms
+(psutil) for peak RSS, CPU seconds and windows being cut at once; frames per CPU-second are printed beside the
+wall-clock figures (less moved by other load, though on a shared virtual machine CPU seconds drift too).
 
-Usage: python benchmarks/ingest.py [--full]     (about 3 minutes on 2 quiet cores; --full adds 1080p)
+Usage: python benchmarks/ingest.py [--full]     (about 5 minutes on 2 quiet cores; --full adds 1080p)
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ from ingest.synth import VideoSpec, write_video  # noqa: E402
 
 CLIP = ClipConfig(clip_s=4.0, short_side=256)
 PER_WORKER_GOAL, SCALING_GOAL, RSS_GOAL = 0.7, 1.7, 1.2
+ROUNDS = 3  # rounds of baseline and pipeline jobs; each figure is the best of its rounds
 
 
 @dataclass(frozen=True)
@@ -193,9 +196,9 @@ def best(rates: Iterator[Rate]) -> Rate:
     return Rate(max(r.wall for r in rates), max(r.cpu for r in rates))
 
 
-def bare_decode(path: Path, threads: int = 1, rgb: bool = True, limit: int = 600) -> Rate:
-    """Frames/s of the plain loop over the first `limit` frames: PyAV decoding every frame (to an RGB array unless
-    rgb=False), nothing else."""
+def bare_decode(path: Path, threads: int = 1, rgb: bool = True, limit: int | None = 600) -> Rate:
+    """Frames/s of the plain loop over the first `limit` frames (None: all): PyAV decoding every frame (to an RGB
+    array unless rgb=False), nothing else."""
     started, cpu = time.perf_counter(), time.process_time()
     frames = 0
     with av.open(str(path)) as container:
@@ -206,7 +209,7 @@ def bare_decode(path: Path, threads: int = 1, rgb: bool = True, limit: int = 600
             if rgb:
                 frame.to_ndarray(format="rgb24")
             frames += 1
-            if frames >= limit:
+            if limit is not None and frames >= limit:
                 break
     return Rate(frames / (time.perf_counter() - started), frames / (time.process_time() - cpu))
 
@@ -279,24 +282,24 @@ def throughput(source: Source, work: Path, home: Path, scaling: bool) -> dict[st
         spec = VideoSpec(**{**source.spec.__dict__, "frames": 4 * source.spec.fps * workers})
         tiny[workers] = spec, render(Source(source.label, spec, 1), work / f"{name}-tiny-w{workers}" / "tiny.mp4")
     baselines, start_runs, job_runs = [], {w: [] for w in counts}, {w: [] for w in counts}
-    for _ in range(2):  # two rounds, each baseline next to its jobs: a drift in the machine's speed moves both alike
+    for _ in range(ROUNDS):  # each baseline next to its jobs: a drift in the machine's speed moves both alike
         with one_core():
-            baselines.append(bare_decode(path))
+            baselines.append(bare_decode(path, limit=None))
         for workers in counts:
             start_runs[workers].append(pipeline(tiny[workers][1], workers, home, f"{name}-tiny-w{workers}", CLIP))
             job_runs[workers].append(pipeline(path, workers, home, f"{name}-w{workers}", CLIP))
     baseline = best(baselines)
     print(f"  bare decode loop to RGB arrays, one core, decoder thread_count=1: {baseline.wall:.0f} frames/s "
-          f"(the per-worker baseline; first 600 frames, best of 2, one before each round of pipeline jobs; "
+          f"(the per-worker baseline; all {frames} frames, best of {ROUNDS}, one before each round of pipeline jobs; "
           f"{baseline.cpu:.0f} per CPU-second)")
-    print(f"  for information: decode only (no RGB), one core: {decode_only.wall:.0f} frames/s; decode to RGB with "
-          f"FFmpeg's threads on all cores: {threaded.wall:.0f} frames/s")
+    print(f"  for information (first 600 frames): decode only (no RGB), one core: {decode_only.wall:.0f} frames/s; "
+          f"decode to RGB with FFmpeg's threads on all cores: {threaded.wall:.0f} frames/s")
     print(f"  media work alone (decode, scale, x264 encode, stats; one core, no Beam; 5 windows): {media.wall:.0f} "
           f"frames/s = {media.wall / baseline.wall:.2f}x the baseline, {media.wall / decode_only.wall:.2f}x decode "
           f"only; per CPU-second {media.cpu:.0f} = {media.cpu / baseline.cpu:.2f}x")
     jobs, starts, steady_rate = {}, {}, {}
     for workers in counts:
-        # each the best of its 2 runs, like the baseline: a best-of-2 baseline over one run would bias the ratio low
+        # each the best of its runs, like the baseline: a best-of-n baseline over one run would bias the ratio low
         starts[workers], jobs[workers] = fastest(start_runs[workers]), fastest(job_runs[workers])
         job = jobs[workers]
         marginal = frames - tiny[workers][0].frames  # the frames beyond the fixed-cost job's

@@ -39,6 +39,9 @@ class ClipConfig:
     # x264 on one thread per window. Measured on 456x256 head-motion clips at crf 23: ultrafast encodes ~3x faster
     # in about half the bytes but with ~2 dB less PSNR (full-pixel motion, no CABAC, no deblocking); veryfast is ~1.5x
     # slower for the same bytes and PSNR. superfast is the cheapest preset that keeps sub-pixel motion and deblocking.
+    # On textured footage panned at sub-pixel speed (1/f^2 texture, sensor noise) ultrafast needs 4-6x superfast's
+    # bytes for the same PSNR (subme 0 alone: 2.1x; CAVLC: 1.17x); none of the single switches tried on superfast
+    # (aq, weightp, scenecut, 8x8dct, partitions, deblock) encoded measurably faster.
     preset: str = "superfast"
     stats_every: int = 2  # frame statistics on every n-th frame
     threads: int = 1  # decoder and scaler threads per window (0: FFmpeg's choice); 1: workers scale across cores
