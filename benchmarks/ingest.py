@@ -15,9 +15,9 @@ worker's decoding helper); "without it" divides the frames beyond those windows 
 The baseline and every pipeline job are the best of three runs (other load only ever slows a run down), in three
 rounds with the baseline measured at the start of each: the speed of a shared virtual machine drifts over minutes,
 and a baseline taken a minute before the jobs it divides moved the ratio by up to 15%. The baseline decodes the
-whole recording, the same frames the job cuts: the speed also swings by 10-20% over seconds, so the best of a few
-short loops (600 frames, 3 s) read up to 9% above a whole-recording loop run just after them, and would flatter the
-baseline. The process tree a job starts (Beam workers, the decoding helper and its children) is sampled every 50 ms
+whole recording, the same frames the job cuts: the speed also swings by 10-20% over seconds, and short loops catch
+its fast moments (the best of three 600-frame loops read 1-2% above the best of three whole-recording loops, one
+pair 9%). The process tree a job starts (Beam workers, the decoding helper and its children) is sampled every 50 ms
 (psutil) for peak RSS, CPU seconds and windows being cut at once; frames per CPU-second are printed beside the
 wall-clock figures (less moved by other load, though on a shared virtual machine CPU seconds drift too).
 
