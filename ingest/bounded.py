@@ -35,13 +35,13 @@ T = TypeVar("T")
 _PRELOAD = ("av", "numpy", "ingest.probe", "ingest.clips")
 _START_TIMEOUT_S = 30.0
 _THREAD_POOLS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+TASKS_PER_CHILD = 64  # then a fresh child: what a long-lived decoder might leak or fragment stays bounded
 
 
 def one_core_env(env: dict[str, str]) -> dict[str, str]:
     """`env` with BLAS and OpenMP pools at one thread unless set: media work is one core's, and numpy's dot on a
     frame otherwise woke threads that spun on the other cores."""
     return {**{pool: "1" for pool in _THREAD_POOLS}, **env}
-TASKS_PER_CHILD = 64  # then a fresh child: what a long-lived decoder might leak or fragment stays bounded
 
 
 class _Helper:

@@ -355,8 +355,7 @@ def frame_stats(planes: list[np.ndarray], every: int = 2) -> dict[str, float]:
     every n-th frame.
 
     Full-range luma is the Y byte clipped to 16..235, less 16, times 255/219 (FULL_RANGE): every statistic is computed
-    on the clipped bytes with exact integer sums (float64 dot products of integers stay exact below 2**53), and
-    scaled. One sampled frame is worked on at a time.
+    on the clipped bytes with exact integer sums (_exact_sums), and scaled. One sampled frame is worked on at a time.
     """
     scale = 255.0 / 219.0
     pixels = total = squares = dark = bright = 0
@@ -364,10 +363,8 @@ def frame_stats(planes: list[np.ndarray], every: int = 2) -> dict[str, float]:
     previous = None
     for y in planes[::max(1, every)]:
         clipped = np.clip(y, 16, 235).astype(np.int16)
-        values = clipped.astype(np.float64).ravel()
-        pixels += values.size
-        total += int(values.sum())
-        squares += int(values @ values)
+        n, s, q = _exact_sums(clipped)
+        pixels, total, squares = pixels + n, total + s, squares + q
         dark += int(np.count_nonzero(y <= _DARKEST))
         bright += int(np.count_nonzero(y >= _BRIGHTEST))
         if previous is not None:
@@ -395,11 +392,17 @@ _DARKEST = int(np.flatnonzero(FULL_RANGE < 16).max())  # the last Y byte whose f
 _BRIGHTEST = int(np.flatnonzero(FULL_RANGE > 239).min())  # the first above 239
 
 
-def _variance(values: np.ndarray) -> float:
-    """Population variance of small integers (|v| * sqrt(n) below 2**26), from exact sums."""
+def _exact_sums(values: np.ndarray) -> tuple[int, int, int]:
+    """Count, sum and sum of squares of small integers (|v| * sqrt(n) below 2**26), exact: float64 dot products of
+    integers stay exact below 2**53."""
     flat = values.astype(np.float64).ravel()
-    n, total = flat.size, int(flat.sum())
-    return max(0.0, (int(flat @ flat) - total * total / n) / n)
+    return flat.size, int(flat.sum()), int(flat @ flat)
+
+
+def _variance(values: np.ndarray) -> float:
+    """Population variance of small integers, from exact sums."""
+    n, total, squares = _exact_sums(values)
+    return max(0.0, (squares - total * total / n) / n)
 
 
 # --------------------------------------------------------------------------- one window, end to end
