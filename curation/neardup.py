@@ -7,6 +7,7 @@ import io
 import json
 from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import Callable
 
 import numpy as np
 
@@ -33,6 +34,11 @@ class NearDupConfig:
     max_bucket: int = 50_000         # a bucket this full says nothing (flat frames); it is ignored
     max_mean_hamming: float = 12.0   # mean bits apart over the best temporal alignment: near duplicate
     min_overlap: float = 0.5         # share of the shorter clip's samples the alignment must cover
+    # inside one recording: windows whose gap is below this are one continuous shot, never copies of each other
+    # (a slow handheld shot's next window looks like the last one); a repeat further apart (a loop, a segment
+    # uploaded twice into one file) must also be this close, since a continuing shot can come back to a view
+    same_recording_gap_s: float = 4.0
+    same_recording_max_hamming: float = 6.0
 
 
 @dataclass(frozen=True)
@@ -417,9 +423,10 @@ class NearDupIndex:
         return Segment.build(self._pending_ids, self._pending_content, self._pending_keys, self._pending_hashes,
                              self.cfg)
 
-    def query(self, sig: Signature) -> NearDupMatch | None:
-        """The closest indexed clip within the threshold (ties: the earliest indexed), or None. A clip becomes a
-        candidate when one view of the query (a phase, plain or mirrored) collides with it in enough bands."""
+    def query(self, sig: Signature, admit: Callable[[NearDupMatch], bool] | None = None) -> NearDupMatch | None:
+        """The closest indexed clip within the threshold (ties: the earliest indexed) that `admit` accepts, or None.
+        A clip becomes a candidate when one view of the query (a phase, plain or mirrored) collides with it in
+        enough bands."""
         views = sig.views.shape[0]  # at most 256: a view's number takes the low byte of a coded key
         keys = _band_keys(sig.views, self.cfg)  # [V, S, F, B]
         view = np.arange(views, dtype=np.uint64)[:, None]
@@ -435,7 +442,7 @@ class NearDupIndex:
                 continue
             pairs = segment.entries[flat].astype(np.int64) * views + view_of[which]
             best = self._better(best, self._verify(sig, _hits(pairs, need), views, segment.hashes, segment.lengths,
-                                                   segment.clip_ids))
+                                                   segment.clip_ids, admit=admit))
         if self._pending_ids:
             table = self._pending_table
             held = np.fromiter(table.keys() & set(keys.tolist()), np.uint32)  # few: Python touches only these
@@ -448,23 +455,27 @@ class NearDupIndex:
                 candidates = _sorted_unique(coded // views)
                 hashes, lengths = _stack([self._pending_hashes[i] for i in candidates], len(self.cfg.scales))
                 found = self._verify(sig, coded, views, hashes, lengths, self._pending_ids,
-                                     at=np.searchsorted(candidates, coded // views))
+                                     at=np.searchsorted(candidates, coded // views), admit=admit)
                 best = self._better(best, found)
         return best
 
     def _verify(self, sig: Signature, coded: np.ndarray, views: int, hashes: np.ndarray, lengths: np.ndarray,
-                ids: list[str], at: np.ndarray | None = None) -> NearDupMatch | None:
-        """Full comparison of each colliding (clip, view) pair; the closest clip within the threshold wins.
-        `at`: where each pair's clip lies in `hashes`, when that is not its position in `ids`."""
+                ids: list[str], at: np.ndarray | None = None,
+                admit: Callable[[NearDupMatch], bool] | None = None) -> NearDupMatch | None:
+        """Full comparison of each colliding (clip, view) pair; the closest clip within the threshold that `admit`
+        accepts wins. `at`: where each pair's clip lies in `hashes`, when that is not its position in `ids`."""
         if len(coded) == 0:
             return None
         rows, view = coded // views, coded % views
         at = rows if at is None else at
         d = view_distances(sig.views[view][:, None], hashes[at], self.cfg, lengths[at])
-        first = np.lexsort((rows, d))[0]
-        if d[first] > self.cfg.max_mean_hamming:
-            return None
-        return NearDupMatch(ids[int(rows[first])], float(d[first]))
+        for pick in np.lexsort((rows, d)).tolist():
+            if d[pick] > self.cfg.max_mean_hamming:
+                return None
+            match = NearDupMatch(ids[int(rows[pick])], float(d[pick]))
+            if admit is None or admit(match):
+                return match
+        return None
 
     @staticmethod
     def _better(a: NearDupMatch | None, b: NearDupMatch | None) -> NearDupMatch | None:

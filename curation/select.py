@@ -13,7 +13,7 @@ import numpy as np
 from curation.balance import (Hierarchy, KMeansConfig, assign, balanced_sample, centered, cluster_sizes, kmeans,
                               mean_direction, streaming_kmeans)
 from curation.media import ClipDecodeError, DecodedClip, decode_clip
-from curation.neardup import NearDupConfig, NearDupIndex, Signature, signature
+from curation.neardup import NearDupConfig, NearDupIndex, NearDupMatch, Signature, signature
 from curation.quality import QualityConfig, QualitySignals, measure, quality_detail, quality_reason
 from curation.semdedup import SemDedupConfig, semdedup_cluster
 
@@ -107,16 +107,39 @@ def accepted_at(row: dict[str, Any]) -> str:
         meta = json.loads(row.get("recording_meta") or "{}")
     except json.JSONDecodeError:
         meta = {}
+    if not isinstance(meta, dict):
+        return ""
     delivery = meta.get("delivery") if isinstance(meta.get("delivery"), dict) else {}
     return str(meta.get("accepted_at") or delivery.get("accepted_at") or "")
 
 
-def keep_order(row: dict[str, Any], signals: QualitySignals | None) -> tuple:
-    """Earliest accepted first; then quality: larger source, longer, sharper; then the clip id (a stable tie)."""
+def picture_quality(signals: QualitySignals) -> float:
+    """One figure for how good a copy's picture is: its sharpness, less the share of pixels clipped to black or
+    white (a brightened copy loses its highlights). Rounded, so copies that differ only in noise tie."""
+    clipped = min(1.0, signals.dark_fraction + signals.bright_fraction)
+    return round(signals.sharpness * (1.0 - clipped), 2)
+
+
+def keep_order(row: dict[str, Any], signals: QualitySignals | None, accepted: str = "") -> tuple:
+    """The best copy of a duplicate first: the larger source picture (pixels), then the longer clip, then the better
+    picture (picture_quality), then the recording accepted first (`accepted`, else the contract metadata's; unknown
+    acceptance sorts last, never first), then the delivery and the clip id (a stable tie)."""
+    when = accepted or accepted_at(row)
+    acceptance = (0, when) if when else (1, "")
+    pixels = int(row.get("source_width") or 0) * int(row.get("source_height") or 0)
     if signals is None:
-        return (accepted_at(row), row.get("delivery") or "", 0, 0.0, 0.0, row["clip_id"])
-    return (accepted_at(row), row.get("delivery") or "", -signals.short_side, -round(signals.duration_s, 3),
-            -round(signals.sharpness, 4), row["clip_id"])
+        return (-pixels, 0.0, 0.0, *acceptance, row.get("delivery") or "", row["clip_id"])
+    return (-pixels, -round(signals.duration_s, 1), -picture_quality(signals), *acceptance,
+            row.get("delivery") or "", row["clip_id"])
+
+
+def clip_origin(clip_id: str) -> tuple[str, float] | None:
+    """(recording id, start in seconds) of a clip id as `ingest.clips.clip_id` makes it (sha256-milliseconds[-fp]),
+    or None for an id of another form."""
+    parts = clip_id.split("-")
+    if len(parts) < 2 or len(parts[0]) != 64 or not parts[1].isdigit():
+        return None
+    return parts[0], int(parts[1]) / 1000.0
 
 
 # --------------------------------------------------------------------------- verdicts
@@ -148,15 +171,40 @@ class Candidate:
     stage: str | None
     reason: str | None
     detail: str | None
+    t1: float | None = None  # the clip's end in its recording (seconds); None when unknown
+
+
+def _admit_within_recording(c: Candidate, spans: dict[str, tuple[str, float, float]], cfg: NearDupConfig):
+    """Whether a near-duplicate match may drop `c`: always across recordings; inside one recording only a repeat
+    (a loop, a segment uploaded twice) far enough in time from `c` and closer than the cross-recording bound."""
+    origin = clip_origin(c.clip_id)
+    if origin is None:
+        return None
+    recording, t0 = origin
+    t1 = c.t1 if c.t1 is not None else t0
+
+    def admit(match: NearDupMatch) -> bool:
+        other = spans.get(match.clip_id) or (*(clip_origin(match.clip_id) or ("", 0.0)), None)
+        if other[0] != recording:
+            return True
+        start = other[1]
+        end = other[2] if other[2] is not None else start + (t1 - t0)
+        gap = max(start, t0) - min(end, t1)
+        return gap >= cfg.same_recording_gap_s and match.distance <= cfg.same_recording_max_hamming
+    return admit
 
 
 def decide_duplicates(candidates: Iterable[Candidate], index: NearDupIndex) -> dict[str, Verdict]:
     """Walk clips in keep order: earlier refusals stand; a clip with a known decoded-content hash or near an
     indexed clip is dropped naming that clip; the rest are kept and indexed. A clip an earlier run accepted
     stays accepted when it comes again from the same place (a new curation round over the same clips), and is a
-    duplicate_recording when the same recording comes from another delivery."""
+    duplicate_recording when the same recording comes from another delivery. Windows of one recording that
+    follow each other are one shot, not copies (NearDupConfig.same_recording_gap_s)."""
     verdicts: dict[str, Verdict] = {}
-    for c in sorted(candidates, key=lambda c: c.order):
+    candidates = sorted(candidates, key=lambda c: c.order)
+    spans = {c.clip_id: (origin[0], origin[1], c.t1) for c in candidates
+             if (origin := clip_origin(c.clip_id)) is not None}
+    for c in candidates:
         if c.stage is not None:
             verdicts[c.clip_id] = Verdict(c.clip_id, False, c.stage, c.reason, None, c.detail)
             continue
@@ -174,7 +222,7 @@ def decide_duplicates(candidates: Iterable[Candidate], index: NearDupIndex) -> d
             verdicts[c.clip_id] = Verdict(c.clip_id, False, "exact_dup", "duplicate_content", first,
                                           f"{c.clip_key}: decodes to the same frames as clip {first}")
             continue
-        match = index.query(c.signature)
+        match = index.query(c.signature, _admit_within_recording(c, spans, index.cfg))
         if match is not None:
             verdicts[c.clip_id] = Verdict(c.clip_id, False, "near_dup", "near_duplicate", match.clip_id,
                                           f"{c.clip_key}: {match.distance:.1f} of 63 hash bits from clip "

@@ -25,8 +25,8 @@ from alliance.tables import CLIP_SCHEMA, REJECTION_SCHEMA, SELECTION_SCHEMA, Rej
 from curation.embed import EncoderSpec, clip_tensor, load_encoder_spec
 from curation.neardup import Signature, commit_segment, load_index
 from curation.quality import QualitySignals
-from curation.select import Candidate, CurateConfig, SemanticOutcome, Verdict, analyze_clip, decide_duplicates, \
-    keep_order, merge, requalify, semantic_stage
+from curation.select import Candidate, CurateConfig, SemanticOutcome, Verdict, accepted_at, analyze_clip, \
+    decide_duplicates, keep_order, merge, requalify, semantic_stage
 
 log = logging.getLogger(__name__)
 
@@ -163,16 +163,28 @@ class WriteWorkPart(beam.DoFn):
         for clip_id in sorted(rows):
             # the same recording delivered twice gives the same clip id: the first delivery's row stands
             first, *again = sorted(rows[clip_id], key=lambda r: (r["delivery"] or "", r["partner"] or "",
-                                                                 r["clip_key"] or ""))
+                                                                 r["clip_key"] or "", recording_source(r)))
             ordered.append(dict(first, embedding=embeddings.get(clip_id)))
             for row in again:
                 ordered.append(dict(row, stage="exact_dup", reason="duplicate_recording", embedding=None,
-                                    detail=f"{row['clip_key']}: recording {row['recording_id']} was also delivered "
-                                           f"as {first['partner']}/{first['delivery']}; that delivery's clip stands"))
+                                    detail=f"{recording_source(row)} ({row['partner']}/{row['delivery']}): the same "
+                                           f"bytes as {recording_source(first)} ({first['partner']}/"
+                                           f"{first['delivery']}), recording {row['recording_id']}; this upload's "
+                                           f"clip {row['clip_id']} is refused, that one's stands"))
         table = pa.Table.from_pylist([{f.name: r.get(f.name) for f in WORK_SCHEMA} for r in ordered],
                                      schema=WORK_SCHEMA)
         write_parquet(self.store, f"{work_prefix(self.run)}/part-{shard:05d}.parquet", table)
         yield len(ordered)
+
+
+def recording_source(row: dict[str, Any]) -> str:
+    """The upload a clip row came from (the file or store key its recording was read from), for messages."""
+    try:
+        meta = json.loads(row.get("recording_meta") or "{}")
+    except json.JSONDecodeError:
+        meta = {}
+    source = meta.get("source") if isinstance(meta, dict) else None
+    return str(source or row.get("clip_key") or row.get("clip_id"))
 
 
 def build_pipeline(pipeline: beam.Pipeline, settings: Settings, clip_parts: list[str], run: str, cfg: CurateConfig,
@@ -235,9 +247,9 @@ def _is_repeat(row: dict[str, Any]) -> bool:
 def _candidates(settings: Settings, store: ObjectStore, parts: list[str],
                 cfg: CurateConfig) -> tuple[list[Candidate], dict[str, QualitySignals], list[Rejection]]:
     """One pass over the work table: what the global stages need of each clip, in keep order terms."""
-    columns = ["clip_id", "clip_key", "recording_id", "delivery", "recording_meta", "signals", "content_hash",
-               "signature", "stage", "reason", "detail"]
-    found: list[tuple[str, Candidate]] = []
+    columns = ["clip_id", "clip_key", "recording_id", "delivery", "recording_meta", "source_width", "source_height",
+               "t1", "signals", "content_hash", "signature", "stage", "reason", "detail"]
+    found: list[tuple[str, dict[str, Any], QualitySignals | None, Candidate]] = []
     signals: dict[str, QualitySignals] = {}
     repeats: list[Rejection] = []
     for key in parts:
@@ -251,10 +263,14 @@ def _candidates(settings: Settings, store: ObjectStore, parts: list[str],
             sig = Signature.from_bytes(row["signature"]) if row["signature"] else None
             stage, reason, detail = requalify(row["stage"], row["reason"], row["detail"], s, row["clip_key"] or "",
                                               cfg.quality)
-            found.append((row["recording_id"], Candidate(row["clip_id"], row["clip_key"] or "", keep_order(row, s),
-                                                         row["content_hash"] or "", sig, stage, reason, detail)))
-    accepted = _accepted_times(settings, {recording for recording, _ in found})
-    candidates = [replace(c, order=(accepted.get(recording, ""), *c.order)) for recording, c in found]
+            ordering = {"clip_id": row["clip_id"], "delivery": row["delivery"], "accepted_at": accepted_at(row),
+                        "source_width": row["source_width"], "source_height": row["source_height"]}
+            found.append((row["recording_id"], ordering, s,
+                          Candidate(row["clip_id"], row["clip_key"] or "", (), row["content_hash"] or "", sig, stage,
+                                    reason, detail, t1=row["t1"])))
+    accepted = _accepted_times(settings, {recording for recording, *_ in found})
+    candidates = [replace(c, order=keep_order(ordering, s, accepted.get(recording) or ordering["accepted_at"]))
+                  for recording, ordering, s, c in found]
     return candidates, signals, repeats
 
 
