@@ -5,33 +5,39 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
 from alliance.errors import AllianceError
+
+if TYPE_CHECKING:
+    from ingest.imu_formats import ImuLayout
 
 CHUNK_ROWS = 65536
 # unit as declared -> (canonical unit, factor to it)
 UNITS: dict[str, tuple[str, float]] = {
     "m/s^2": ("m/s^2", 1.0), "m/s2": ("m/s^2", 1.0), "g": ("m/s^2", 9.80665), "mg": ("m/s^2", 9.80665e-3),
     "rad/s": ("rad/s", 1.0), "mrad/s": ("rad/s", 1e-3), "deg/s": ("rad/s", math.pi / 180),
-    "dps": ("rad/s", math.pi / 180),
+    "dps": ("rad/s", math.pi / 180), "°/s": ("rad/s", math.pi / 180),
     "ut": ("uT", 1.0), "µt": ("uT", 1.0), "t": ("uT", 1e6), "mt": ("uT", 1e3), "gauss": ("uT", 100.0),
     "s": ("s", 1.0), "ms": ("s", 1e-3), "us": ("s", 1e-6), "µs": ("s", 1e-6), "ns": ("s", 1e-9),
 }
-SENSOR_REASONS = frozenset({"sensor_columns", "sensor_unreadable", "timestamps_not_monotonic"})
+SENSOR_REASONS = frozenset({"sensor_columns", "sensor_unreadable", "timestamps_not_monotonic", "timestamp_missing",
+                            "sensor_rate_unknown"})
+TABLE_FORMATS = ("csv", "npy")  # any other format is a vendor export (ingest.imu_formats.FORMATS)
 
 
 class SensorError(AllianceError):
-    """A sensor file that cannot be used as declared; `reason` is stable snake_case, the message names the file."""
+    """A sensor file that cannot be used as declared; `reason` is stable snake_case, the message names the file
+    (and `line`, the 1-based file line at fault, where one is)."""
 
-    def __init__(self, path: str, reason: str, detail: str):
-        self.path, self.reason, self.detail = str(path), reason, detail
+    def __init__(self, path: str, reason: str, detail: str, line: int | None = None):
+        self.path, self.reason, self.detail, self.line = str(path), reason, detail, line
         super().__init__(f"{self.path}: {detail} ({reason})")
 
     def __reduce__(self):
-        return (SensorError, (self.path, self.reason, self.detail))
+        return (SensorError, (self.path, self.reason, self.detail, self.line))
 
 
 def canonical_unit(unit: str) -> tuple[str, float]:
@@ -45,13 +51,14 @@ class SensorSpec:
 
     stream: str  # "imu", "gaze", ...
     path: str  # a local path (ingest workers fetch store files first)
-    format: str  # "csv" or "npy"
-    columns: tuple[str, ...]  # timestamp included
-    units: Mapping[str, str] = field(default_factory=dict)
-    rate_hz: float = 100.0
+    format: str  # "csv" (plain, or a vendor export recognised by its header), "npy", or an imu_formats.FORMATS name
+    columns: tuple[str, ...]  # timestamp included; vendor exports: filled from the file by resolve()
+    units: Mapping[str, str] = field(default_factory=dict)  # declared ones win over what a vendor file says
+    rate_hz: float | None = None  # declared; None: the file's own (vendor header, registers) or measured
     clock_offset_s: float = 0.0  # added to sensor timestamps gives seconds from the video's start
     timestamp: str = "t"
     label: str = ""  # how messages name the file (its store key); the local path when empty
+    layout: "ImuLayout | None" = None  # set by resolve() for a vendor export
 
     @property
     def name(self) -> str:
@@ -63,14 +70,16 @@ class SensorSpec:
 
     @property
     def max_gap_s(self) -> float:
-        """Longest interval between samples that interpolation may bridge."""
-        return max(0.1, 2.5 / self.rate_hz)
+        """Longest interval between samples that interpolation may bridge (0.1 s until the rate is known)."""
+        return max(0.1, 2.5 / self.rate_hz) if self.rate_hz else 0.1
 
     @classmethod
     def from_manifest(cls, entry: Mapping[str, Any], path: str, label: str = "") -> "SensorSpec":
         """From one `sensors` item of a delivery manifest (plain JSON), its file at `path`."""
-        return cls(stream=entry["stream"], path=path, format=entry["format"], columns=tuple(entry["columns"]),
-                   units=dict(entry.get("units") or {}), rate_hz=float(entry["rate_hz"]),
+        rate = entry.get("rate_hz")
+        return cls(stream=entry["stream"], path=path, format=entry["format"],
+                   columns=tuple(entry.get("columns") or ()), units=dict(entry.get("units") or {}),
+                   rate_hz=None if rate is None else float(rate),
                    clock_offset_s=float(entry.get("clock_offset_s") or 0.0), timestamp=entry.get("timestamp", "t"),
                    label=label)
 
@@ -139,34 +148,154 @@ def _chunks(spec: SensorSpec) -> Iterator[np.ndarray]:
         raise SensorError(spec.name, "sensor_unreadable", f"a value is not a number ({e}); write numbers only") from e
 
 
-def read_stream(spec: SensorSpec) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """(video-time seconds [n], canonical values [n, c]) chunks; rows with a NaN are dropped (they become gaps).
+def _vendor_layout(spec: SensorSpec) -> "ImuLayout | None":
+    """The vendor layout to read the file with, or None to read it as a plain table (declared columns)."""
+    from ingest import imu_formats
 
-    Raises SensorError when the file is unreadable, lacks a declared column, or its timestamps do not increase.
-    """
+    if spec.format == "npy":
+        return None
+    if spec.format != "csv":
+        return imu_formats.layout_for(spec.path, spec.name, spec.format)
+    layout = imu_formats.detect(spec.path)
+    if layout is None or (spec.timestamp in spec.columns and _plain_header_has(spec)):
+        return None  # declared columns that the header holds: the partner chose to read it as a plain table
+    return layout
+
+
+def _plain_header_has(spec: SensorSpec) -> bool:
+    with open(spec.path, "rb") as f:
+        header = [c.strip() for c in f.readline().decode("utf-8", errors="replace").strip().split(",")]
+    return all(c in header for c in spec.columns)
+
+
+def _vendor_units(spec: SensorSpec, layout: "ImuLayout") -> dict[str, str]:
+    """Each canonical column's unit: the file's, overridden by the declared ones (keyed by channel or file name)."""
+    units = {"t": layout.clock_unit, **dict(zip(layout.channels, layout.units))}
+    by_source = dict(zip(layout.sources, layout.channels))
+    for key, unit in spec.units.items():
+        if key in units:
+            units[key] = unit
+        elif key in by_source:
+            units[by_source[key]] = unit
+        elif key in (layout.clock, spec.timestamp):
+            units["t"] = unit
+        else:
+            raise SensorError(spec.name, "sensor_columns", f"units are declared for {key!r}, which this "
+                                                           f"{layout.format} export does not have; it has "
+                                                           f"{list(layout.sources)}")
+    return units
+
+
+def resolve(spec: SensorSpec) -> SensorSpec:
+    """The spec as its file is laid out: a vendor export's layout, canonical channels (t, ax.., gx.., mx..), units
+    and rate filled in; declared units, rate and clock offset win. Reads the file's first lines (and, when no rate
+    is declared or stated, its first block to measure it). Raises SensorError."""
+    from dataclasses import replace
+
+    if spec.layout is not None:
+        return spec
+    try:
+        layout = _vendor_layout(spec)
+    except (OSError, UnicodeDecodeError) as e:
+        raise SensorError(spec.name, "sensor_unreadable", f"cannot read its first lines ({e})") from e
+    if layout is not None:
+        spec = replace(spec, columns=("t", *layout.channels), timestamp="t", units=_vendor_units(spec, layout),
+                       rate_hz=spec.rate_hz or layout.rate_hz, layout=layout)
+        if not spec.rate_hz and layout.clock_kind in ("counter", "packet"):
+            raise SensorError(spec.name, "sensor_rate_unknown",
+                              f"its rows carry {'a sample counter' if layout.clock_kind == 'counter' else 'no time'}"
+                              f" and neither the file nor the contract gives the rate: declare rate_hz"
+                              + (" or keep NAME_Registers.csv beside it" if layout.format == "ximu" else ""))
+    if not spec.rate_hz:
+        spec = replace(spec, rate_hz=_measured_rate(spec))
+    return spec
+
+
+def _measured_rate(spec: SensorSpec) -> float:
+    """Samples per second from the median timestamp step of the file's first block."""
+    _, factor = canonical_unit(spec.units.get(spec.timestamp, "s"))
+    for t, _, _ in _rows(spec):
+        steps = np.diff(t[np.isfinite(t)]) * factor
+        steps = steps[steps > 0]
+        if steps.size:
+            return float(1.0 / np.median(steps))
+        break
+    raise SensorError(spec.name, "sensor_rate_unknown", "too few timestamped rows to measure the rate and none is "
+                                                        "declared: declare rate_hz")
+
+
+def _rows(spec: SensorSpec) -> Iterator[tuple[np.ndarray, np.ndarray, int | None]]:
+    """(timestamps in the file's unit, channel values in the file's units, file line of the chunk's first row or
+    None for .npy) chunks of a resolved spec."""
+    if spec.layout is not None:
+        from ingest import imu_formats
+
+        for chunk, line in imu_formats.read_chunks(spec.path, spec.name, spec.layout, spec.rate_hz):
+            yield chunk[:, 0], chunk[:, 1:], line
+        return
     t_index = spec.columns.index(spec.timestamp) if spec.timestamp in spec.columns else -1
     if t_index < 0:
         raise SensorError(spec.name, "sensor_columns", f"timestamp column {spec.timestamp!r} is not among "
                                                        f"{list(spec.columns)}")
-    _, t_factor = canonical_unit(spec.units.get(spec.timestamp, "s"))
     keep = [i for i in range(len(spec.columns)) if i != t_index]
-    factors = np.array([canonical_unit(spec.units.get(spec.columns[i], ""))[1] for i in keep])
-    last, row = -math.inf, 0
+    row = 0
     for chunk in _chunks(spec):
-        t = chunk[:, t_index]
+        yield chunk[:, t_index], chunk[:, keep], (row + 2 if spec.format == "csv" else None)
+        row += len(chunk)
+
+
+def read_stream(spec: SensorSpec) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(video-time seconds [n], canonical values [n, c]) chunks; rows with a NaN value are dropped (they become
+    gaps). `spec` is resolved first (vendor exports: see ingest.imu_formats).
+
+    Raises SensorError when the file is unreadable, lacks a declared column, or its timestamps do not increase.
+    """
+    spec = resolve(spec)
+    _, t_factor = canonical_unit(spec.units.get(spec.timestamp, "s"))
+    factors = np.array([canonical_unit(spec.units.get(c, ""))[1] for c in spec.channels])
+    last, row = -math.inf, 0
+    for t, values, line in _rows(spec):
         finite = np.isfinite(t)
         steps = np.diff(np.concatenate([[last], t[finite]]))
         if (steps <= 0).any():
             bad = row + int(np.flatnonzero(finite)[int(np.argmax(steps <= 0))])
+            at = None if line is None else line + bad - row
             raise SensorError(spec.name, "timestamps_not_monotonic",
-                              f"timestamps stop increasing at data row {bad + 1}: sort the rows and drop repeated "
-                              f"samples")
-        values = chunk[:, keep] * factors
+                              f"timestamps stop increasing at data row {bad + 1}"
+                              + ("" if at is None else f" (line {at})") + ": sort the rows and drop repeated samples",
+                              at)
+        values = values * factors
         good = finite & np.isfinite(values).all(axis=1)
-        row += len(chunk)
+        row += len(t)
         if finite.any():
             last = float(t[finite][-1])
         yield t[good] * t_factor + spec.clock_offset_s, values[good]
+
+
+def sidecar_spec(csv: Path, video: Path, declared: Mapping[str, Any] | None = None) -> SensorSpec:
+    """The spec of a `{video stem}.{stream}.csv` beside a video, from the file's first line: a vendor export's
+    format by its header, a plain CSV's columns otherwise. `declared` is that stream's entry of the folder's
+    delivery.toml (rate_hz, units, columns, timestamp, clock_offset_s, format), and wins. Never raises for bad
+    bytes: problems surface when the stream is read, as refusals."""
+    from ingest import imu_formats
+
+    declared = dict(declared or {})
+    stream = csv.name[len(video.stem) + 1:-len(csv.suffix)]
+    fmt = declared.get("format") or "csv"
+    columns = tuple(declared.get("columns") or ())
+    if fmt == "csv" and not columns:
+        try:
+            layout = imu_formats.detect(csv, registers=False)
+            with open(csv, "rb") as f:
+                columns = tuple(c.strip() for c in f.readline().decode("utf-8", errors="replace").strip().split(","))
+        except OSError:
+            layout = None
+        fmt = layout.format if layout is not None else "csv"
+    timestamp = declared.get("timestamp") or ("t" if "t" in columns or fmt != "csv" else (columns or ("t",))[0])
+    rate = declared.get("rate_hz")
+    return SensorSpec(stream=stream, path=str(csv), format=fmt, columns=columns if fmt == "csv" else (),
+                      units=dict(declared.get("units") or {}), rate_hz=None if rate is None else float(rate),
+                      clock_offset_s=float(declared.get("clock_offset_s") or 0.0), timestamp=timestamp)
 
 
 def window_slices(spec: SensorSpec, windows: Sequence[tuple[float, float]]) -> Iterator[SensorSlice]:
@@ -175,6 +304,13 @@ def window_slices(spec: SensorSpec, windows: Sequence[tuple[float, float]]) -> I
     A problem with the file gives every window not yet served a slice with `problem` and `detail` set (windows
     served before the problem keep their samples).
     """
+    try:
+        spec = resolve(spec)
+    except SensorError as e:
+        for _ in windows:
+            yield SensorSlice(spec.stream, spec.channels, (), np.empty(0), np.empty((0, len(spec.channels))),
+                              spec.max_gap_s, e.reason, str(e))
+        return
     channels = spec.channels
     units = tuple(canonical_unit(spec.units.get(c, ""))[0] for c in channels)
     margin = spec.max_gap_s
