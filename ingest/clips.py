@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import heapq
 import json
 import math
+from collections import deque
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
@@ -77,6 +79,8 @@ class ClipWindow:
     start_frame: int
     frames: int
     fps: float
+    start_pts: int | None = None  # the pts (stream time base) of time 0, the recording's first frame as decoded;
+    #                               None: the stream's declared start
 
     @property
     def t0(self) -> float:
@@ -168,20 +172,35 @@ def output_fps(probe: ProbeResult, config: ClipConfig) -> float:
 
 
 def plan_windows(probe: ProbeResult, config: ClipConfig) -> list[ClipWindow]:
-    """Back-to-back (or strided) windows of whole output frames; a partial last window is not a clip."""
+    """Back-to-back (or strided) windows of whole output frames, then the rest after the last of them as a shorter
+    clip of its own when it holds at least min_clip_s (so is a recording shorter than one window)."""
     fps = output_fps(probe, config)
     if probe.packets and probe.fps_avg and probe.fps_real < SPARSE_TIMELINE * probe.fps_avg:
         raise DecodeError(probe.path, "corrupt",
                           f"its {probe.packets} frames are spread over {probe.duration_s:.0f} s of timestamps "
                           f"({probe.fps_real:.4g} frames/s against a declared {probe.fps_avg:g}): the timeline has "
                           f"holes; re-mux the file with correct timestamps")
-    available = int(math.floor(probe.duration_s * fps + EPS))
-    length, stride = int(round(config.clip_s * fps)), max(1, int(round(config.stride * fps)))
-    if length < 1 or available < length:
+    # a duration within half a frame of N frames is N frames: Matroska keeps milliseconds, and 96 frames at 24 fps
+    # come back as 3.999 s
+    available = int(math.floor(probe.duration_s * fps + 0.5))
+    length, stride = max(1, int(round(config.clip_s * fps))), max(1, int(round(config.stride * fps)))
+    starts = range(0, available - length + 1, stride)
+    windows = [ClipWindow(k, start, length, fps, probe.start_pts) for k, start in enumerate(starts)]
+    rest_start = len(windows) * stride
+    covered = windows[-1].start_frame + length if windows else 0
+    if available > covered and min_frames(config.min_clip_s, fps) <= available - rest_start < length:
+        windows.append(ClipWindow(len(windows), rest_start, available - rest_start, fps, probe.start_pts))
+    if not windows:
         raise DecodeError(probe.path, "too_short",
-                          f"lasts {probe.duration_s:.2f} s ({available} frames at {fps:g} fps), shorter than one "
-                          f"{config.clip_s:g} s clip; deliver longer recordings or lower clip_s")
-    return [ClipWindow(k, k * stride, length, fps) for k in range((available - length) // stride + 1)]
+                          f"lasts {probe.duration_s:.2f} s ({available} frames at {fps:g} fps), shorter than the "
+                          f"shortest clip (min_clip_s={config.min_clip_s:g} s); deliver longer recordings")
+    return windows
+
+
+def min_frames(seconds: float, fps: float) -> int:
+    """Frames a clip needs to last `seconds`: curation measures a clip as frames / fps and refuses one below its
+    minimum, so this rounds up."""
+    return max(1, int(math.ceil(seconds * fps - EPS)))
 
 
 def target_size(width: int, height: int, rotation_deg: int, config: ClipConfig) -> tuple[int, int]:
@@ -203,22 +222,24 @@ def window_frames(path: str, window: ClipWindow, size: tuple[int, int], rotation
                   allowed_formats=DEFAULT_FORMATS, source: str | None = None, max_pixels: int = MAX_PIXELS,
                   threads: int = 1) -> Iterator[Any]:
     """The window's output frames as yuv420p av.VideoFrames at `size`, rotation applied, decoded from the keyframe
-    before it; frame-exact: output frame j shows the source frame nearest to (start_frame + j) / fps.
+    before it; frame-exact: output frame j shows the source frame nearest to (start_frame + j) / fps, in time since
+    the recording's first frame (window.start_pts).
 
     One swscale pass per frame, straight from the decoded picture to what the encoder takes (no RGB in between).
     `threads` bounds the decoder and the scaler: 1 keeps a window on one core, and workers scale across cores.
+    A window whose frames decode with errors (concealed damage) is refused `corrupt_frames` once decoded.
     """
     import av
     from av.video.reformatter import VideoReformatter
 
     name = source or path
     container, raw, _ = open_container(path, allowed_formats, max_pixels)
-    with raw, container:
+    with raw, container, DecoderErrors() as errors:
         stream = container.streams.video[0]
         stream.codec_context.thread_count = max(0, threads)
         stream.thread_type = "NONE" if threads == 1 else "AUTO"
         base = stream.time_base
-        start = stream.start_time or 0
+        start = window.start_pts if window.start_pts is not None else (stream.start_time or 0)
         targets = window.frame_times()
         half = 0.5 / window.fps
         hold = max(MAX_HOLD_S, 2.5 / window.fps)
@@ -229,51 +250,145 @@ def window_frames(path: str, window: ClipWindow, size: tuple[int, int], rotation
         scaler = VideoReformatter()  # one scaling context for the window, not one per frame
         converted: dict[int, Any] = {}
 
-        def scaled(frame):
-            key = frame.pts
-            if key not in converted:  # a source frame held for several output frames is scaled once
+        def scaled(pts: int, frame):
+            if pts not in converted:  # a source frame held for several output frames is scaled once
                 converted.clear()
-                converted[key] = turn(scaler.reformat(frame, width=size[0], height=size[1], format="yuv420p",
+                converted[pts] = turn(scaler.reformat(frame, width=size[0], height=size[1], format="yuv420p",
                                                       threads=max(0, threads)), rotation_deg)
-            return converted[key]
+            return converted[pts]
 
-        j, previous, last_time = 0, None, None
+        def failure(reason: str, detail: str) -> DecodeError:
+            """The refusal of this window; damage seen on the way is the cause of whatever else went wrong."""
+            if not errors.packets:
+                return DecodeError(name, reason, detail)
+            first = float((errors.first_pts - start) * base) if errors.first_pts is not None else window.t0
+            return DecodeError(name, "corrupt_frames",
+                               f"decoding the clip {window.t0:.3f}-{window.t1:.3f} s met {errors.packets} frame(s) "
+                               f"with errors, the first at {first:.3f} s (damaged data that the decoder conceals or "
+                               f"drops, and that later frames predict from); copy or export the file again")
+
+        j, previous, last_time, spacing = 0, None, None, 0.0
         try:
-            for frame in container.decode(stream):
-                if frame.pts is None:
-                    continue
-                t = float((frame.pts - start) * base)
-                if frame.is_corrupt:
-                    raise DecodeError(name, "decode_failed", f"the frame at {t:.3f} s is corrupt; re-export the file")
+            for pts, frame in display_order(errors.decode(container, stream), stream.codec_context):
+                t = float((pts - start) * base)
                 if previous is None and window.start_frame > 0 and t > targets[0] + half:
-                    raise DecodeError(name, "decode_failed", f"seeking to {window.t0:.3f} s landed at {t:.3f} s; "
-                                                             f"the file's index is unusable: remux it")
+                    raise failure("decode_failed", f"seeking to {window.t0:.3f} s landed at {t:.3f} s; the file's "
+                                                   f"index is unusable: remux it")
                 while j < len(targets) and t >= targets[j] - EPS:
                     nearer_previous = previous is not None and (targets[j] - previous[0]) <= (t - targets[j]) + EPS
                     if previous is None and t - targets[j] > half + EPS:
-                        raise DecodeError(name, "decode_failed", f"no frame near {targets[j]:.3f} s (the first "
-                                                                 f"is at {t:.3f} s); re-export the file")
+                        raise failure("decode_failed", f"no frame near {targets[j]:.3f} s (the first is at "
+                                                       f"{t:.3f} s); re-export the file")
                     distance = (targets[j] - previous[0]) if nearer_previous else (t - targets[j])
                     if distance > hold + EPS:
-                        raise DecodeError(name, "decode_failed", f"no frame within {hold:.2f} s of {targets[j]:.3f} "
-                                                                 f"s (the timeline has a gap); re-export the file")
-                    yield scaled(previous[1] if nearer_previous else frame)
+                        raise failure("decode_failed", f"no frame within {hold:.2f} s of {targets[j]:.3f} s (the "
+                                                       f"timeline has a gap); re-export the file")
+                    yield scaled(previous[2] if nearer_previous else pts, previous[1] if nearer_previous else frame)
                     j += 1
                 if j >= len(targets):
+                    if errors.packets:
+                        raise failure("corrupt_frames", "")
                     return
-                previous, last_time = (t, frame), t
+                spacing = t - previous[0] if previous is not None else spacing
+                previous, last_time = (t, frame, pts), t
         except av.error.FFmpegError as e:
             where = f"{last_time:.3f} s" if last_time is not None else f"{window.t0:.3f} s"
             raise DecodeError(name, "decode_failed", f"frames after {where} do not decode ({e}); "
                                                      f"re-export the file") from e
-        # the end of the stream: the last frame stands for targets within half a frame of it
-        while previous is not None and j < len(targets) and targets[j] - previous[0] <= half + EPS:
-            yield scaled(previous[1])
+        # the end of the stream: the last frame stands for targets within its own time on screen (the spacing of
+        # the frames before it), or within half an output frame
+        reach = max(half, spacing - half)
+        while previous is not None and j < len(targets) and targets[j] - previous[0] <= reach + EPS:
+            yield scaled(previous[2], previous[1])
             j += 1
         if j < len(targets):
             ended = f"{last_time:.3f} s" if last_time is not None else "its start"
             raise DecodeError(name, "truncated", f"the video ends at {ended}, inside the clip "
                                                  f"{window.t0:.3f}-{window.t1:.3f} s; upload the complete file")
+        if errors.packets:
+            raise failure("corrupt_frames", "")
+
+
+def display_order(frames: Iterator[Any], codec_context) -> Iterator[tuple[int, Any]]:
+    """(pts, frame) in the decoder's output order, which is display order, each frame given the smallest pts not yet
+    given out among the frames held back.
+
+    Where a container stores no presentation times (AVI), FFmpeg guesses them from decode order, and after B-frames a
+    decoded frame carries a neighbour's time (x264 in AVI: 1, 3, 4, 2, 6, 7, 5, ...). The times are right as a set
+    and the order is right, so holding back as many frames as the decoder reorders (has_b_frames) pairs them up
+    again; for any other stream this changes nothing. Frames without a pts are skipped.
+    """
+    times: list[int] = []
+    held: deque = deque()
+    for frame in frames:
+        if frame.pts is None:
+            continue
+        heapq.heappush(times, frame.pts)
+        held.append(frame)
+        if len(held) > codec_context.has_b_frames:
+            yield heapq.heappop(times), held.popleft()
+    while held:
+        yield heapq.heappop(times), held.popleft()
+
+
+class DecoderErrors:
+    """While open: FFmpeg's error messages are counted (and kept out of the logs), and `decode` yields a stream's
+    frames while counting the packets the decoder reported errors on or refused.
+
+    FFmpeg conceals damaged data (a broken slice is filled in from its neighbours) and says so only in its log: the
+    frame comes out with no flag (is_corrupt marks only frames decoded without their references). PyAV keeps a count
+    of error messages once its log level is set; reading it after each packet costs nothing measurable.
+    """
+
+    def __init__(self) -> None:
+        self.packets = 0  # packets with decoder errors (or frames flagged corrupt)
+        self.first_pts: int | None = None  # the earliest of them
+
+    def __enter__(self) -> "DecoderErrors":
+        import av.logging
+
+        self._level = av.logging.get_level()
+        if self._level is None or self._level < av.logging.ERROR:
+            av.logging.set_level(av.logging.ERROR)  # PyAV counts nothing while its logging is off
+        self._capture = av.logging.Capture()  # this thread's messages, out of the process's logs
+        self._capture.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import av.logging
+
+        self._capture.__exit__(*exc)
+        av.logging.set_level(self._level)
+
+    def _count(self, pts: int | None) -> None:
+        self.packets += 1
+        if pts is not None and (self.first_pts is None or pts < self.first_pts):
+            self.first_pts = pts
+
+    def decode(self, container, stream) -> Iterator[Any]:
+        """The stream's frames from where the container stands. Errors on packets shown before the first one (the
+        leading pictures of an open GOP after a seek, which lack references by design and nothing later uses) are
+        not damage; a packet the decoder refuses as invalid data is, and decoding goes on past it."""
+        import av
+        import av.logging
+
+        first = None
+        for packet in container.demux(stream):
+            stamp = packet.pts if packet.pts is not None else packet.dts
+            if first is None and packet.size:
+                first = stamp
+            before, refused = av.logging.get_last_error()[0], False
+            try:
+                frames = packet.decode()
+            except av.error.InvalidDataError:
+                frames, refused = (), True
+            leading = stamp is not None and first is not None and stamp < first
+            if (refused or av.logging.get_last_error()[0] != before) and not leading:
+                self._count(stamp)
+            for frame in frames:
+                if frame.is_corrupt:
+                    self._count(frame.pts)
+                yield frame
 
 
 def turn(frame, rotation_deg: int):
@@ -418,14 +533,14 @@ def cut_window(task: WindowTask, out_dir: str | Path) -> tuple[list[ClipOutput],
     size = target_size(rec.width, rec.height, rec.rotation_deg, config)
     frames = list(window_frames(task.path, window, size, rec.rotation_deg, config.allowed_formats, rec.source,
                                 max_pixels=config.max_pixels, threads=config.threads))
-    min_frames = max(1, int(round(config.min_clip_s * window.fps)))
+    shortest = min_frames(config.min_clip_s, window.fps)
     cuts = (detect_cuts([luma_histogram(luma_of(f)) for f in frames], config.scene_threshold)
             if config.scene_split else [])
     outputs, refusals = [], []
     for first, last in segments_between(len(frames), cuts):
         t0 = (window.start_frame + first) / window.fps
         clip = clip_id(rec.recording_id, t0, config.fingerprint)
-        if last - first < min_frames:
+        if last - first < shortest:
             refusals.append(Refusal(clip, "cut", "scene_fragment",
                                     f"{rec.source}: {last - first} frames at {t0:.3f} s between hard cuts, shorter "
                                     f"than min_clip_s={config.min_clip_s:g} s; not a clip"))

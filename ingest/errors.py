@@ -9,7 +9,7 @@ from alliance.errors import AllianceError
 # Stable snake_case reasons; each doubles as a rejection reason and a metric name.
 DECODE_REASONS = frozenset({
     "empty_file", "not_video", "no_video_stream", "truncated", "corrupt", "resolution_too_large",
-    "decode_timeout", "decode_failed", "too_short", "unsupported_codec",
+    "decode_timeout", "decode_failed", "too_short", "unsupported_codec", "corrupt_frames",
 })
 
 

@@ -30,12 +30,14 @@ class ProbeResult:
     fps_avg: float  # what the container declares
     fps_real: float  # frames over the span of their timestamps
     variable_frame_rate: bool
-    duration_s: float  # from the packets' timestamps (first frame to end of last frame)
+    duration_s: float  # from the first decoded frame's time to the end of the last packet
     frames: int | None  # decoded frame count when every frame was decoded, else None
     rotation_deg: int  # counter-clockwise display rotation, 0/90/180/270
     has_audio: bool
     keyframe_interval_s: float | None  # median spacing of keyframes; None with a single keyframe
     packets: int = 0  # video packets demuxed (frames the container holds)
+    start_pts: int = 0  # the first decoded frame's pts (stream time base): time 0 of the recording
+
 
     @property
     def display_size(self) -> tuple[int, int]:
@@ -71,7 +73,7 @@ def probe_in_process(path: str, max_pixels: int = MAX_PIXELS, allowed_formats=DE
         ctx = stream.codec_context
         if ctx is None:
             raise DecodeError(path, "unsupported_codec", "its video codec is unknown here (or its description is "
-                                                         "damaged); deliver H.264, HEVC, VP9 or AV1")
+                                                         "damaged); re-encode it (H.264 or HEVC in mp4 is safest)")
         width, height = int(ctx.width or 0), int(ctx.height or 0)
         if width <= 0 or height <= 0:
             raise DecodeError(path, "corrupt", f"declares a {width}x{height} picture; re-export the file")
@@ -80,8 +82,8 @@ def probe_in_process(path: str, max_pixels: int = MAX_PIXELS, allowed_formats=DE
                               f"declares {width}x{height} = {width * height} pixels, above the bound of {max_pixels}; "
                               f"downscale it before delivery")
         if ctx.codec is None or not ctx.codec.is_decoder:
-            raise DecodeError(path, "unsupported_codec", f"codec {ctx.name!r} has no decoder here; deliver H.264, "
-                                                         f"HEVC, VP9 or AV1")
+            raise DecodeError(path, "unsupported_codec", f"codec {ctx.name!r} has no decoder here; re-encode it "
+                                                         f"(H.264 or HEVC in mp4 is safest)")
         has_audio = len(container.streams.audio) > 0
         fps_avg = float(stream.average_rate or stream.guessed_rate or stream.base_rate or 0.0)
         stream.thread_type = "AUTO"
@@ -115,14 +117,19 @@ def probe_in_process(path: str, max_pixels: int = MAX_PIXELS, allowed_formats=DE
         if first is None:
             raise DecodeError(path, "decode_failed", f"holds {len(times)} video packets but no frame decodes; "
                                                      f"re-export the file")
-        rotation, pix_fmt, bit_depth = first
+        rotation, pix_fmt, bit_depth, start_pts = first
         base = float(stream.time_base)
+        if start_pts is None:  # a decoder that gives no pts: the packets' first time stands in
+            start_pts = min(times) if times else 0
+        # time 0 is the first frame as decoded, not the stream's declared start: an AVI's first frame can come out at
+        # pts 1 (B-frames), and packets an edit list hides (pts before the first frame) are no part of the recording
         stamps = np.unique(np.asarray(times, dtype=np.int64))
+        stamps = stamps[stamps >= start_pts] if stamps.size and stamps[-1] >= start_pts else stamps
         steps = np.diff(stamps) * base
         step = float(np.median(steps)) if steps.size else (1.0 / fps_avg if fps_avg else 0.0)
         last = int(np.argmax(times)) if times else 0
         last_duration = durations[last] * base if times and durations[last] else step
-        span = float((stamps[-1] - stamps[0]) * base) if stamps.size else 0.0
+        span = float((stamps[-1] - min(int(stamps[0]), start_pts)) * base) if stamps.size else 0.0
         duration_s = span + last_duration
         fps_real = (len(stamps) / duration_s) if duration_s > 0 else fps_avg
         vfr = bool(steps.size > 1 and step > 0 and np.max(np.abs(steps - step)) > VFR_TOLERANCE * step)
@@ -132,7 +139,7 @@ def probe_in_process(path: str, max_pixels: int = MAX_PIXELS, allowed_formats=DE
             path=path, container_format=fmt, codec=ctx.name, width=width, height=height, pix_fmt=pix_fmt,
             bit_depth=bit_depth, fps_avg=fps_avg or fps_real, fps_real=fps_real, variable_frame_rate=vfr,
             duration_s=duration_s, frames=decoded if decode_all else None, rotation_deg=rotation,
-            has_audio=has_audio, keyframe_interval_s=key_interval, packets=len(times))
+            has_audio=has_audio, keyframe_interval_s=key_interval, packets=len(times), start_pts=int(start_pts))
 
 
 def raw_size(raw) -> int:
@@ -144,7 +151,7 @@ def raw_size(raw) -> int:
 def _decode(stream, packet, decoded: int, first):
     for frame in stream.decode(packet):
         if first is None:
-            first = (int(frame.rotation or 0) % 360, frame.format.name, _bit_depth(frame.format))
+            first = (int(frame.rotation or 0) % 360, frame.format.name, _bit_depth(frame.format), frame.pts)
         decoded += 1
     return decoded, first
 

@@ -57,10 +57,13 @@ def test_stride_overlaps_windows(good_video):
     assert [(w.start_frame, w.frames) for w in windows] == [(0, 20), (10, 20), (20, 20)]
 
 
-def test_a_recording_shorter_than_a_clip_is_too_short(good_video):
+def test_a_recording_shorter_than_a_clip_is_a_clip_of_its_own_length_unless_below_min_clip_s(good_video):
+    windows = plan_windows(probe(good_video), ClipConfig(clip_s=5.0))  # 4 s
+    assert [(w.start_frame, w.frames, w.t1) for w in windows] == [(0, 40, 4.0)]
     with pytest.raises(DecodeError) as caught:
-        plan_windows(probe(good_video), ClipConfig(clip_s=5.0))
+        plan_windows(probe(good_video), ClipConfig(clip_s=5.0, min_clip_s=4.5))
     assert caught.value.reason == "too_short" and str(good_video) in str(caught.value)
+    assert "min_clip_s=4.5" in caught.value.detail
 
 
 def test_ids_are_content_derived_and_encoding_is_deterministic(tmp_path, good_video):
@@ -98,10 +101,10 @@ def test_variable_frame_rate_becomes_a_fixed_rate_of_nearest_frames(tmp_path):
     spec = VideoSpec(frames=60, scene="counter", vfr=True)
     path = write_video(tmp_path / "vfr.mp4", spec)
     outputs, _, errors = cut_all(path, ClipConfig(clip_s=2.0, fps=10, short_side=64), tmp_path / "out")
-    assert not errors and len(outputs) == 3  # 7 s of video
+    assert not errors and [o.row["frames"] for o in outputs] == [20, 20, 20, 10]  # 7 s of video: the rest is 1 s
     source_times = np.array(vfr_pts(spec.frames)) / (2 * spec.fps)
     for output in outputs:
-        times = output.row["t0"] + np.arange(20) / 10
+        times = output.row["t0"] + np.arange(output.row["frames"]) / 10
         shown = np.array([read_counter(f) for f in decoded(output)])
         nearest = np.abs(source_times[None, :] - times[:, None]).min(axis=1)
         assert np.allclose(np.abs(source_times[shown] - times), nearest, atol=1e-6)  # a nearest frame (ties: either)
@@ -129,7 +132,8 @@ def test_errors_half_way_keep_the_clips_before_and_refuse_the_rest(tmp_path):
     path.write_bytes(bytes(data))
     outputs, _, errors = cut_all(path, ClipConfig(clip_s=1.0), tmp_path / "out")
     assert [o.row["t0"] for o in outputs][:3] == [0.0, 1.0, 2.0]  # the first half decodes
-    assert errors and all(e.reason == "decode_failed" and str(path) in str(e) for _, e in errors)
+    # the damaged half decodes with concealment or not at all: each window it reaches is refused for its damage
+    assert errors and all(e.reason == "corrupt_frames" and str(path) in str(e) for _, e in errors)
     assert min(w.t0 for w, _ in errors) >= 3.0
 
 
