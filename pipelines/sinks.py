@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
 import time
 import uuid
 from collections import Counter
@@ -20,6 +21,20 @@ from alliance.store import ObjectStore, open_store
 from alliance.tables import REJECTION_SCHEMA, Rejection
 
 PART = "part-{:05d}.parquet"
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def safe_text(text: str) -> str:
+    """Text every UTF-8 writer takes (parquet, JSON, SQL, a terminal): a lone surrogate, which is how os.fsdecode
+    carries a file-name byte that is not UTF-8, becomes \\xNN (that byte), or \\uNNNN outside the escape range."""
+    if text.isascii():
+        return text
+    return _SURROGATE.sub(lambda m: (f"\\x{ord(m.group()) - 0xdc00:02x}" if ord(m.group()) >= 0xdc80
+                                     else f"\\u{ord(m.group()):04x}"), text)
+
+
+def _safe(value: Any) -> Any:
+    return safe_text(value) if isinstance(value, str) else value
 
 
 def table_prefix(table: str, run: str) -> str:
@@ -36,7 +51,8 @@ def table_bytes(rows: Sequence[Mapping[str, Any]], schema: pa.Schema, sort_by: s
     """Rows as one parquet file (zstd), sorted by `sort_by` so a re-run writes the same bytes."""
     if sort_by:
         rows = sorted(rows, key=lambda row: str(row[sort_by]))
-    table = pa.Table.from_pylist([{name: row.get(name) for name in schema.names} for row in rows], schema=schema)
+    table = pa.Table.from_pylist([{name: _safe(row.get(name)) for name in schema.names} for row in rows],
+                                 schema=schema)
     buffer = io.BytesIO()
     pq.write_table(table, buffer, compression="zstd")
     return buffer.getvalue()
@@ -66,7 +82,8 @@ def clear_prefix(store: ObjectStore, prefix: str) -> int:
 
 
 def write_jsonl(store: ObjectStore, key: str, rows: Iterable[Mapping[str, Any]]) -> None:
-    store.put_bytes(key, "".join(json.dumps(dict(row), sort_keys=True) + "\n" for row in rows).encode())
+    store.put_bytes(key, "".join(json.dumps({k: _safe(v) for k, v in row.items()}, sort_keys=True) + "\n"
+                                 for row in rows).encode())
 
 
 # --------------------------------------------------------------------------- Beam transforms

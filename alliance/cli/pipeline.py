@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import typer
+
+if TYPE_CHECKING:
+    from rich.table import Table
 
 app = typer.Typer(
     help="Run the Beam pipelines. Any Beam flag after `--` goes to Beam, e.g. -- --runner=PortableRunner "
@@ -98,7 +103,6 @@ def ingest(ctx: typer.Context,
     from datetime import datetime, timezone
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-    from rich.table import Table
 
     from alliance.cli.common import console, settings
     from ingest.clips import ClipConfig
@@ -123,15 +127,39 @@ def ingest(ctx: typer.Context,
 
         summary = run_ingest(settings(), source, run, tuple(ctx.args), partner=partner, config=config,
                              overwrite=overwrite, on_progress=show)
+    console.print(ingest_table(summary))
+    console.print(accounting_line(summary))
+    console.print(f"clip table {summary.clip_table_prefix}/, rejections {summary.rejection_table_prefix}/ "
+                  f"(rejections.jsonl for reading)")
+
+
+def ingest_table(summary) -> "Table":
+    """An IngestSummary as the table the command prints: recordings, how they ended, clips, every rejection."""
+    from rich.table import Table
+
     table = Table(title=f"ingest {summary.run_id}: {summary.seconds:.1f} s")
     table.add_column("")
     table.add_column("count", justify="right")
     table.add_row("recordings in", str(summary.recordings_in))
     table.add_row("recordings with clips", str(summary.recordings_with_clips))
-    table.add_row("clips kept", str(summary.clips_written))
+    for reason, n in summary.recordings_refused.items():
+        table.add_row(f"recordings refused: {reason}", str(n))
+    table.add_row("clips written", str(summary.clips_written))
     table.add_row("clip files new this run", str(summary.clip_files_new))
     for reason, n in summary.rejections.items():
-        table.add_row(f"refused: {reason}", str(n))
-    console.print(table)
-    console.print(f"clip table {summary.clip_table_prefix}/, rejections {summary.rejection_table_prefix}/ "
-                  f"(rejections.jsonl for reading)")
+        table.add_row(f"rejections: {reason}", str(n))
+    return table
+
+
+def accounting_line(summary) -> str:
+    """The check that every recording ended as clips or as a refusal, or the recordings that did not."""
+    from rich.markup import escape
+
+    refused = sum(summary.recordings_refused.values())
+    if summary.accounted:
+        return (f"every recording accounted for: {summary.recordings_in} in = {summary.recordings_with_clips} with "
+                f"clips + {refused} refused")
+    lost = escape(", ".join(summary.unaccounted[:10])) + (" ..." if len(summary.unaccounted) > 10 else "")
+    return (f"[red]not every recording is accounted for:[/red] {summary.recordings_in} in, "
+            f"{summary.recordings_with_clips} with clips, {refused} refused; no outcome for "
+            f"{len(summary.unaccounted)}: {lost or '-'} (an ingest bug: report it with the log)")
