@@ -315,7 +315,7 @@ def display_order(frames: Iterator[Any], codec_context) -> Iterator[tuple[int, A
 
     Where a container stores no presentation times (AVI), FFmpeg guesses them from decode order, and after B-frames a
     decoded frame carries a neighbour's time (x264 in AVI: 1, 3, 4, 2, 6, 7, 5, ...). The times are right as a set
-    and the order is right, so holding back as many frames as the decoder reorders (has_b_frames) pairs them up
+    and the order is right, so holding back as many frames as the decoder reorders (reorder_depth) pairs them up
     again; for any other stream this changes nothing. Frames without a pts are skipped.
     """
     times: list[int] = []
@@ -325,7 +325,7 @@ def display_order(frames: Iterator[Any], codec_context) -> Iterator[tuple[int, A
             continue
         heapq.heappush(times, frame.pts)
         held.append(frame)
-        if len(held) > codec_context.has_b_frames:
+        if len(held) > codec_context.reorder_depth:  # FFmpeg's has_b_frames (PyAV's has_b_frames is a bool)
             yield heapq.heappop(times), held.popleft()
     while held:
         yield heapq.heappop(times), held.popleft()

@@ -143,7 +143,7 @@ def _detail(file: ManifestFile, reason: str, facts: dict, observed, copy: LocalC
         return f"{file.path}: {observed:.3g} s of consecutive missing samples"
     if reason == "duration_mismatch":
         return f"{file.path}: measured {facts.get('duration_s')} s, more than the tolerance off the declared length"
-    if reason in ("codec_not_allowed", "resolution_out_of_bounds", "fps_out_of_bounds", "duration_out_of_bounds"):
+    if reason in ("resolution_out_of_bounds", "fps_out_of_bounds", "duration_out_of_bounds"):
         return f"{file.path}: {reason.replace('_', ' ')}: {observed}"
     return f"{file.path}: {reason.replace('_', ' ')} (observed {observed})"
 

@@ -10,6 +10,7 @@ from sqlalchemy import func, select
 from alliance.catalog import Catalog
 from alliance.models import Delivery, DeliveryDetail, DeliveryFile, Partner, Recording
 from alliance.store import LocalStore
+from ingest.synth import VideoSpec, write_video
 from partners.client import build_manifest, check, load_metadata
 from partners.contract import file_key, manifest_key
 from partners.service import delivery_id_for
@@ -105,3 +106,23 @@ def test_store_validation_writes_rows_report_and_quarantine_and_is_idempotent(tm
     assert [f.verdict for f in again.files] == [f.verdict for f in report.files]
     with catalog.session() as session:
         assert session.scalar(select(func.count()).select_from(Recording)) == 1
+
+
+def test_any_decodable_codec_passes_the_contract_and_one_without_a_decoder_is_refused(tmp_path, media):
+    # Cinepak in AVI: a legacy codec PyAV decodes; ingest re-encodes every clip, so the contract takes it
+    cinepak = write_video(tmp_path / "cinepak.avi", VideoSpec(frames=20, codec="cinepak", pix_fmt="rgb24"),
+                          container_format="avi")
+    # the same file with a codec tag nothing decodes
+    unknown = cinepak.read_bytes().replace(b"cvid", b"zzzz")
+    folder = make_folder(tmp_path / "folder", media, {"old/cinepak.avi": cinepak, "old/unknown.avi": unknown,
+                                                      "ok/a.mp4": media.good})
+    _, assessment = check(folder)
+    verdicts = {f.path: (f.verdict, [p.reason for p in f.problems]) for f in assessment.files}
+    assert verdicts["old/cinepak.avi"] == ("accepted", [])
+    assert verdicts["old/unknown.avi"] == ("rejected", ["unsupported_codec"])
+    assert verdicts["ok/a.mp4"] == ("accepted", [])
+    accepted = next(f for f in assessment.files if f.path == "old/cinepak.avi")
+    assert (accepted.facts["container"], accepted.facts["codec"]) == ("avi", "cinepak")
+    refused = next(f for f in assessment.files if f.path == "old/unknown.avi").problems[0]
+    assert "old/unknown.avi" in refused.detail and "no decoder" in refused.fix
+    assert not any("codec" in c.check and "probe_reason" not in c.check for c in assessment.checks)
