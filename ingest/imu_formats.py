@@ -297,7 +297,8 @@ class _Clock:
     def __init__(self, layout: ImuLayout, rate_hz: float | None, name: str):
         self.layout, self.rate_hz, self.name = layout, rate_hz, name
         self.first: float | None = None
-        self.last: float | None = None
+        self.last: float | None = None  # the previous chunk's last raw value
+        self.total = 0.0  # ... and its unwrapped value
         self.rows = 0
 
     def _missing(self, raw: np.ndarray, line: int) -> None:
@@ -317,9 +318,9 @@ class _Clock:
                               f"line {line + bad}: {self.layout.clock!r} goes from "
                               f"{raw[bad - 1] if bad else self.last:.0f} to {raw[bad]:.0f}: rows repeat or are out "
                               f"of order", line + bad)
-        start = raw[0] if self.last is None else self.last
-        self.last = float(raw[-1])
-        return start + np.cumsum(steps)
+        unwrapped = (raw[0] if self.last is None else self.total) + np.cumsum(steps)
+        self.last, self.total = float(raw[-1]), float(unwrapped[-1])
+        return unwrapped
 
     def times(self, raw: np.ndarray | None, rows: int, line: int) -> np.ndarray:
         """Time of each row of a chunk whose first row is on file line `line`, in the layout's clock unit."""

@@ -162,9 +162,13 @@ def _vendor_layout(spec: SensorSpec) -> "ImuLayout | None":
     return layout
 
 
+def _header(path: str | Path) -> tuple[str, ...]:
+    with open(path, "rb") as f:
+        return tuple(c.strip() for c in f.readline().decode("utf-8", errors="replace").strip().split(","))
+
+
 def _plain_header_has(spec: SensorSpec) -> bool:
-    with open(spec.path, "rb") as f:
-        header = [c.strip() for c in f.readline().decode("utf-8", errors="replace").strip().split(",")]
+    header = _header(spec.path)
     return all(c in header for c in spec.columns)
 
 
@@ -206,6 +210,8 @@ def resolve(spec: SensorSpec) -> SensorSpec:
                               f"its rows carry {'a sample counter' if layout.clock_kind == 'counter' else 'no time'}"
                               f" and neither the file nor the contract gives the rate: declare rate_hz"
                               + (" or keep NAME_Registers.csv beside it" if layout.format == "ximu" else ""))
+    elif spec.format == "csv" and not spec.columns:
+        spec = replace(spec, columns=_header(spec.path))  # none declared: the header's
     if not spec.rate_hz:
         spec = replace(spec, rate_hz=_measured_rate(spec))
     return spec
@@ -214,7 +220,7 @@ def resolve(spec: SensorSpec) -> SensorSpec:
 def _measured_rate(spec: SensorSpec) -> float:
     """Samples per second from the median timestamp step of the file's first block."""
     _, factor = canonical_unit(spec.units.get(spec.timestamp, "s"))
-    for t, _, _ in _rows(spec):
+    for t, _, _ in rows(spec):
         steps = np.diff(t[np.isfinite(t)]) * factor
         steps = steps[steps > 0]
         if steps.size:
@@ -224,7 +230,7 @@ def _measured_rate(spec: SensorSpec) -> float:
                                                         "declared: declare rate_hz")
 
 
-def _rows(spec: SensorSpec) -> Iterator[tuple[np.ndarray, np.ndarray, int | None]]:
+def rows(spec: SensorSpec) -> Iterator[tuple[np.ndarray, np.ndarray, int | None]]:
     """(timestamps in the file's unit, channel values in the file's units, file line of the chunk's first row or
     None for .npy) chunks of a resolved spec."""
     if spec.layout is not None:
@@ -254,7 +260,7 @@ def read_stream(spec: SensorSpec) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     _, t_factor = canonical_unit(spec.units.get(spec.timestamp, "s"))
     factors = np.array([canonical_unit(spec.units.get(c, ""))[1] for c in spec.channels])
     last, row = -math.inf, 0
-    for t, values, line in _rows(spec):
+    for t, values, line in rows(spec):
         finite = np.isfinite(t)
         steps = np.diff(np.concatenate([[last], t[finite]]))
         if (steps <= 0).any():
@@ -286,8 +292,7 @@ def sidecar_spec(csv: Path, video: Path, declared: Mapping[str, Any] | None = No
     if fmt == "csv" and not columns:
         try:
             layout = imu_formats.detect(csv, registers=False)
-            with open(csv, "rb") as f:
-                columns = tuple(c.strip() for c in f.readline().decode("utf-8", errors="replace").strip().split(","))
+            columns = _header(csv)
         except OSError:
             layout = None
         fmt = layout.format if layout is not None else "csv"

@@ -73,29 +73,60 @@ class Device(_Strict):
     mounting: Literal["head", "chest", "wrist", "robot", "handheld", "fixed", "vehicle"]
 
 
+SENSOR_FORMATS = ("csv", "npy", "xsens", "ximu", "ngimu", "ximu3", "yei")
+CANONICAL_SENSOR_COLUMNS = ("t", "ax", "ay", "az", "gx", "gy", "gz", "mx", "my", "mz")
+
+
 class SensorFile(_Strict):
-    """One timestamped numeric stream (IMU, gaze, joints...) recorded with the video, as CSV or NPY."""
+    """One timestamped numeric stream (IMU, gaze, joints...) recorded with the video: a plain CSV or NPY table, or
+    an IMU vendor export (ingest.imu_formats) whose header carries its columns, units and sometimes its rate."""
 
     stream: str = Field(pattern=r"^[a-z][a-z0-9_]{0,31}$", description="stream name, e.g. 'imu'")
     path: SafePath
     sha256: str = Field(pattern=SHA256)
     bytes: int = Field(ge=0, le=MAX_FILE_BYTES)
-    format: Literal["csv", "npy"]
-    columns: list[str] = Field(min_length=2, max_length=256, description="column names, timestamp included")
-    units: dict[str, str] = Field(default_factory=dict, description="unit per column, e.g. {'ax': 'm/s^2'}")
-    rate_hz: float = Field(gt=0, le=100_000)
-    clock_offset_s: float = Field(0.0, description="add to sensor timestamps to get seconds from the video's start")
+    format: Literal["csv", "npy", "xsens", "ximu", "ngimu", "ximu3", "yei"] = Field(
+        description="csv (a plain table, or a vendor export recognised by its header), npy, or a vendor export: "
+                    "xsens (MT Manager text export), ximu (x-IMU CalInertialAndMag.csv), ngimu (sensors.csv), "
+                    "ximu3 (Inertial.csv), yei (3-Space log)")
+    columns: list[str] = Field(default_factory=list, max_length=256,
+                               description="column names, timestamp included; vendor exports: taken from the file")
+    units: dict[str, str] = Field(default_factory=dict, description="unit per column, e.g. {'ax': 'm/s^2'}; on a "
+                                  "vendor export these override the file's (keys: file column or t, ax..gz, mx..mz)")
+    rate_hz: float | None = Field(None, gt=0, le=100_000, description="required for npy and plain CSV; a vendor "
+                                  "export's own (header, registers file, timestamps) is used when absent")
+    clock_offset_s: float = Field(0.0, description="add to sensor timestamps to get seconds from the video's start; "
+                                  "a vendor export's timestamps count from its first sample")
     timestamp: str = Field("t", description="the column that holds the timestamps, in seconds")
+
+    def vendor_format(self) -> str | None:
+        """The vendor export this entry declares, by name or by a CSV header; None for a plain table."""
+        if self.format not in ("csv", "npy"):
+            return self.format
+        if self.format == "csv" and self.timestamp not in self.columns:
+            from ingest.imu_formats import header_format
+
+            return header_format(self.columns)
+        return None
 
     @model_validator(mode="after")
     def _columns_consistent(self) -> "SensorFile":
         if len(set(self.columns)) != len(self.columns):
             raise PydanticCustomError("duplicate_entry", "{path}: column names repeat", {"path": self.path})
-        if self.timestamp not in self.columns:
-            raise PydanticCustomError("sensor_columns", "{path}: timestamp column {t!r} is not among columns {c}",
-                                      {"path": self.path, "t": self.timestamp, "c": self.columns})
-        unknown = sorted(set(self.units) - set(self.columns))
-        if unknown:
+        vendor = self.vendor_format()
+        if vendor is None:
+            if len(self.columns) < 2:
+                raise PydanticCustomError("sensor_columns", "{path}: declare at least two columns (the timestamp "
+                                          "and a value) for a {f} table", {"path": self.path, "f": self.format})
+            if self.timestamp not in self.columns:
+                raise PydanticCustomError("sensor_columns", "{path}: timestamp column {t!r} is not among columns {c}",
+                                          {"path": self.path, "t": self.timestamp, "c": self.columns})
+            if self.rate_hz is None:
+                raise PydanticCustomError("sensor_columns", "{path}: rate_hz is required for a {f} table",
+                                          {"path": self.path, "f": self.format})
+        known = set(self.columns) | (set(CANONICAL_SENSOR_COLUMNS) if vendor else set())
+        unknown = sorted(set(self.units) - known)
+        if unknown and not (vendor and not self.columns):
             raise PydanticCustomError("sensor_columns", "{path}: units given for unknown columns {u}",
                                       {"path": self.path, "u": unknown})
         return self

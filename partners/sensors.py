@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ingest.sensors import SensorError, SensorSpec, canonical_unit, resolve, rows
 from partners.contract import SensorFile
 
 MAX_SENSOR_BYTES = 512 << 20
@@ -81,6 +82,34 @@ def _longest_nan_run(values: np.ndarray) -> int:
     return int((ends - starts).max())
 
 
+def _vendor_facts(resolved: SensorSpec, spec: SensorFile) -> SensorFacts:
+    """Facts of a vendor export, streamed a block at a time (the same reader ingest uses)."""
+    _, factor = canonical_unit(resolved.units.get("t", "s"))
+    count, last, nan_run, longest = 0, None, 0, 0
+    medians: list[float] = []
+    first_bad = None
+    for t, values, _ in rows(resolved):
+        t = t * factor
+        steps = np.diff(t if last is None else np.concatenate([[last], t]))
+        if first_bad is None and (steps <= 0).any():
+            first_bad = count + int(np.argmax(steps <= 0)) + (2 if last is None else 1)
+        if steps[steps > 0].size:
+            medians.append(float(np.median(steps[steps > 0])))
+        bad = np.isnan(values).any(axis=1)
+        for missing in bad:  # runs carry over chunk boundaries
+            nan_run = nan_run + 1 if missing else 0
+            longest = max(longest, nan_run)
+        count += len(t)
+        last = float(t[-1]) if len(t) else last
+    if count < 2:
+        return _unreadable(spec, "sensor_unreadable", f"{spec.path}: {count} rows; a stream needs at least two")
+    rate = float(1.0 / np.median(medians)) if medians else None
+    expected = spec.rate_hz or resolved.layout.rate_hz or rate
+    return SensorFacts(spec.path, spec.stream, None, "", count, first_bad is None, rate,
+                       None if rate is None or not expected else rate / expected,
+                       longest / expected if expected else None, first_bad)
+
+
 def sensor_facts(path: str | Path, spec: SensorFile) -> SensorFacts:
     """Measure a sensor file against its manifest entry; never raises for bad partner bytes."""
     path = Path(path)
@@ -90,6 +119,12 @@ def sensor_facts(path: str | Path, spec: SensorFile) -> SensorFacts:
     if size > MAX_SENSOR_BYTES:
         return _unreadable(spec, "sensor_unreadable", f"{spec.path}: {size} bytes, above the {MAX_SENSOR_BYTES} "
                            "byte limit for one sensor file: split the recording")
+    try:
+        resolved = resolve(SensorSpec.from_manifest(spec.model_dump(), str(path), label=spec.path))
+        if resolved.layout is not None:
+            return _vendor_facts(resolved, spec)
+    except SensorError as e:
+        return _unreadable(spec, e.reason, f"{spec.path}: {e.detail}: fix the file or its manifest entry")
     try:
         table = _load(path, spec)
     except _Unreadable as e:
