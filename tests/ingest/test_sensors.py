@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from ingest.clips import ClipConfig, RecordingInfo, WindowTask, cut_window, plan_recording, sha256_file
-from ingest.sensors import SensorSpec, read_stream, resample, window_slices
+from ingest.sensors import SensorSpec, read_stream, resample, sidecar_spec, window_slices
 from ingest.synth import (IMU_COLUMNS, ImuSpec, VideoSpec, imu_signal, imu_table, write_imu_csv, write_imu_npy,
                           write_video)
 
@@ -129,3 +129,18 @@ def test_a_zip_or_pickle_named_npy_is_unreadable_not_a_crash(tmp_path):
         path.write_bytes(payload)
         slices = list(window_slices(imu_spec(path, "npy"), [(0.0, 1.0), (1.0, 2.0)]))
         assert [s.problem for s in slices] == ["sensor_unreadable"] * 2 and "imu.npy" in slices[0].detail
+
+
+def test_an_ngimu_export_beside_the_video_gives_clips_in_rad_per_s(tmp_path, video):
+    """The reviewer's case: NGIMU's deg/s gyro was read as rad/s and real head motion refused as violent."""
+    t = np.arange(500) / 100
+    header = ("Time (s),Gyroscope X (deg/s),Gyroscope Y (deg/s),Gyroscope Z (deg/s),Accelerometer X (g),"
+              "Accelerometer Y (g),Accelerometer Z (g)")
+    body = [f"{s + 3.25:.6f},{30 * math.sin(math.pi * s):.5f},0,0,0,0,1" for s in t]
+    csv = tmp_path / "walk.imu.csv"
+    csv.write_text("\n".join([header, *body]) + "\n")
+    rows, refusals, arrays = ingest(tmp_path, video, [sidecar_spec(csv, video)])
+    assert not refusals and {row["sensor_status"] for row in rows.values()} == {"ok"}
+    gyro = arrays[0.0]["imu"][:, 3]
+    np.testing.assert_allclose(gyro, np.radians(30 * np.sin(np.pi * np.arange(20) / 10)), atol=1e-3)
+    assert rows[0.0]["imu_gyro_rms"] < 0.5  # 30 deg/s peak, not 30 rad/s

@@ -48,3 +48,46 @@ def test_unreadable_streams_get_a_reason_naming_the_file(tmp_path, table):
     (tmp_path / "pickle.npy").write_bytes(b"\x93NUMPY\x01\x00v\x00{'descr': '|O', 'fortran_order': False, "
                                           b"'shape': (1,), }" + b" " * 40 + b"\n" + b"\x80\x04N.")
     assert sensor_facts(tmp_path / "pickle.npy", spec("pickle.npy", fmt="npy")).read_reason == "sensor_unreadable"
+
+
+NGIMU_HEADER = ("Time (s),Gyroscope X (deg/s),Gyroscope Y (deg/s),Gyroscope Z (deg/s),Accelerometer X (g),"
+                "Accelerometer Y (g),Accelerometer Z (g)")
+
+
+def ngimu(path, rows=300, rate=100.0):
+    t = np.arange(rows) / rate
+    body = "\n".join(f"{s + 7.0:.6f},{90 * np.sin(np.pi * s):.4f},0,0,0,0,1" for s in t)
+    path.write_text(NGIMU_HEADER + "\n" + body + "\n")
+    return path
+
+
+def test_a_vendor_export_delivered_as_csv_is_measured_with_its_own_layout(tmp_path):
+    path = ngimu(tmp_path / "r.imu.csv")
+    as_built = SensorFile(stream="imu", path="r.imu.csv", sha256="0" * 64, bytes=1, format="csv",
+                          columns=NGIMU_HEADER.split(","), rate_hz=100.0)  # what `alliance deliver` writes
+    facts = sensor_facts(path, as_built)
+    assert facts.read_reason is None and facts.rows == 300 and facts.monotonic
+    assert facts.rate_ratio == pytest.approx(1.0, abs=1e-3) and facts.max_nan_run_s == 0
+    named = SensorFile(stream="imu", path="r.imu.csv", sha256="0" * 64, bytes=1, format="ngimu")  # no rate: its own
+    assert named.rate_hz is None and sensor_facts(path, named).rate_hz == pytest.approx(100.0, rel=1e-3)
+
+
+def test_a_broken_vendor_export_names_its_line(tmp_path):
+    path = ngimu(tmp_path / "r.imu.csv")
+    lines = path.read_text().splitlines()
+    lines[41] = lines[41].replace(",0,0,0,", ",0,zero,0,")
+    path.write_text("\n".join(lines) + "\n")
+    facts = sensor_facts(path, SensorFile(stream="imu", path="r.imu.csv", sha256="0" * 64, bytes=1, format="ngimu"))
+    assert facts.read_reason == "sensor_unreadable" and "r.imu.csv" in facts.read_detail
+    assert "line 42" in facts.read_detail and "zero" in facts.read_detail
+
+
+def test_rate_is_optional_only_where_the_format_can_carry_it():
+    from pydantic import ValidationError
+
+    base = dict(stream="imu", path="r.imu.csv", sha256="0" * 64, bytes=1)
+    assert SensorFile(**base, format="xsens").columns == []
+    with pytest.raises(ValidationError, match="rate_hz is required"):
+        SensorFile(**base, format="csv", columns=["t", "ax"])
+    with pytest.raises(ValidationError, match="unknown columns"):
+        SensorFile(**base, format="csv", columns=["t", "ax"], rate_hz=100.0, units={"gx": "rad/s"})
