@@ -24,7 +24,7 @@ UNITS: dict[str, tuple[str, float]] = {
     "s": ("s", 1.0), "ms": ("s", 1e-3), "us": ("s", 1e-6), "µs": ("s", 1e-6), "ns": ("s", 1e-9),
 }
 SENSOR_REASONS = frozenset({"sensor_columns", "sensor_unreadable", "timestamps_not_monotonic", "timestamp_missing",
-                            "sensor_rate_unknown"})
+                            "sensor_rate_unknown", "sensor_declaration_invalid"})
 TABLE_FORMATS = ("csv", "npy")  # any other format is a vendor export (ingest.imu_formats.FORMATS)
 
 
@@ -281,14 +281,26 @@ def read_stream(spec: SensorSpec) -> Iterator[tuple[np.ndarray, np.ndarray]]:
 def sidecar_spec(csv: Path, video: Path, declared: Mapping[str, Any] | None = None) -> SensorSpec:
     """The spec of a `{video stem}.{stream}.csv` beside a video, from the file's first line: a vendor export's
     format by its header, a plain CSV's columns otherwise. `declared` is that stream's entry of the folder's
-    delivery.toml (rate_hz, units, columns, timestamp, clock_offset_s, format), and wins. Never raises for bad
-    bytes: problems surface when the stream is read, as refusals."""
+    delivery.toml (rate_hz, units, columns, timestamp, clock_offset_s, format), and wins. Bad bytes in the file
+    never raise here (they surface as refusals when the stream is read); a declaration that cannot be one raises
+    SensorError (sensor_declaration_invalid)."""
     from ingest import imu_formats
 
     declared = dict(declared or {})
     stream = csv.name[len(video.stem) + 1:-len(csv.suffix)]
-    fmt = declared.get("format") or "csv"
-    columns = tuple(declared.get("columns") or ())
+    try:
+        fmt = str(declared.get("format") or "csv")
+        columns = tuple(str(c) for c in declared.get("columns") or ())
+        units = {str(k): str(v) for k, v in dict(declared.get("units") or {}).items()}
+        rate = None if declared.get("rate_hz") is None else float(declared["rate_hz"])
+        offset = float(declared.get("clock_offset_s") or 0.0)
+        if fmt not in (*TABLE_FORMATS, *imu_formats.FORMATS) or (rate is not None and not 0 < rate < math.inf):
+            raise ValueError(f"format {fmt!r}, rate_hz {rate!r}")
+    except (TypeError, ValueError) as e:
+        raise SensorError(str(csv), "sensor_declaration_invalid",
+                          f"the delivery.toml entry for {stream!r} is not a sensor declaration ({e}): give rate_hz "
+                          f"(a positive number), units (a table), columns (a list), format (one of "
+                          f"{', '.join((*TABLE_FORMATS, *imu_formats.FORMATS))})") from e
     if fmt == "csv" and not columns:
         try:
             layout = imu_formats.detect(csv, registers=False)
@@ -296,11 +308,9 @@ def sidecar_spec(csv: Path, video: Path, declared: Mapping[str, Any] | None = No
         except OSError:
             layout = None
         fmt = layout.format if layout is not None else "csv"
-    timestamp = declared.get("timestamp") or ("t" if "t" in columns or fmt != "csv" else (columns or ("t",))[0])
-    rate = declared.get("rate_hz")
-    return SensorSpec(stream=stream, path=str(csv), format=fmt, columns=columns if fmt == "csv" else (),
-                      units=dict(declared.get("units") or {}), rate_hz=None if rate is None else float(rate),
-                      clock_offset_s=float(declared.get("clock_offset_s") or 0.0), timestamp=timestamp)
+    timestamp = str(declared.get("timestamp") or ("t" if "t" in columns or fmt != "csv" else (columns or ("t",))[0]))
+    return SensorSpec(stream=stream, path=str(csv), format=fmt, columns=columns if fmt == "csv" else (), units=units,
+                      rate_hz=rate, clock_offset_s=offset, timestamp=timestamp)
 
 
 def window_slices(spec: SensorSpec, windows: Sequence[tuple[float, float]]) -> Iterator[SensorSlice]:

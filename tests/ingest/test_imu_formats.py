@@ -184,6 +184,10 @@ def test_sidecar_spec_detects_the_vendor_and_the_delivery_toml_wins(tmp_path):
     broken = ximu(tmp_path)
     (tmp_path / "00033_Registers.csv").write_text("Packet number,Address,Value\n70,69,lots,x\n")
     assert sidecar_spec(broken, video).format == "ximu"  # never raises: the refusal comes when it is read
+    for bad in ({"rate_hz": "fast"}, {"rate_hz": -1}, {"format": "excel"}, {"units": ["deg/s"]}):
+        with pytest.raises(SensorError) as caught:
+            sidecar_spec(tmp_path / "walk.imu.csv", video, bad)
+        assert caught.value.reason == "sensor_declaration_invalid" and "walk.imu.csv" in str(caught.value)
 
 
 def broken(tmp_path, vendor: str, line: int, edit) -> SensorError:
