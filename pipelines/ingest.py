@@ -256,6 +256,12 @@ def _missing(ref: RecordingRef, error: Exception) -> Rejection:
                                                            f"check that the upload completed and the path is right")
 
 
+def _ingest_error(ref: RecordingRef, error: Exception) -> Rejection:
+    return Rejection(ref.source, "decode", "ingest_error", f"{ref.source}: {type(error).__name__}: "
+                                                           f"{safe_text(str(error))}; ingest could not handle this "
+                                                           f"file: report it with the file attached")
+
+
 # --------------------------------------------------------------------------- DoFns: thin wrappers
 
 
@@ -287,6 +293,10 @@ class IdentifyRecording(beam.DoFn):
             rejection = Rejection(ref.source, "source", e.reason, e.detail)
         except (KeyNotFound, OSError) as e:
             rejection = _missing(ref, e)
+        except StoreError:
+            raise  # the store itself failed: Beam retries the bundle, the recording is not at fault
+        except Exception as e:  # an unforeseen failure costs this recording only, and is recorded with its cause
+            rejection = _ingest_error(ref, e)
         else:
             # an empty file is refused as empty_file by the probe, never as a duplicate of another empty one
             yield (recording_id if size else f"{recording_id}:{ref.source}"), replace(ref, recording_id=recording_id)
@@ -360,9 +370,7 @@ class PlanRecording(beam.DoFn):
         except StoreError:
             raise  # the store itself failed: Beam retries the bundle, the recording is not at fault
         except Exception as e:  # an unforeseen failure costs this recording only, and is recorded with its cause
-            rejection = Rejection(ref.source, "decode", "ingest_error",
-                                  f"{ref.source}: {type(e).__name__}: {safe_text(str(e))}; ingest could not handle "
-                                  f"this file: report it with the file attached")
+            rejection = _ingest_error(ref, e)
         if rejection is not None:
             count(NAMESPACE, f"rejected_{rejection.reason}")
             self.progress.add(**{f"rejected_{rejection.reason}": 1})

@@ -65,3 +65,31 @@ def test_demo_make_data_says_what_it_wrote(tmp_path):
     out = run(["demo", "make-data", "--out", "samples"], tmp_path).stdout
     assert "11 recordings from 3 partners" in out and "planted: corrupt, frozen, near_duplicate" in out
     assert (tmp_path / "samples" / "glassco" / "homes-2026-11" / "delivery.toml").is_file()
+
+
+def test_ingest_of_a_folder_whose_name_is_not_utf8_fails_on_one_printable_line(tmp_path):
+    folder = tmp_path / os.fsdecode(b"d\xe9livery")
+    folder.mkdir()
+    (folder / "notes.txt").write_text("no video here")
+    result = subprocess.run([*ALLIANCE, "pipeline", "ingest", "--source", os.fsencode(folder)], cwd=tmp_path,
+                            capture_output=True, timeout=120, env={**os.environ, "COLUMNS": "400"})
+    out = result.stdout.decode("utf-8")  # strict: every byte printed is UTF-8
+    assert result.returncode == 1 and "Traceback" not in out + result.stderr.decode(errors="replace")
+    assert "d\\xe9livery: no video files" in out
+
+
+def test_ingest_summary_says_clips_written_and_whether_every_recording_is_accounted_for():
+    from rich.console import Console
+
+    from alliance.cli.pipeline import accounting_line, ingest_table
+    from pipelines.ingest import IngestSummary
+
+    summary = IngestSummary("r", 4, 1, 3, 3, {"symlink": 1, "truncated": 1}, "tables/clips/r",
+                            "tables/rejections/r", 1.0, recordings_refused={"symlink": 1, "truncated": 1},
+                            unaccounted=("/d/caf\\xe9 [1].mp4",))
+    console = Console(width=200, record=True)
+    console.print(ingest_table(summary))
+    console.print(accounting_line(summary))
+    text = console.export_text()
+    assert "clips written" in text and "clips kept" not in text and "recordings refused: symlink" in text
+    assert "not every recording is accounted for" in text and "/d/caf\\xe9 [1].mp4" in text
