@@ -169,3 +169,14 @@ def test_delivery_toml_declares_the_sidecar_and_a_broken_one_is_a_rejection(tmp_
     found = refs_from_folder(folder, "lab")
     assert [(Path(r.key).name, r.reason) for r in found.side_refused] == [("delivery.toml", "metadata_invalid")]
     assert found.refs[0].sensors[0].clock_offset_s == 0.0  # read with defaults, the recording still ingested
+
+
+def test_a_folder_with_nothing_to_read_still_runs_and_writes_its_rejections(tmp_path):
+    folder = tmp_path / "only-a-fifo"
+    folder.mkdir()
+    os.mkfifo(folder / "camera.mp4")
+    settings = local_settings(tmp_path)
+    summary = run_ingest(settings, str(folder), "fifo-only", partner="lab", config=CONFIG, record=False)
+    assert (summary.recordings_in, summary.recordings_refused, summary.accounted) == (1, {"not_regular_file": 1}, True)
+    rows = read_table(open_store(settings=settings), summary.rejection_table_prefix).to_pylist()
+    assert [(Path(r["key"]).name, r["reason"]) for r in rows] == [("camera.mp4", "not_regular_file")]
