@@ -335,9 +335,10 @@ class DecoderErrors:
     """While open: FFmpeg's error messages are counted (and kept out of the logs), and `decode` yields a stream's
     frames while counting the packets the decoder reported errors on or refused.
 
-    FFmpeg conceals damaged data (a broken slice is filled in from its neighbours) and says so only in its log: the
-    frame comes out with no flag (is_corrupt marks only frames decoded without their references). PyAV keeps a count
-    of error messages once its log level is set; reading it after each packet costs nothing measurable.
+    FFmpeg conceals damaged data (a broken slice is filled in from its neighbours) and says so in its log; the
+    frame's corrupt flag is set for some of it only (single-threaded H.264 flags the damaged frame, slice threads flag
+    nothing) and never for the frames predicted from it. PyAV counts error messages, from any thread, once its log
+    level is set; reading the count after each packet costs nothing measurable.
     """
 
     def __init__(self) -> None:
@@ -350,7 +351,9 @@ class DecoderErrors:
         self._level = av.logging.get_level()
         if self._level is None or self._level < av.logging.ERROR:
             av.logging.set_level(av.logging.ERROR)  # PyAV counts nothing while its logging is off
-        self._capture = av.logging.Capture()  # this thread's messages, out of the process's logs
+        # out of the process's logs: this thread's messages and those of FFmpeg's decoder threads (which have no
+        # capture of their own); a window decodes alone in its child process
+        self._capture = av.logging.Capture(local=False)
         self._capture.__enter__()
         return self
 

@@ -26,7 +26,7 @@ class VideoSpec:
     gop: int = 10
     bitrate: int = 0  # 0: codec default (crf-like quality)
     preset: str = "ultrafast"  # x264/x265; "veryfast" writes CABAC + deblocking, as phone encoders do
-    bframes: int = 0  # x264 B-frames: decode order differs from display order, as in many phone recordings
+    bframes: int = 0  # B-frames (x264's bf, other encoders' max_b_frames): decode order differs from display order
     scene: str = "moving_square"  # moving_square, noise, dark, static, pan, counter, cut, head_motion
     seed: int = 0
     rotation: int = 0  # display rotation (counter-clockwise degrees) written as the stream's display matrix
@@ -142,6 +142,8 @@ def write_video(path: str | Path, spec: VideoSpec = VideoSpec(), frames: Iterato
             stream.codec_context.options = {"preset": spec.preset, "bf": str(spec.bframes)}
         elif spec.codec in ("libx265", "hevc"):
             stream.codec_context.options = {"preset": spec.preset, "x265-params": "log-level=none:bframes=0"}
+        elif spec.bframes:  # mpeg4 (DivX/Xvid-like) among others
+            stream.codec_context.max_b_frames = spec.bframes
         audio = container.add_stream("aac", rate=8000) if spec.audio else None
         pts = vfr_pts(spec.frames) if spec.vfr else None
         for index, image in enumerate(frames if frames is not None else frames_of(spec)):
