@@ -14,7 +14,7 @@ from curation.balance import (Hierarchy, KMeansConfig, assign, balanced_sample, 
                               mean_direction, streaming_kmeans)
 from curation.media import ClipDecodeError, DecodedClip, decode_clip
 from curation.neardup import NearDupConfig, NearDupIndex, NearDupMatch, Signature, signature
-from curation.quality import QualityConfig, QualitySignals, measure, quality_detail, quality_reason
+from curation.quality import SIGNALS_VERSION, QualityConfig, QualitySignals, measure, quality_detail, quality_reason
 from curation.semdedup import SemDedupConfig, semdedup_cluster
 
 STAGES = ("ingest", "decode", "quality", "exact_dup", "near_dup", "semantic_dup", "balance")
@@ -82,8 +82,9 @@ def analyze_clip(row: dict[str, Any], data: bytes | None, cfg: CurateConfig) -> 
 def requalify(stage: str | None, reason: str | None, detail: str | None, signals: QualitySignals | None,
               clip_key: str, cfg: QualityConfig) -> tuple[str | None, str | None, str | None]:
     """The quality verdict again from stored signals under (possibly changed) thresholds, without decoding;
-    refusals of other stages stand."""
-    if signals is None or stage not in (None, "quality"):
+    refusals of other stages stand, and so does the verdict on signals measured by an older SIGNALS_VERSION (their
+    figures mean something else: analyse again without --reuse-analysis to judge them by today's signals)."""
+    if signals is None or stage not in (None, "quality") or signals.version != SIGNALS_VERSION:
         return stage, reason, detail
     again = quality_reason(signals, cfg)
     if again is None:
@@ -117,7 +118,7 @@ def picture_quality(signals: QualitySignals) -> float:
     """One figure for how good a copy's picture is: its sharpness, less the share of pixels clipped to black or
     white (a brightened copy loses its highlights). Rounded, so copies that differ only in noise tie."""
     clipped = min(1.0, signals.dark_fraction + signals.bright_fraction)
-    return round(signals.sharpness * (1.0 - clipped), 2)
+    return round((signals.sharpness or 0.0) * (1.0 - clipped), 2)
 
 
 def keep_order(row: dict[str, Any], signals: QualitySignals | None, accepted: str = "") -> tuple:

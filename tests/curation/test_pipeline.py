@@ -19,7 +19,7 @@ from curation.quality import parse_overrides
 from curation.select import CurateConfig
 from curation.semdedup import SemDedupConfig
 from pipelines.curate import run_curate
-from tests.curation.conftest import clip_row, write_clip_table
+from tests.curation.conftest import clip_row, encode_like_ingest, gaussian_blur, real_frames, write_clip_table
 
 BEAM = ("--direct_num_workers=2",)  # the default runner: FnApiRunner, multi_processing
 QUICK = ("--direct_running_mode=in_memory", "--direct_num_workers=1")  # same runner, one process: faster for the pure-logic checks
@@ -204,7 +204,7 @@ def test_repeated_recording_and_new_thresholds_without_decoding(tmp_path, monkey
     store = open_store(settings=settings)
     good = encode(camera_frames(210, 40))
     rows = [clip_row(store, "glasses-a", "d1", "good", good),
-            clip_row(store, "glasses-a", "d1", "soft", encode(blur(camera_frames(211, 40), 5)))]
+            clip_row(store, "glasses-a", "d1", "soft", encode_like_ingest(gaussian_blur(real_frames("bikes", 0, 40), 3)))]
     again = dict(rows[0], partner="robot-b", delivery="d9", clip_key=rows[0]["clip_key"].replace("glasses-a", "robot-b"))
     store.put_bytes(again["clip_key"], good)
     write_clip_table(store, "ing", rows + [again])
