@@ -36,7 +36,7 @@ class ClipConfig:
     fps: float = 0.0  # fixed output rate; 0: the source's rate (rounded real rate for variable-rate sources)
     scene_split: bool = False  # split windows on hard cuts
     scene_threshold: float = 0.35  # histogram distance (0..1) that can be a cut
-    min_clip_s: float = 1.0  # scene fragments shorter than this are dropped
+    min_clip_s: float = 1.0  # the shortest clip: a short recording, the rest after the last window or a scene fragment
     crf: int = 23
     # x264 on one thread per window. Measured on 456x256 head-motion clips at crf 23: ultrafast encodes ~3x faster
     # in about half the bytes but with ~2 dB less PSNR (full-pixel motion, no CABAC, no deblocking); veryfast is ~1.5x
@@ -257,8 +257,10 @@ def window_frames(path: str, window: ClipWindow, size: tuple[int, int], rotation
                                                       threads=max(0, threads)), rotation_deg)
             return converted[pts]
 
-        def failure(reason: str, detail: str) -> DecodeError:
-            """The refusal of this window; damage seen on the way is the cause of whatever else went wrong."""
+        def failure(reason: str = "corrupt_frames", detail: str = "") -> DecodeError:
+            """The refusal of this window: damage seen on the way is the cause of whatever else went wrong, and any
+            damage refuses it (a damaged frame spoils the frames predicted from it, up to the next keyframe, and
+            FFmpeg reports only the first)."""
             if not errors.packets:
                 return DecodeError(name, reason, detail)
             first = float((errors.first_pts - start) * base) if errors.first_pts is not None else window.t0
@@ -287,7 +289,7 @@ def window_frames(path: str, window: ClipWindow, size: tuple[int, int], rotation
                     j += 1
                 if j >= len(targets):
                     if errors.packets:
-                        raise failure("corrupt_frames", "")
+                        raise failure()
                     return
                 spacing = t - previous[0] if previous is not None else spacing
                 previous, last_time = (t, frame, pts), t
@@ -306,7 +308,7 @@ def window_frames(path: str, window: ClipWindow, size: tuple[int, int], rotation
             raise DecodeError(name, "truncated", f"the video ends at {ended}, inside the clip "
                                                  f"{window.t0:.3f}-{window.t1:.3f} s; upload the complete file")
         if errors.packets:
-            raise failure("corrupt_frames", "")
+            raise failure()
 
 
 def display_order(frames: Iterator[Any], codec_context) -> Iterator[tuple[int, Any]]:
