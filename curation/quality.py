@@ -215,7 +215,10 @@ def quality_detail(reason: str, signals: QualitySignals, cfg: QualityConfig, cli
     return f"{clip_key}: {text}; change QualityConfig if this bound does not suit this partner's footage"
 
 
-STRUCTURE_FLOOR = 20.0  # Laplacian variance (luma levels^2) at a quarter of the clip's size below: nothing to judge
+# a frame with too little in it to judge its focus (a plain wall, fog): little detail at a quarter of the clip's size
+# (Laplacian variance, luma levels^2) and a nearly uniform picture (luma std); a blurred scene keeps its contrast
+STRUCTURE_FLOOR = 20.0
+UNIFORM_STD = 12.0
 
 
 def _laplacian(image: np.ndarray) -> np.ndarray:
@@ -231,7 +234,8 @@ def sharpness(frames: np.ndarray) -> float | None:
     """How much of a picture's detail survives at its finest scale: the Laplacian's energy at half the clip's size
     over its energy at a quarter, median over the frames (luma [N, H, W] at the clip's resolution). Contrast and
     brightness cancel out; blur takes the fine band first (sigma 2 px: about 0.12, sharp real footage 0.27-0.73).
-    Frames with too little structure to judge (a plain wall) are left out; None when every frame is one."""
+    Frames with nothing to judge (little detail and a nearly uniform picture: a plain wall) are left out; None when
+    every frame is one. A strongly blurred scene has little detail too, but keeps its contrast, and is judged."""
     ratios = []
     for frame in frames:
         half = _half(frame)
@@ -239,9 +243,10 @@ def sharpness(frames: np.ndarray) -> float | None:
         if min(quarter.shape) < 3:
             continue
         coarse = float(_laplacian(quarter).var())
-        if coarse < STRUCTURE_FLOOR:
+        if coarse < STRUCTURE_FLOOR and float(quarter.std()) < UNIFORM_STD:
             continue
-        ratios.append(float(_laplacian(half).var()) / coarse)
+        # the floor keeps codec noise (a few levels^2 in the finest band) from passing for detail in a blurred scene
+        ratios.append(float(_laplacian(half).var()) / (coarse + 2 * STRUCTURE_FLOOR))
     return float(np.median(ratios)) if ratios else None
 
 

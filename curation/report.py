@@ -183,12 +183,17 @@ def _gallery(ids: list[str], data: ReportInput, thumbs: "_Thumbnails") -> str:
     return '<div class=grid>' + "".join(cells) + "</div>"
 
 
+KEEP_RULE = ("Which copy stays: the larger source picture, then the longer clip, then the better picture "
+             "(sharpness less clipped pixels), then the recording accepted first (unknown acceptance last), "
+             "then the delivery and clip id.")
+
+
 def _pairs(data: ReportInput, thumbs: "_Thumbnails") -> str:
     pairs = [v for v in (data.verdicts[c] for c in _ordered(data))
              if v.duplicate_of and v.stage in ("near_dup", "exact_dup", "semantic_dup")]
     if not pairs:
         return "<p>no duplicates found</p>"
-    rows = ["<table class=pairs><tr><th>kept</th><th>dropped</th><th>why</th></tr>"]
+    rows = [f"<p class=note>{_e(KEEP_RULE)}</p><table class=pairs><tr><th>kept</th><th>dropped</th><th>why</th></tr>"]
     for v in pairs[:PAIRS]:
         rows.append(f"<tr><td>{thumbs.img(v.duplicate_of)}<br><small>{_e(_short(v.duplicate_of))}</small></td>"
                     f"<td>{thumbs.img(v.clip_id)}<br><small>{_e(_short(v.clip_id))}</small></td>"
