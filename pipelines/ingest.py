@@ -35,6 +35,7 @@ from pipelines.sinks import (ProgressWriter, WriteParts, WriteRejections, clear_
 
 NAMESPACE = "ingest"
 BYTES_PER_PART = 64 << 30  # ~64 GB of partner video gives some 10^4 clip rows: one parquet part
+SENSOR_SUFFIXES = (".csv", ".txt")  # sensor sidecars: CSV, and the text exports of Xsens MT Manager and YEI
 VIDEO_SUFFIXES = (".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi", ".ts", ".mts")
 MEDIA_TYPES = {".mp4": "video/mp4", ".m4v": "video/mp4", ".mov": "video/quicktime", ".mkv": "video/x-matroska",
                ".webm": "video/webm", ".avi": "video/x-msvideo", ".ts": "video/mp2t", ".mts": "video/mp2t"}
@@ -546,12 +547,14 @@ def declared_sensors(folder: Path) -> tuple[dict[str, Mapping[str, Any]], tuple[
 
 def _sidecars(video: Path, beside: Sequence[tuple[str, Path, str]], declared: Mapping[str, Mapping[str, Any]]
               ) -> tuple[tuple[SensorSpec, ...], list[Rejection]]:
-    """The `{stem}.{stream}.csv` files beside a video: their specs, and a rejection for each one that is a link, not
-    a regular file, or unreadable as declared (the recording is ingested without that stream)."""
+    """The `{stem}.{stream}.csv` (or `.txt`: Xsens and YEI export text) files beside a video: their specs, and a
+    rejection for each one that is a link, not a regular file, or unreadable as declared (the recording is ingested
+    without that stream)."""
     specs, refused = [], []
     for kind, csv, why in beside:
-        stream = csv.name[len(video.stem) + 1:-len(".csv")]
-        if not (csv.name.startswith(f"{video.stem}.") and csv.name.endswith(".csv")) or not stream or "." in stream:
+        stream = csv.name[len(video.stem) + 1:-len(csv.suffix)]
+        named = csv.name.startswith(f"{video.stem}.") and csv.suffix in SENSOR_SUFFIXES
+        if not named or not stream or "." in stream:
             continue
         name = printable_path(csv)
         refusal = _entry_refusal(kind, csv, why, stage="sensors")
@@ -583,7 +586,7 @@ def refs_from_folder(folder: Path, partner: str) -> Sources:
     entries = list(scan_folder(folder))
     csvs: dict[Path, list[tuple[str, Path, str]]] = defaultdict(list)
     for kind, path, why in entries:
-        if path.suffix == ".csv":
+        if path.suffix in SENSOR_SUFFIXES:
             csvs[path.parent].append((kind, path, why))
     refs, refused = [], []
     for kind, path, why in entries:

@@ -180,3 +180,16 @@ def test_a_folder_with_nothing_to_read_still_runs_and_writes_its_rejections(tmp_
     assert (summary.recordings_in, summary.recordings_refused, summary.accounted) == (1, {"not_regular_file": 1}, True)
     rows = read_table(open_store(settings=settings), summary.rejection_table_prefix).to_pylist()
     assert [(Path(r["key"]).name, r["reason"]) for r in rows] == [("camera.mp4", "not_regular_file")]
+
+
+def test_an_xsens_text_export_beside_a_video_is_its_imu_stream(tmp_path):
+    from ingest.sensors import read_stream
+    from tests.ingest.test_imu_formats import xsens
+
+    folder = tmp_path / "rig"
+    write_video(folder / "walk.mp4", VideoSpec(frames=20, scene="head_motion"))
+    xsens(folder / "walk.imu.txt", seconds=3.0, rate=100.0)
+    (spec,) = refs_from_folder(folder, "lab").refs[0].sensors
+    assert (spec.stream, spec.label) == ("imu", f"{folder.resolve()}/walk.imu.txt")
+    times = np.concatenate([chunk[0] for chunk in read_stream(spec)])
+    assert len(times) == 300 and abs(float(np.median(np.diff(times))) - 0.01) < 1e-9
