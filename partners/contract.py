@@ -53,6 +53,41 @@ def check_relative_path(path: str) -> str:
 SafePath = Annotated[str, Field(min_length=1, max_length=1024), AfterValidator(check_relative_path)]
 
 
+def check_delivery_name(name: str) -> str:
+    """A partner's delivery name, in any script: NFC-normalised, 1 to 64 characters, printable, no '/' or '\\'."""
+    import unicodedata
+
+    name = unicodedata.normalize("NFC", name)
+    if not 1 <= len(name) <= 64:
+        raise PydanticCustomError("delivery_name_invalid", "a delivery name has 1 to 64 characters; this one has {n}",
+                                  {"n": len(name)})
+    bad = [c for c in name if unicodedata.category(c)[0] in "CZ" and c != " " or c in "/\\"]
+    if bad or name != name.strip():
+        raise PydanticCustomError("delivery_name_invalid", "'{name}': a delivery name may use letters of any script, "
+                                  "digits, spaces inside and punctuation, but no control characters, '/' or '\\', "
+                                  "and no leading or trailing spaces", {"name": name[:80]})
+    return name
+
+
+DeliveryName = Annotated[str, Field(min_length=1, max_length=256, description="the partner's own name for this "
+                                    "delivery, unique per partner, in any script (stored as given)"),
+                         AfterValidator(check_delivery_name)]
+
+
+def delivery_key(name: str) -> str:
+    """The ASCII id a delivery name is stored under: the name itself when it is a slug, otherwise its ASCII letters
+    plus '=' and a hash of the whole name (so names in any script get distinct, safe store keys)."""
+    import hashlib
+    import unicodedata
+
+    if re.fullmatch(SLUG, name):
+        return name
+    ascii_part = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode().lower()
+    ascii_part = re.sub(r"[^a-z0-9._-]+", "-", ascii_part).strip("-._")[:40]
+    digest = hashlib.sha256(name.encode()).hexdigest()[:12]
+    return f"{ascii_part or 'd'}={digest}"  # '=' is no slug character: never the key of another (slug) name
+
+
 class CameraIntrinsics(_Strict):
     """Pinhole intrinsics in pixels of the delivered resolution, plus optional distortion coefficients."""
 
@@ -161,7 +196,7 @@ class DeliveryManifest(_Strict):
 
     contract_version: Literal["1.0"] = CONTRACT_VERSION
     partner: str = Field(pattern=SLUG)
-    delivery: str = Field(pattern=SLUG, description="the partner's own id for this delivery, unique per partner")
+    delivery: DeliveryName
     license: str = Field(min_length=1, max_length=200)
     consent: Consent
     recordings: list[RecordingEntry] = Field(min_length=1, max_length=10_000)
@@ -219,7 +254,7 @@ class ManifestLimits:
 
 
 def landing_prefix(partner: str, delivery: str) -> str:
-    return f"landing/{partner}/{delivery}"
+    return f"landing/{partner}/{delivery_key(delivery)}"
 
 
 def manifest_key(partner: str, delivery: str) -> str:
@@ -231,11 +266,11 @@ def file_key(partner: str, delivery: str, path: str) -> str:
 
 
 def report_prefix(partner: str, delivery: str) -> str:
-    return f"reports/{partner}/{delivery}"
+    return f"reports/{partner}/{delivery_key(delivery)}"
 
 
 def quarantine_prefix(partner: str, delivery: str) -> str:
-    return f"quarantine/{partner}/{delivery}"
+    return f"quarantine/{partner}/{delivery_key(delivery)}"
 
 
 # --------------------------------------------------------------------------- parsing
@@ -264,7 +299,7 @@ def json_depth_exceeds(raw: bytes, max_depth: int) -> bool:
     return False
 
 
-_PYDANTIC_REASONS = {"unsafe_path", "duplicate_entry", "sensor_columns"}
+_PYDANTIC_REASONS = {"unsafe_path", "duplicate_entry", "sensor_columns", "delivery_name_invalid"}
 
 
 def _problem(error: dict[str, Any]) -> dict[str, str]:

@@ -31,7 +31,7 @@ from partners.api import (AuditOut, DeliveryStatus, ErrorOut, FileState, PartUrl
                           WhoAmI)
 from partners.db import writing
 from partners.contract import (CONTRACT_VERSION, ContractBounds, DeliveryManifest, ManifestLimits, contract_problems,
-                               file_key, manifest_key, parse_manifest)
+                               delivery_key, file_key, manifest_key, parse_manifest)
 from partners.errors import Conflict, ContractError, NotFound, PartnerError, RateLimited, TooLarge
 from partners.uploads import PartSpec, Uploads, part_layout
 
@@ -147,7 +147,7 @@ def delivery_id_for(partner: str, name: str) -> str:
 
 
 def _staging(partner: str, name: str, index: int) -> str:
-    return f"uploads/{partner}/{name}/{index:05d}"
+    return f"uploads/{partner}/{delivery_key(name)}/{index:05d}"
 
 
 async def _read_limited(request: Request, limit: int, what: str) -> bytes:

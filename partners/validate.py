@@ -94,10 +94,15 @@ def folder_locator(folder: str | Path, hashes: dict[str, tuple[int, str]] | None
 
     @contextmanager
     def locate(file: ManifestFile) -> Iterator[LocalCopy | None]:
-        path = (root / file.path).resolve()
-        if not path.is_relative_to(root) or not path.is_file():
+        from partners import localfs
+        from partners.errors import ContractError
+
+        try:  # no link followed, anywhere on the way: a file outside the folder is never read
+            os.close(localfs.open_fd(root, file.path))
+        except (OSError, ContractError):
             yield None
             return
+        path = root / file.path
         size, sha = (hashes or {}).get(file.path) or hash_file(path)
         yield LocalCopy(path, size, sha)
     return locate

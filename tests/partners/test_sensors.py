@@ -7,6 +7,7 @@ import pytest
 
 from ingest.synth import IMU_COLUMNS, ImuSpec, imu_table, write_imu_csv, write_imu_npy
 from partners.contract import SensorFile
+from partners.errors import ContractError
 from partners.sensors import sensor_facts
 
 
@@ -91,3 +92,29 @@ def test_rate_is_optional_only_where_the_format_can_carry_it():
         SensorFile(**base, format="csv", columns=["t", "ax"])
     with pytest.raises(ValidationError, match="unknown columns"):
         SensorFile(**base, format="csv", columns=["t", "ax"], rate_hz=100.0, units={"gx": "rad/s"})
+
+
+def test_vendor_txt_exports_beside_videos_are_found_and_declared_by_the_cli(tmp_path, media):
+    """Xsens MT Manager and YEI 3-Space exports are .txt: found as sidecars, declared with their vendor format, and
+    measured by ingest's readers; a plain table still needs its rate, and says so naming the file."""
+    from partners.client import check
+    from tests.ingest.test_imu_formats import xsens, yei
+    from tests.partners.conftest import METADATA, make_folder
+
+    plain = METADATA.split("[sensors.imu]")[0] + "[sensors.imu]\n"
+    folder = make_folder(tmp_path / "vendors", media, {"a.mp4": media.good, "b.mp4": media.good2}, plain)
+    xsens(folder / "a.imu.txt", seconds=2.0)
+    yei(folder / "b.imu.txt", seconds=2.0)
+    manifest, assessment = check(folder)
+    formats = {s.path: (s.format, s.columns, s.rate_hz) for r in manifest.recordings for s in r.sensors}
+    assert formats == {"a.imu.txt": ("xsens", [], None), "b.imu.txt": ("yei", [], None)}
+    assert all(f.verdict == "accepted" for f in assessment.files), [f.problems for f in assessment.files]
+    (folder / "b.imu.txt").unlink()
+    (folder / "a.imu.txt").rename(folder / "a.imu.csv")  # an Xsens export named .csv: its `//` line is no header
+    manifest, assessment = check(folder)
+    assert manifest.recordings[0].sensors[0].format == "xsens"
+    (folder / "delivery.toml").write_text(plain.replace("[sensors.imu]\n", '[sensors.imu]\nformat = "csv"\n'
+                                                        'columns = ["t", "ax"]\n'))
+    with pytest.raises(ContractError) as refused:
+        check(folder)
+    assert refused.value.reason == "sensor_columns" and "a.imu.csv" in str(refused.value)

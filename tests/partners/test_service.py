@@ -19,7 +19,7 @@ class Interrupted(Exception):
     """Stands for a dropped connection or a closed laptop in the middle of an upload."""
 
 
-def test_a_full_delivery_by_the_cli_then_a_resend_changes_nothing(service, media, tmp_path, capsys):
+def test_a_full_delivery_by_the_cli_then_a_resend_changes_nothing(service, media, tmp_path, capsys, monkeypatch):
     from alliance.cli.main import main
 
     good = media.good.read_bytes()
@@ -27,7 +27,8 @@ def test_a_full_delivery_by_the_cli_then_a_resend_changes_nothing(service, media
         "day1/walk.mp4": media.good, "day1/walk.imu.csv": media.imu, "day1/desk.mp4": media.good2,
         "picture.mp4": b"\x89PNG\r\n\x1a\n" + b"\x00" * 200, "empty.mp4": b"", "cut.mp4": good[: len(good) // 3]})
     with pytest.raises(SystemExit) as leaving:
-        main(["deliver", str(folder), "--to", service.url, "--token", service.a.token, "--quiet"])
+        monkeypatch.setenv("ALLIANCE_TOKEN", service.a.token)
+        main(["deliver", str(folder), "--to", service.url, "--quiet"])
     assert leaving.value.code == 3  # partly refused
     out = capsys.readouterr().out
     assert "partial" in out and "picture.mp4" in out and "not_video" in out and "report:" in out
