@@ -341,15 +341,19 @@ def create_app(settings: Settings, config: ServiceConfig = ServiceConfig(), *, s
         canonical = manifest.canonical_json()
         digest = hashlib.sha256(canonical).hexdigest()
         delivery_id = delivery_id_for(who.partner, manifest.delivery)
+
+        def answer_existing(session, existing: Delivery) -> tuple[int, DeliveryStatus]:
+            if existing.manifest_sha256 != digest:
+                raise Conflict("delivery_conflict", f"delivery {manifest.delivery!r} was already opened with "
+                               "another manifest: give this one a new \"delivery\" name (or re-send the same "
+                               "manifest to resume it)")
+            return 200, _status(session, existing, session.get(DeliveryDetail, delivery_id))
+
         with writing(catalog) as session:
             existing = session.get(Delivery, delivery_id)
             if existing is not None:
-                if existing.manifest_sha256 != digest:
-                    raise Conflict("delivery_conflict", f"delivery {manifest.delivery!r} was already opened with "
-                                   "another manifest: give this one a new \"delivery\" name")
-                return 200, _status(session, existing, session.get(DeliveryDetail, delivery_id))
+                return answer_existing(session, existing)
         key = manifest_key(who.partner, manifest.delivery)
-        store.put_bytes(key, canonical)
         try:
             with writing(catalog) as session:
                 delivery = Delivery(id=delivery_id, partner_id=who.partner, status="open",
@@ -357,19 +361,20 @@ def create_app(settings: Settings, config: ServiceConfig = ServiceConfig(), *, s
                 detail = DeliveryDetail(delivery_id=delivery_id, partner_id=who.partner, name=manifest.delivery,
                                         manifest_key=key, files=len(files), bytes_total=total, summary={})
                 session.add(delivery)
-                session.flush()
+                session.flush()  # claims the name: a concurrent opener waits on this row, then fails to insert it
                 session.add(detail)
                 for index, file in enumerate(files):
                     session.add(DeliveryFile(delivery_id=delivery_id, idx=index, path=file.path, kind=file.kind,
                                              bytes=file.bytes, sha256=file.sha256, state="pending"))
                 session.flush()
+                # only the winner writes the manifest, before its rows commit: store and catalog always agree
+                store.put_bytes(key, canonical)
                 return 201, _status(session, delivery, detail)
-        except CatalogError as e:
-            if not isinstance(e.__cause__, IntegrityError):
+        except (CatalogError, IntegrityError) as e:
+            if not isinstance(e, IntegrityError) and not isinstance(e.__cause__, IntegrityError):
                 raise
-            with writing(catalog) as session:  # the same delivery opened twice at once: answer as a re-send
-                delivery, detail = _own_delivery(session, who, delivery_id)
-                return 200, _status(session, delivery, detail)
+        with writing(catalog) as session:  # another request opened this name first: same manifest or a 409
+            return answer_existing(session, session.get(Delivery, delivery_id))
 
     @app.post("/deliveries", response_model=DeliveryStatus, status_code=201, name="open_delivery",
               responses={**_ERRORS, 200: {"model": DeliveryStatus, "description": "the same delivery, re-sent"}},

@@ -324,8 +324,9 @@ def validate_delivery(store: ObjectStore, catalog: Catalog, delivery_id: str, *,
             "reasons": reasons}
         verdict = {f.path: f for f in files}
         for row in session.scalars(select(DeliveryFile).where(DeliveryFile.delivery_id == delivery_id)):
-            row.state = verdict[row.path].verdict
-            row.reason = verdict[row.path].problems[0].reason if verdict[row.path].problems else None
+            found = verdict.get(row.path)  # the service writes the manifest and the rows together; never trust it
+            row.state = found.verdict if found else "rejected"
+            row.reason = (found.problems[0].reason if found.problems else None) if found else "not_in_manifest"
             row.updated_at = utcnow()
     log.info("delivery %s/%s: %s, %d of %d recordings accepted", partner, name, status, accepted, len(recordings))
     return report
