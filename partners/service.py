@@ -57,6 +57,15 @@ class ServiceConfig:
     probe_timeout_s: float = 10.0
     bounds: ContractBounds = field(default_factory=ContractBounds)
     upload_secret: str = field(default="", repr=False)  # signs file:// part URLs; random per process when empty
+    # hostile connections (enforced by partners.server's HTTP protocol; max_headers by the app itself)
+    header_timeout_s: float = 10.0  # the request line and headers must arrive within this, from the first byte
+    keep_alive_s: int = 5  # an idle connection between requests is closed after this
+    body_idle_timeout_s: float = 30.0  # no body byte for this long: the request is cut off (408)
+    body_grace_s: float = 10.0  # after this, a body must average at least min_body_rate
+    min_body_rate: int = 4096  # bytes per second, over the whole body so far
+    max_headers: int = 100
+    max_header_bytes: int = 32 << 10
+    max_connections: int = 1000  # above this, 503 at once
 
 
 class RateLimiter:
@@ -162,6 +171,48 @@ async def _read_limited(request: Request, limit: int, what: str) -> bytes:
     return bytes(body)
 
 
+REPORT_CSP = ("default-src 'none'; style-src 'unsafe-inline'; img-src data:; base-uri 'none'; form-action 'none'; "
+              "frame-ancestors 'none'")
+DOCS_CSP = ("default-src 'none'; script-src 'unsafe-inline' https://cdn.jsdelivr.net; style-src 'unsafe-inline' "
+            "https://cdn.jsdelivr.net; img-src data: https://fastapi.tiangolo.com; connect-src 'self'; "
+            "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+
+
+class _Guard:
+    """Pure ASGI: refuses a request with too many headers (431), and puts security headers on every response
+    (a strict Content-Security-Policy: reports are self-contained HTML; /docs may load Swagger UI's CDN)."""
+
+    def __init__(self, app, max_headers: int, max_header_bytes: int):
+        self.app, self.max_headers, self.max_header_bytes = app, max_headers, max_header_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        csp = DOCS_CSP if scope["path"] in ("/docs", "/redoc", "/docs/oauth2-redirect") else REPORT_CSP
+        extra = [(b"x-content-type-options", b"nosniff"), (b"content-security-policy", csp.encode()),
+                 (b"referrer-policy", b"no-referrer"), (b"x-frame-options", b"DENY"),
+                 (b"cross-origin-resource-policy", b"same-origin")]
+
+        async def send_secured(message):
+            if message["type"] == "http.response.start":
+                present = {name.lower() for name, _ in message.get("headers", [])}
+                message = {**message, "headers": [*message.get("headers", []),
+                                                  *((n, v) for n, v in extra if n not in present)]}
+            await send(message)
+
+        size = sum(len(name) + len(value) + 4 for name, value in scope["headers"])
+        if len(scope["headers"]) > self.max_headers or size > self.max_header_bytes:
+            body = ErrorOut(error="too_many_headers", detail=f"{len(scope['headers'])} request headers, {size} bytes; "
+                            f"at most {self.max_headers} headers and {self.max_header_bytes} bytes: send fewer"
+                            ).model_dump_json().encode()
+            await send_secured({"type": "http.response.start", "status": 431, "headers": [
+                (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close")]})
+            await send_secured({"type": "http.response.body", "body": body})
+            return
+        await self.app(scope, receive, send_secured)
+
+
 def _json_body(schema_ref: str) -> dict:
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": {"$ref": schema_ref}}}}}
 
@@ -210,6 +261,7 @@ def create_app(settings: Settings, config: ServiceConfig = ServiceConfig(), *, s
                   description="Deliver recordings under the Alliance data contract. Every call but the part uploads "
                               "needs `Authorization: Bearer <token>`; every id is scoped to the token's partner.")
     app.state.store, app.state.catalog, app.state.config, app.state.validator = store, catalog, config, validator
+    app.add_middleware(_Guard, max_headers=config.max_headers, max_header_bytes=config.max_header_bytes)
     bearer = HTTPBearer(auto_error=False)
 
     # ------------------------------------------------------------------ errors, audit

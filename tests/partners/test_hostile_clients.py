@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import socket
 import threading
+import time
 
 import httpx
+import pytest
 from sqlalchemy import select
 
 from alliance.models import Delivery, DeliveryDetail, DeliveryFile
@@ -63,3 +66,118 @@ def test_a_delivery_name_in_any_script_is_kept_as_given(file_service, media, tmp
     assert keys and all(k.isascii() for k in keys)
     listed = httpx.get(f"{file_service.url}/deliveries", headers=file_service.headers(file_service.a)).json()
     assert [d["delivery"] for d in listed] == [name]
+
+
+# --------------------------------------------------------------------------- slow and idle connections
+
+SLOW = dict(header_timeout_s=1.0, body_idle_timeout_s=1.0, body_grace_s=1.5, min_body_rate=2000, keep_alive_s=1,
+            max_headers=50)
+
+
+@pytest.fixture
+def guarded(tmp_path):
+    """The service over file:// with short deadlines, so slow clients are cut off within seconds."""
+    from alliance.catalog import Catalog
+    from alliance.settings import Settings
+    from alliance.store import LocalStore
+    from partners.accounts import add_partner
+    from partners.server import serving
+    from partners.service import ServiceConfig
+
+    settings = Settings(home=tmp_path / ".alliance")
+    catalog = Catalog(settings.effective_catalog_url)
+    catalog.upgrade()
+    token = add_partner(catalog, "partner-a").token
+    config = ServiceConfig(part_size=1 << 10, rate_per_s=1000.0, rate_burst=5000, **SLOW)
+    with serving(settings, config, store=LocalStore(tmp_path / "store"), catalog=catalog) as running:
+        yield running, token
+    catalog.dispose()
+
+
+def _closed_within(sock: socket.socket, seconds: float) -> tuple[bool, bytes]:
+    """Whether the server closed the connection within `seconds`, and what it said before."""
+    sock.settimeout(0.2)
+    deadline, said = time.monotonic() + seconds, b""
+    while time.monotonic() < deadline:
+        try:
+            chunk = sock.recv(4096)
+        except socket.timeout:
+            continue
+        except ConnectionError:
+            return True, said
+        if not chunk:
+            return True, said
+        said += chunk
+    return False, said
+
+
+def test_slow_headers_idle_connections_and_slow_bodies_are_cut_off(guarded):
+    running, token = guarded
+    start = time.monotonic()
+    slow = [socket.create_connection((running.host, running.port)) for _ in range(30)]
+    idle = [socket.create_connection((running.host, running.port)) for _ in range(5)]
+    for sock in slow:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # and never the blank line
+    assert httpx.get(f"{running.url}/healthz").status_code == 200  # the service still answers meanwhile
+    for sock in slow + idle:
+        closed, said = _closed_within(sock, 4.0)
+        assert closed, "a slow or idle connection was held open"
+        assert said == b"" or b"408" in said.split(b"\r\n", 1)[0]
+        sock.close()
+    assert time.monotonic() - start < 6.0
+
+    body = b"x" * 5000  # a manifest trickled at 10 B/s
+    sock = socket.create_connection((running.host, running.port))
+    sock.sendall(b"POST /deliveries HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + token.encode()
+                 + b"\r\nContent-Type: application/json\r\nContent-Length: 5000\r\n\r\n")
+    started = time.monotonic()
+    said = b""
+    for i in range(60):
+        try:
+            sock.sendall(body[i:i + 1])
+        except OSError:
+            break
+        closed, more = _closed_within(sock, 0.1)
+        said += more
+        if closed:
+            break
+    assert time.monotonic() - started < 5.0 and b"408" in said.split(b"\r\n", 1)[0] and b"body_too_slow" in said
+    sock.close()
+
+    sock = socket.create_connection((running.host, running.port))  # a body that stops
+    sock.sendall(b"POST /deliveries HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"a\"")
+    closed, said = _closed_within(sock, 4.0)
+    assert closed and b"body_timeout" in said or b"401" in said.split(b"\r\n", 1)[0]
+    sock.close()
+
+
+def test_too_many_or_too_large_headers_are_refused(guarded):
+    running, _ = guarded
+    many = {f"x-h{i}": "1" for i in range(60)}
+    answer = httpx.get(f"{running.url}/healthz", headers=many)
+    assert answer.status_code == 431 and answer.json()["error"] == "too_many_headers"
+    answer = httpx.get(f"{running.url}/healthz", headers={"x-big": "a" * (40 << 10)})
+    assert answer.status_code in (400, 431)
+
+
+def test_security_headers_on_every_response_and_secrets_redacted_from_access_logs(guarded):
+    import logging
+
+    from partners.server import RedactSecrets
+
+    running, token = guarded
+    for path in ("/healthz", "/docs", "/deliveries"):
+        answer = httpx.get(f"{running.url}{path}")
+        assert answer.headers["x-content-type-options"] == "nosniff"
+        assert "frame-ancestors 'none'" in answer.headers["content-security-policy"]
+    assert "script-src" not in httpx.get(f"{running.url}/healthz").headers["content-security-policy"]
+
+    record = logging.LogRecord("uvicorn.access", logging.INFO, "", 0, '%s - "%s %s HTTP/%s" %d', (
+        "127.0.0.1:5000", "PUT", f"/uploads/d1/0/1?expires=99&sig={'ab' * 32}&token={token}", "1.1", 200), None)
+    s3 = logging.LogRecord("uvicorn.access", logging.INFO, "", 0, "%s", (
+        "/b/k?uploadId=1&X-Amz-Credential=AKIA%2F1&X-Amz-Signature=deadbeef",), None)
+    for entry in (record, s3):
+        RedactSecrets().filter(entry)
+    line = record.getMessage() + s3.getMessage()
+    assert "ab" * 32 not in line and token not in line and token.split("_")[-1] not in line
+    assert "deadbeef" not in line and "AKIA" not in line and "sig=***" in line and "expires=99" in line
