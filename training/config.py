@@ -33,6 +33,7 @@ class ModelConfig:
     pred_dim: int = 48
     pred_depth: int = 2
     pred_heads: int = 4
+    checkpoint_activations: bool = False  # recompute each block in backward: less memory, about 1/3 more compute
 
     @property
     def grid(self) -> tuple[int, int, int]:
@@ -69,7 +70,8 @@ class MaskConfig:
 
 @dataclass(frozen=True)
 class ObjectiveConfig:
-    """`ema_l1` (V-JEPA), `sigreg` (LeJEPA, no teacher) or `action` (EMA L1 with an IMU-conditioned predictor)."""
+    """`ema_l1` (V-JEPA), `sigreg` (LeJEPA: no teacher, SIGReg on per-clip embeddings) or `action` (V-JEPA 2-AC:
+    an IMU-conditioned, block-causal next-step predictor, teacher-forcing + rollout L1 against the EMA teacher)."""
 
     kind: str = "ema_l1"
     ema_start: float = 0.998
@@ -80,6 +82,7 @@ class ObjectiveConfig:
     sigreg_tmax: float = 3.0
     action_dim: int = 12  # per tubelet: mean and change of each of 6 IMU channels
     action_stream: str = "imu"
+    rollout_steps: int = 2  # `action`: autoregressive steps of the rollout loss, as in V-JEPA 2-AC
 
 
 @dataclass(frozen=True)
@@ -105,8 +108,9 @@ class DataConfig:
     workers: int = 2  # loader processes, each owning its own reader
     prefetch: int = 4  # batches queued per worker
     shuffle_buffer: int = 64
-    hflip: bool = False
+    hflip: bool = False  # a flipped clip's IMU is mirrored too (ax, gy, gz change sign)
     imu_channels: int = 6
+    shuffle_time: bool = False  # negative control only: each clip's frames (and IMU) in a random order
 
 
 @dataclass(frozen=True)

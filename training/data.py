@@ -91,15 +91,40 @@ def _flip(key: str, seed: int, epoch: int) -> bool:
     return hashlib.sha256(f"{seed}:{epoch}:{key}".encode()).digest()[0] % 2 == 1
 
 
+# a horizontal mirror (x -> -x) negates the x component of a vector (acceleration) and the y and z components of a
+# pseudo-vector (angular rate): in the default channel order ax, ay, az, gx, gy, gz
+MIRROR_SIGNS = np.array([-1.0, 1.0, 1.0, 1.0, -1.0, -1.0], np.float32)
+
+
+def mirror_imu(imu: np.ndarray) -> np.ndarray:
+    """The IMU a horizontally flipped camera would have measured (channels ax, ay, az, gx, gy, gz in camera axes)."""
+    if imu.ndim != 2 or imu.shape[1] != len(MIRROR_SIGNS):
+        return imu
+    return imu * MIRROR_SIGNS
+
+
+def _time_order(key: str, seed: int, epoch: int, frames: int) -> np.ndarray:
+    digest = hashlib.sha256(f"shuffle:{seed}:{epoch}:{key}".encode()).digest()
+    return np.random.default_rng(int.from_bytes(digest[:8], "little")).permutation(frames)
+
+
 def collate_arrays(samples: list[Any], cfg: TrainConfig, epoch: int = 0) -> BatchArrays:
-    """Stack samples (checked by `sample_problem` first) into numpy arrays, flipping where `data.hflip` says."""
+    """Stack samples (checked by `sample_problem` first) into numpy arrays, flipping where `data.hflip` says (the
+    IMU with the frames) and, for the frame-shuffle control only, permuting each clip's time steps."""
     frames = np.stack([s.frames for s in samples])
-    if cfg.data.hflip:
-        for i, s in enumerate(samples):
-            if _flip(s.key, cfg.run.seed, epoch):
-                frames[i] = frames[i][:, :, ::-1]
-    actions = np.stack([imu_actions(s.sensors.get(cfg.objective.action_stream, np.zeros((0, 0), np.float32)),
-                                    cfg.model.tubelet, cfg.objective.action_dim) for s in samples])
+    empty = np.zeros((0, 0), np.float32)
+    sensors = [s.sensors.get(cfg.objective.action_stream, empty) if isinstance(s.sensors, dict) else empty
+               for s in samples]
+    for i, s in enumerate(samples):
+        if cfg.data.hflip and _flip(s.key, cfg.run.seed, epoch):
+            frames[i] = frames[i][:, :, ::-1]
+            sensors[i] = mirror_imu(sensors[i])
+        if cfg.data.shuffle_time:
+            order = _time_order(s.key, cfg.run.seed, epoch, frames.shape[1])
+            frames[i] = frames[i][order]
+            if sensors[i].shape[0] == len(order):
+                sensors[i] = sensors[i][order]
+    actions = np.stack([imu_actions(sensor, cfg.model.tubelet, cfg.objective.action_dim) for sensor in sensors])
     labels = np.array([int(s.meta.get("label", -1)) if isinstance(s.meta, dict) else -1 for s in samples], np.int64)
     return BatchArrays(frames=np.ascontiguousarray(frames), actions=actions, keys=tuple(s.key for s in samples),
                        labels=labels)
@@ -304,8 +329,9 @@ def reader_factory(cfg: TrainConfig, store: Any = None, dataset: str = "", versi
     if cfg.data.source == "synthetic":
         from training.synthetic import SyntheticReader
 
+        turning = cfg.objective.kind == "action"
         return lambda worker, workers, epoch: SyntheticReader(worker=worker, num_workers=workers, epoch=epoch,
-                                                              **common)
+                                                              turning=turning, **common)
     try:
         from sharding.reader import ShardReader
     except ImportError as e:

@@ -23,8 +23,9 @@ from training.checkpoint import (RunRecord, checkpoint_key, load_checkpoint, now
 from training.config import TrainConfig
 from training.data import ClipLoader, ReaderFactory, reader_factory
 from training.masks import MaskGenerator, MaskPair
-from training.model import Predictor, VideoEncoder, gather_tokens
-from training.objectives import collapse_stats, ema_update, l1_loss, layer_normed, momentum, sigreg
+from training.model import ActionPredictor, Predictor, VideoEncoder, gather_tokens
+from training.objectives import (collapse_stats, ema_update, gravity_state, l1_loss, layer_normed, momentum,
+                                 shift_actions, sigreg_views)
 
 
 class TrainingError(AllianceError):
@@ -77,31 +78,61 @@ class JEPA(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.encoder = VideoEncoder(cfg.model)
-        action_dim = cfg.objective.action_dim if cfg.objective.kind == "action" else 0
-        self.predictor = Predictor(cfg.model, mask_sets, action_dim)
+        self.predictor: nn.Module = (ActionPredictor(cfg.model, cfg.objective.action_dim)
+                                     if cfg.objective.kind == "action" else Predictor(cfg.model, mask_sets))
 
     def forward(self, clip: torch.Tensor, masks: list[MaskPair], actions: torch.Tensor,
                 targets: torch.Tensor | None, generator: torch.Generator | None) -> tuple[torch.Tensor, dict]:
         obj = self.cfg.objective
+        if obj.kind == "action":
+            teacher_forcing, rollout = self.action_losses(clip, actions, targets)
+            parts = {"teacher_forcing": float(teacher_forcing.detach()), "rollout": float(rollout.detach())}
+            return teacher_forcing + rollout, parts
         full = None
-        if targets is None:  # SIGReg: no teacher, the online encoder's own full view is the target
+        if targets is None:  # SIGReg: no teacher, the online encoder's own full view (layer-normed) is the target
             full = self.encoder(clip)
-            targets = full
+            targets = layer_normed(full)
         parts: dict[str, float] = {}
-        prediction_losses = []
+        prediction_losses, views = [], []
         for i, pair in enumerate(masks):
             context = self.encoder(clip, pair.context)
-            predicted = self.predictor(context, pair.context, pair.target, i, actions)
+            predicted = self.predictor(context, pair.context, pair.target, i)
             loss_i = l1_loss(predicted, gather_tokens(targets, pair.target))
             parts[f"loss_mask{i}"] = float(loss_i.detach())
             prediction_losses.append(loss_i)
+            views.append(context.mean(dim=1))
         loss = torch.stack(prediction_losses).mean()
         if full is not None:
-            reg = sigreg(full, obj.sigreg_slices, generator, obj.sigreg_points, obj.sigreg_tmax)
+            # LeJEPA: per-sample embeddings (each clip's tokens pooled), N = clips per view; the views are the full
+            # clip and each mask set's context
+            reg = sigreg_views([full.mean(dim=1), *views], obj.sigreg_slices, generator, obj.sigreg_points,
+                               obj.sigreg_tmax)
             parts["sigreg"] = float(reg.detach())
             parts["prediction"] = float(loss.detach())
             loss = (1.0 - obj.sigreg_lambda) * loss + obj.sigreg_lambda * reg
         return loss, parts
+
+    def action_losses(self, clip: torch.Tensor, actions: torch.Tensor, targets: torch.Tensor,
+                      shift: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """V-JEPA 2-AC: teacher-forcing L1 (every step t predicts step t + 1 from the true features up to t) and
+        rollout L1 (from step 0, `rollout_steps` predictions fed back in; the last one scored), both against the
+        teacher's layer-normed, block-causal features. The action of the transition t -> t + 1 is the IMU over
+        tubelet t + 1; the state is the gravity direction at t. `shift` delays the IMU (the negative control)."""
+        b = clip.shape[0]
+        t, h, w = self.cfg.model.grid
+        dim = self.cfg.model.embed_dim
+        features = layer_normed(self.encoder(clip, causal=True)).view(b, t, h * w, dim)
+        goal = targets.view(b, t, h * w, dim)
+        imu = shift_actions(actions, shift)
+        moves, states = imu[:, 1:], gravity_state(imu[:, :-1])
+        teacher_forcing = l1_loss(self.predictor(features[:, :-1], moves, states), goal[:, 1:])
+        steps = max(1, min(self.cfg.objective.rollout_steps, t - 1))
+        rolled = features[:, :1]
+        for k in range(steps):
+            nxt = self.predictor(rolled, moves[:, :k + 1], states[:, :k + 1])[:, -1:]
+            rolled = torch.cat([rolled, nxt], dim=1)
+        rollout = l1_loss(rolled[:, -1], goal[:, steps])
+        return teacher_forcing, rollout
 
 
 def param_groups(model: nn.Module) -> list[dict[str, Any]]:
@@ -156,9 +187,10 @@ def build(cfg: TrainConfig, device: torch.device, mask_sets: int) -> tuple[JEPA,
 
 
 def prepare(model: JEPA, teacher: nn.Module | None, optimizer: torch.optim.Optimizer, cfg: TrainConfig,
-            device: torch.device, world_size: int = 1) -> StepParts:
+            device: torch.device, world_size: int = 1, cpu_bf16: bool = False) -> StepParts:
     """On CUDA: compile each transformer block (shapes vary with the masks, so dynamic) and use bf16 autocast;
-    with several processes wrap in DDP. On CPU: plain fp32."""
+    with several processes wrap in DDP. On CPU: plain fp32, or bf16 autocast with `cpu_bf16` (the tests' way to run
+    the CUDA step's mixed precision without a GPU)."""
     use_cuda = device.type == "cuda"
     if use_cuda and cfg.run.compile:
         from torch import _dynamo
@@ -174,7 +206,7 @@ def prepare(model: JEPA, teacher: nn.Module | None, optimizer: torch.optim.Optim
         from torch.nn.parallel import DistributedDataParallel
 
         step_model = DistributedDataParallel(model, device_ids=[device.index] if use_cuda else None)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_cuda and cfg.run.bf16)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.run.bf16 and (use_cuda or cpu_bf16))
     return StepParts(model, step_model, teacher, optimizer, cfg, device, autocast)
 
 
@@ -198,7 +230,7 @@ def jepa_step(parts: StepParts, clip: torch.Tensor, actions: torch.Tensor, masks
         targets = None
         if teacher is not None:
             with torch.no_grad():
-                raw_targets = teacher(clip)
+                raw_targets = teacher(clip, causal=cfg.objective.kind == "action")
                 targets = layer_normed(raw_targets.float())
         loss, loss_parts = parts.step_model(clip, masks, actions, targets, generator)
     # step
@@ -362,9 +394,8 @@ def train(settings_or_store: Any, dataset: str, version: int, config: TrainConfi
             if lead and (done % cfg.run.log_every == 0 or done == end):
                 elapsed = time.perf_counter() - window_start
                 clips_per_s = window_clips / max(elapsed, 1e-9)
-                with torch.no_grad():
-                    seen = raw_targets if teacher is not None else model.encoder(clip)
-                    stats = collapse_stats(seen)
+                with torch.no_grad():  # the online encoder (the one exported), before any normalisation
+                    stats = collapse_stats(model.encoder(clip))
                 row = {"step": done, "loss": loss_value, **parts, "lr": lr, "wd": wd, "ema": m,
                        "grad_norm": out.grad_norm, "clips_per_s": clips_per_s, "tokens_per_s": clips_per_s * tokens_per_clip,
                        "data_wait": window_wait / max(elapsed, 1e-9), "skipped": sum(loader.skipped.values()),

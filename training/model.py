@@ -8,6 +8,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from training.config import ModelConfig
 
@@ -34,7 +35,7 @@ def sincos_3d(dim: int, grid: tuple[int, int, int]) -> torch.Tensor:
     table = np.concatenate(parts, axis=1)
     if table.shape[1] < dim:  # an odd remainder stays zero
         table = np.pad(table, ((0, 0), (0, dim - table.shape[1])))
-    return torch.from_numpy(table.astype(np.float32))
+    return torch.tensor(table, dtype=torch.float32)  # a factory call, so a meta-device build stays on meta
 
 
 def gather_tokens(tokens: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -51,10 +52,10 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, dim * 3)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
         b, n, d = x.shape
         qkv = self.qkv(x).reshape(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])
+        out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], attn_mask=attn_mask)
         return self.proj(out.transpose(1, 2).reshape(b, n, d))
 
 
@@ -69,9 +70,26 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x))
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), attn_mask)
         return x + self.mlp(self.norm2(x))
+
+
+def run_blocks(blocks: nn.ModuleList, x: torch.Tensor, activation_checkpointing: bool, **kwargs) -> torch.Tensor:
+    """The blocks in order; with activation checkpointing (training only) each block's activations are recomputed
+    in backward instead of kept: memory for depth x tokens x width activations, at the cost of one more forward."""
+    for block in blocks:
+        if activation_checkpointing and torch.is_grad_enabled() and x.requires_grad:
+            x = checkpoint(block, x, use_reentrant=False, **kwargs)
+        else:
+            x = block(x, **kwargs)
+    return x
+
+
+def block_causal_mask(steps: int, per_step: int, device: torch.device | None = None) -> torch.Tensor:
+    """Bool [L, L], True where attention is allowed: a token of time step t sees every token of steps <= t."""
+    step = torch.arange(steps, device=device).repeat_interleave(per_step)
+    return step.unsqueeze(1) >= step.unsqueeze(0)
 
 
 def _init_weights(module: nn.Module) -> None:
@@ -109,30 +127,34 @@ class VideoEncoder(nn.Module):
         self.apply(_init_weights)
         _rescale_blocks(self.blocks)
 
-    def forward(self, clip: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
-        """`clip` is float in [0, 1]; the encoder normalizes it itself, so the exported form takes [0, 1] too."""
+    def forward(self, clip: torch.Tensor, keep: torch.Tensor | None = None, causal: bool = False) -> torch.Tensor:
+        """`clip` is float in [0, 1]; the encoder normalizes it itself, so the exported form takes [0, 1] too.
+
+        `causal`: block-causal attention over time (tokens of tubelet t see tubelets <= t), so the features of a time
+        step depend only on the frames up to it: what the action-conditioned predictor needs (V-JEPA 2-AC encodes
+        each frame on its own for the same reason)."""
         x = self.patch_embed((clip - self.pixel_mean) / self.pixel_std).flatten(2).transpose(1, 2) + self.pos_embed
         if keep is not None:
             x = gather_tokens(x, keep)
-        for block in self.blocks:
-            x = block(x)
+        mask = None
+        if causal:
+            if keep is not None:
+                raise ValueError("causal encoding takes the whole clip (keep=None)")
+            t, h, w = self.cfg.grid
+            mask = block_causal_mask(t, h * w, x.device)
+        x = run_blocks(self.blocks, x, self.cfg.checkpoint_activations, attn_mask=mask)
         return self.norm(x)
 
 
 class Predictor(nn.Module):
-    """Context tokens plus one learned mask token per target position (with its position) -> target features.
+    """Context tokens plus one learned mask token per target position (with its position) -> target features."""
 
-    With `action_dim` > 0 it is action-conditioned (V-JEPA 2-AC in spirit): each tubelet's action/state vector
-    (the IMU over that tubelet) is projected to the width and added to every token of that time step.
-    """
-
-    def __init__(self, cfg: ModelConfig, mask_sets: int, action_dim: int = 0):
+    def __init__(self, cfg: ModelConfig, mask_sets: int):
         super().__init__()
         self.cfg = cfg
         self.embed = nn.Linear(cfg.embed_dim, cfg.pred_dim)
         self.mask_tokens = nn.Parameter(torch.zeros(mask_sets, 1, 1, cfg.pred_dim))
         self.register_buffer("pos_embed", sincos_3d(cfg.pred_dim, cfg.grid).unsqueeze(0), persistent=False)
-        self.action = nn.Linear(action_dim, cfg.pred_dim) if action_dim else None
         self.blocks = nn.ModuleList(Block(cfg.pred_dim, cfg.pred_heads, cfg.mlp_ratio) for _ in range(cfg.pred_depth))
         self.norm = nn.LayerNorm(cfg.pred_dim)
         self.out = nn.Linear(cfg.pred_dim, cfg.embed_dim)
@@ -141,20 +163,54 @@ class Predictor(nn.Module):
         _rescale_blocks(self.blocks)
 
     def forward(self, context: torch.Tensor, context_index: torch.Tensor, target_index: torch.Tensor,
-                mask_set: int = 0, actions: torch.Tensor | None = None) -> torch.Tensor:
+                mask_set: int = 0) -> torch.Tensor:
         b, n_target = target_index.shape
         pos = self.pos_embed.expand(b, -1, -1)
         ctx = self.embed(context) + gather_tokens(pos, context_index)
         tgt = self.mask_tokens[mask_set].expand(b, n_target, -1) + gather_tokens(pos, target_index)
-        if self.action is not None and actions is not None:
-            per_time = self.action(actions)  # [B, T', P]
-            per_token = self.cfg.grid[1] * self.cfg.grid[2]
-            ctx = ctx + gather_tokens(per_time, torch.div(context_index, per_token, rounding_mode="floor"))
-            tgt = tgt + gather_tokens(per_time, torch.div(target_index, per_token, rounding_mode="floor"))
         x = torch.cat([ctx, tgt], dim=1)
-        for block in self.blocks:
-            x = block(x)
+        x = run_blocks(self.blocks, x, self.cfg.checkpoint_activations)
         return self.out(self.norm(x[:, -n_target:]))
+
+
+class ActionPredictor(nn.Module):
+    """V-JEPA 2-AC's predictor: per time step [action token, state token, that step's patch tokens], block-causal
+    attention over time, and at each step's patch slots the prediction of the next step's features.
+
+    Action and state each go through their own Linear to the width; every token carries its (t, h, w) position
+    (action and state tokens the time part only). Input and output live in the layer-normed feature space, so a
+    prediction can be fed back in for the rollout.
+    """
+
+    def __init__(self, cfg: ModelConfig, action_dim: int, state_dim: int = 3):
+        super().__init__()
+        self.cfg = cfg
+        t, h, w = cfg.grid
+        self.embed = nn.Linear(cfg.embed_dim, cfg.pred_dim)
+        self.action = nn.Linear(action_dim, cfg.pred_dim)
+        self.state = nn.Linear(state_dim, cfg.pred_dim)
+        self.register_buffer("pos_embed", sincos_3d(cfg.pred_dim, cfg.grid).view(1, t, h * w, cfg.pred_dim),
+                             persistent=False)
+        time = torch.tensor(_sincos_1d(cfg.pred_dim, np.arange(t)), dtype=torch.float32)
+        self.register_buffer("time_embed", time.view(1, t, 1, cfg.pred_dim), persistent=False)
+        self.blocks = nn.ModuleList(Block(cfg.pred_dim, cfg.pred_heads, cfg.mlp_ratio) for _ in range(cfg.pred_depth))
+        self.norm = nn.LayerNorm(cfg.pred_dim)
+        self.out = nn.Linear(cfg.pred_dim, cfg.embed_dim)
+        self.apply(_init_weights)
+        _rescale_blocks(self.blocks)
+
+    def forward(self, features: torch.Tensor, actions: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
+        """features [B, S, HW, D] of steps 0..S-1, actions [B, S, A], states [B, S, 3] -> [B, S, HW, D]: at step t,
+        the predicted features of step t + 1."""
+        b, steps, per_step, _ = features.shape
+        patches = self.embed(features) + self.pos_embed[:, :steps]
+        action = self.action(actions).unsqueeze(2) + self.time_embed[:, :steps]
+        state = self.state(states).unsqueeze(2) + self.time_embed[:, :steps]
+        x = torch.cat([action, state, patches], dim=2).reshape(b, steps * (per_step + 2), -1)
+        mask = block_causal_mask(steps, per_step + 2, x.device)
+        x = run_blocks(self.blocks, x, self.cfg.checkpoint_activations, attn_mask=mask)
+        x = x.view(b, steps, per_step + 2, -1)[:, :, 2:]
+        return self.out(self.norm(x))
 
 
 def count_parameters(module: nn.Module) -> int:

@@ -68,12 +68,50 @@ def make_clip(label: int, seed: int, frames: int = 16, size: int = 32, stream: i
                            meta={"label": int(label), "direction_deg": int(label * 360 // DIRECTIONS)})
 
 
+def make_turning_clip(seed: int, frames: int = 16, size: int = 32, stream: int = 3) -> SyntheticSample:
+    """A clip for the action-conditioned predictor: a square moving at constant speed that turns to a new random
+    direction at a random frame, which the past frames cannot tell but the IMU does.
+
+    The IMU's first two channels carry the velocity of each frame (like the pretraining clips); the gyroscope's z
+    channel the turn (its angle at the frame it happens). meta["turn_frame"] is where the turn happens.
+    """
+    rng = np.random.default_rng([stream, seed])
+    side = max(3, size // 4)
+    speed = rng.uniform(0.6, 0.9) * (size - side - 2) / max(1, frames - 1)
+    angles = rng.uniform(0, 2 * np.pi, size=2)
+    turn = int(rng.integers(frames // 4, 3 * frames // 4 + 1))
+    angle = np.where(np.arange(frames) < turn, angles[0], angles[1])
+    vy, vx = -np.sin(angle) * speed, np.cos(angle) * speed
+    ys = np.concatenate([[0.0], np.cumsum(vy[1:])])
+    xs = np.concatenate([[0.0], np.cumsum(vx[1:])])
+    y0 = rng.uniform(-ys.min(), max(-ys.min(), size - side - ys.max()))
+    x0 = rng.uniform(-xs.min(), max(-xs.min(), size - side - xs.max()))
+    color = rng.uniform(150, 255, size=3) * rng.permutation([1.0, 0.6, 0.2])
+    background = _background(rng, size) * 0.5
+    clip = np.empty((frames, size, size, 3), np.uint8)
+    for i in range(frames):
+        frame = background.copy()
+        y = int(np.clip(round(y0 + ys[i]), 0, size - side))
+        x = int(np.clip(round(x0 + xs[i]), 0, size - side))
+        frame[y:y + side, x:x + side] = color
+        clip[i] = np.clip(frame, 0, 255)
+    imu = np.zeros((frames, 6), np.float32)
+    imu[:, 0] = vx + rng.normal(0, 0.02, frames)
+    imu[:, 1] = -vy + rng.normal(0, 0.02, frames)
+    imu[:, 2] = 9.81 + rng.normal(0, 0.05, frames)
+    imu[:, 3:] = rng.normal(0, 0.01, (frames, 3))
+    imu[turn, 5] += float(np.angle(np.exp(1j * (angles[1] - angles[0]))))
+    return SyntheticSample(key=f"turning-{stream}-{seed:08d}", frames=clip, sensors={"imu": imu},
+                           meta={"turn_frame": turn})
+
+
 class SyntheticReader:
-    """An endless stream with ShardReader's interface: sample g of the stream is a pure function of (seed, g)."""
+    """An endless stream with ShardReader's interface: sample g of the stream is a pure function of (seed, g); with
+    `turning`, the turning clips of the action-conditioned objective."""
 
     def __init__(self, *, frames: int = 16, size: int = 32, seed: int = 0, rank: int = 0, world_size: int = 1,
-                 worker: int = 0, num_workers: int = 1, epoch: int = 0, **_ignored: Any):
-        self.frames, self.size, self.seed = frames, size, seed
+                 worker: int = 0, num_workers: int = 1, epoch: int = 0, turning: bool = False, **_ignored: Any):
+        self.frames, self.size, self.seed, self.turning = frames, size, seed, turning
         self.stride = world_size * num_workers
         self.offset = rank * num_workers + worker
         self.position = 0
@@ -82,6 +120,9 @@ class SyntheticReader:
         while True:
             g = self.position * self.stride + self.offset
             self.position += 1
+            if self.turning:
+                yield make_turning_clip(seed=self.seed * 1_000_003 + g, frames=self.frames, size=self.size)
+                continue
             yield make_clip(g % DIRECTIONS, seed=self.seed * 1_000_003 + g, frames=self.frames, size=self.size)
 
     def state_dict(self) -> dict[str, int]:

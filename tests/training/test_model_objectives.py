@@ -27,18 +27,6 @@ def test_encoder_and_predictor_shapes(small):
         assert predictor(context, pair.context, pair.target, i).shape == (3, pair.target.shape[1], m.embed_dim)
 
 
-def test_action_conditioned_predictor_uses_the_actions(small):
-    m = small.model
-    torch.manual_seed(0)
-    encoder, predictor = VideoEncoder(m), Predictor(m, 1, action_dim=12)
-    pair = MaskGenerator(small.mask.__class__(kind="future"), m)(2, 0)[0]
-    context = encoder(torch.rand(2, 3, m.frames, m.size, m.size), pair.context)
-    actions = torch.randn(2, m.grid[0], 12)
-    a = predictor(context, pair.context, pair.target, 0, actions)
-    b = predictor(context, pair.context, pair.target, 0, actions.roll(1, dims=1))  # shifted by one step
-    assert a.shape == b.shape and not torch.allclose(a, b)
-
-
 def test_sincos_positions_are_distinct_and_fixed():
     table = sincos_3d(64, (4, 4, 4))
     assert table.shape == (64, 64)
