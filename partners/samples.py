@@ -30,12 +30,12 @@ class SamplePlan:
     """What `make_sample_deliveries` writes: partners, their recordings, the planted problems."""
 
     fps: int = 10
-    size: int = 96
+    size: int = 128  # at least QualityConfig.min_short_side (112): smaller samples would all be too_small
     seconds: float = 8.0
     recordings: tuple[SampleRecording, ...] = field(default_factory=tuple)
 
 
-def default_plan(seconds: float = 8.0, size: int = 96, fps: int = 10) -> SamplePlan:
+def default_plan(seconds: float = 8.0, size: int = 128, fps: int = 10) -> SamplePlan:
     """Three partners (glasses, a robot fleet, a hospital), each with a planted problem."""
     r = SampleRecording
     return SamplePlan(fps=fps, size=size, seconds=seconds, recordings=(

@@ -26,7 +26,7 @@ def story(tmp_path_factory):
     """Run `alliance demo run` once (small sizes) in a fresh home; the tests read what it left behind."""
     home = tmp_path_factory.mktemp("demo")
     env = {**os.environ, "ALLIANCE_HOME": str(home / ".alliance"), "COLUMNS": "160", "ALLIANCE_BEAM_WORKERS": "2"}
-    args = [sys.executable, "-m", "alliance.cli.main", "demo", "run", "--seconds", "6", "--size", "64",
+    args = [sys.executable, "-m", "alliance.cli.main", "demo", "run", "--seconds", "6", "--size", "112",
             "--train-steps", "6"]
     result = subprocess.run(args, cwd=home, env=env, capture_output=True, text=True, timeout=1500)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]

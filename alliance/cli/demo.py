@@ -38,7 +38,7 @@ class DemoOptions:
     """Sizes of the story: small enough for a laptop, large enough for every stage to have work."""
 
     seconds: float = 8.0
-    size: int = 96
+    size: int = 128  # at least QualityConfig.min_short_side (112): smaller samples would all be too_small
     fps: int = 10
     clip_s: float = 2.0
     short_side: int = 64

@@ -12,12 +12,21 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from alliance.store import ObjectStore
 from alliance.tables import CLIP_SCHEMA
 
 
-@lru_cache(maxsize=4)
+@pytest.fixture(autouse=True, scope="module")
+def _forget_real_footage():
+    """Decoded footage is cached while a module runs, then dropped: forked measurements elsewhere in the session
+    (tests/reliability) count this process's memory as theirs."""
+    yield
+    _real_video.cache_clear()
+
+
+@lru_cache(maxsize=2)
 def _real_video(name: str) -> tuple[np.ndarray, ...]:
     import av
 

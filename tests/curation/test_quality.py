@@ -15,7 +15,11 @@ from tests.curation.conftest import encode_like_ingest as encode
 from tests.curation.conftest import gaussian_blur, real_frames
 
 FPS = 25  # Big Buck Bunny's rate
-GOOD = real_frames("bigbuckbunny", 0, 50)  # 2 s of a slow camera move over a rendered meadow, 456x256
+
+
+def good() -> list[np.ndarray]:
+    """2 s of a slow camera move over a rendered meadow, 456x256."""
+    return real_frames("bigbuckbunny", 0, 50)
 
 
 def shaken(amplitude: float, *, hz: float | None = None, count: int = 50, seed: int = 0) -> list[np.ndarray]:
@@ -35,9 +39,9 @@ def shaken(amplitude: float, *, hz: float | None = None, count: int = 50, seed: 
 
 def left_running() -> list[np.ndarray]:
     """A camera left running before a still scene: one real frame, where only a small lamp flickers."""
-    frames = []
+    still, frames = good()[0], []
     for i in range(50):
-        frame = GOOD[0].copy()
+        frame = still.copy()
         frame[100:120, 200:230] = 230 if i % 2 else 170
         frames.append(frame)
     return frames
@@ -46,9 +50,10 @@ def left_running() -> list[np.ndarray]:
 def frozen_with_keyframe_pulses() -> list[np.ndarray]:
     """A still picture whose re-encoding pulses at each keyframe (as a twice-encoded frozen upload does)."""
     rng = np.random.default_rng(0)
-    frames = [GOOD[0]] * 50
+    still = good()[0]
+    frames = [still] * 50
     for k in range(FPS, 50, FPS):
-        frames[k] = np.clip(GOOD[0].astype(np.int16) + rng.integers(-4, 5, GOOD[0].shape), 0, 255).astype(np.uint8)
+        frames[k] = np.clip(still.astype(np.int16) + rng.integers(-4, 5, still.shape), 0, 255).astype(np.uint8)
     return frames
 
 
@@ -57,32 +62,33 @@ def blank_sky() -> list[np.ndarray]:
     return real_frames("bigbuckbunny", 0, 50, crop=(0, 900, 200, 350))
 
 
-# name -> (frames, imu gyro rms, imu accel std, source short side, expected reason)
+# name -> (the frames, made when the case runs, imu gyro rms, imu accel std, source short side, expected reason)
 CASES = {
-    "good": (GOOD, None, None, None, None),
-    "handheld_shake_frames": (shaken(0.05, hz=3), None, None, None, None),
-    "handheld_shake_imu": (shaken(0.05, hz=3), 1.4, 2.5, None, None),
-    "plain_surface": (blank_sky(), None, None, None, None),
-    "street_cuts": (real_frames("bikes", 0, 100), None, None, None, None),
-    "camera_in_a_car": (real_frames("carphone_pristine", 0, 100), None, None, None, None),
-    "too_short": (GOOD[:6], None, None, None, "too_short"),
-    "too_small": (GOOD, None, None, 48, "too_small"),
-    "too_dark": (scale_brightness(GOOD, 0.08), None, None, None, "too_dark"),
-    "too_bright": (scale_brightness(GOOD, 0.3, 200), None, None, None, "too_bright"),
-    "letterboxed": (letterbox(GOOD, 40), None, None, None, "letterboxed"),
-    "frozen": ([GOOD[0]] * 50, None, None, None, "frozen"),
-    "frozen_with_keyframe_pulses": (frozen_with_keyframe_pulses(), None, None, None, "frozen"),
-    "blurry": (gaussian_blur(GOOD, 3.0), None, None, None, "blurry"),
-    "camera_static_imu": (GOOD, 0.004, 0.01, None, "camera_static"),
-    "camera_static_frames": (left_running(), None, None, None, "camera_static"),
-    "violent_shake_imu": (GOOD, 5.5, 9.0, None, "violent_shake"),
-    "violent_shake_frames": (shaken(0.12), None, None, None, "violent_shake"),
+    "good": (good, None, None, None, None),
+    "handheld_shake_frames": (lambda: shaken(0.05, hz=3), None, None, None, None),
+    "handheld_shake_imu": (lambda: shaken(0.05, hz=3), 1.4, 2.5, None, None),
+    "plain_surface": (blank_sky, None, None, None, None),
+    "street_cuts": (lambda: real_frames("bikes", 0, 100), None, None, None, None),
+    "camera_in_a_car": (lambda: real_frames("carphone_pristine", 0, 100), None, None, None, None),
+    "too_short": (lambda: good()[:6], None, None, None, "too_short"),
+    "too_small": (good, None, None, 48, "too_small"),
+    "too_dark": (lambda: scale_brightness(good(), 0.08), None, None, None, "too_dark"),
+    "too_bright": (lambda: scale_brightness(good(), 0.3, 200), None, None, None, "too_bright"),
+    "letterboxed": (lambda: letterbox(good(), 40), None, None, None, "letterboxed"),
+    "frozen": (lambda: [good()[0]] * 50, None, None, None, "frozen"),
+    "frozen_with_keyframe_pulses": (frozen_with_keyframe_pulses, None, None, None, "frozen"),
+    "blurry": (lambda: gaussian_blur(good(), 3.0), None, None, None, "blurry"),
+    "camera_static_imu": (good, 0.004, 0.01, None, "camera_static"),
+    "camera_static_frames": (left_running, None, None, None, "camera_static"),
+    "violent_shake_imu": (good, 5.5, 9.0, None, "violent_shake"),
+    "violent_shake_frames": (lambda: shaken(0.12), None, None, None, "violent_shake"),
 }
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_quality_reason(name):
-    frames, gyro, accel, side, expected = CASES[name]
+    make, gyro, accel, side, expected = CASES[name]
+    frames = make()
     clip = decode_clip(encode(frames, fps=FPS), f"clips/p/r/{name}.mp4")
     signals = measure(clip, source_short_side=side, gyro_rms=gyro, accel_std=accel)
     reason = quality_reason(signals, QualityConfig())
@@ -93,7 +99,7 @@ def test_quality_reason(name):
 
 
 def test_signals_round_trip_and_thresholds_change_without_decoding():
-    clip = decode_clip(encode(gaussian_blur(GOOD, 3.0), fps=FPS), "b.mp4")
+    clip = decode_clip(encode(gaussian_blur(good(), 3.0), fps=FPS), "b.mp4")
     signals = measure(clip)
     stored = signals.to_json()
     again = QualitySignals.from_json(stored)
@@ -103,7 +109,7 @@ def test_signals_round_trip_and_thresholds_change_without_decoding():
 
 
 def test_motion_checks_can_be_turned_off():
-    clip = decode_clip(encode(GOOD, fps=FPS), "g.mp4")
+    clip = decode_clip(encode(good(), fps=FPS), "g.mp4")
     still = measure(clip, gyro_rms=0.0, accel_std=0.0)
     assert quality_reason(still, QualityConfig()) == "camera_static"
     assert quality_reason(still, QualityConfig(check_camera_static=False)) is None
