@@ -89,8 +89,18 @@ def ensure_partner(catalog: Catalog, partner: str, display_name: str = "") -> Is
     return rotate_token(catalog, partner, revoke_old=False) if exists else add_partner(catalog, partner, display_name)
 
 
-def rotate_token(catalog: Catalog, partner: str, revoke_old: bool = True) -> IssuedToken:
-    """Issue a new token; the old ones are revoked now unless revoke_old is False."""
+def _end_uploads(catalog: Catalog, partner: str, store) -> None:
+    """Abort the partner's open S3 multipart uploads, so their presigned part URLs stop working now."""
+    if store is None:
+        return
+    from partners.uploads import Uploads
+
+    Uploads(store, b"", 0).abort_partner(catalog, partner)
+
+
+def rotate_token(catalog: Catalog, partner: str, revoke_old: bool = True, store=None) -> IssuedToken:
+    """Issue a new token; the old ones are revoked now unless revoke_old is False (and, given the store, the
+    partner's open multipart uploads are aborted: every part URL issued to the old tokens ends at once)."""
     with writing(catalog) as session:
         if session.get(Partner, partner) is None:
             raise AccountError("unknown_partner", f"no partner {partner!r}: add it with `alliance partners add {partner}`")
@@ -103,11 +113,14 @@ def rotate_token(catalog: Catalog, partner: str, revoke_old: bool = True) -> Iss
         row, issued = _new_token(partner)
         session.add(row)
         _audit(session, partner, issued.token_id, "token.rotate", {"revoked": revoked})
+    if revoked:
+        _end_uploads(catalog, partner, store)
     return issued
 
 
-def revoke_tokens(catalog: Catalog, partner: str, token_id: str | None = None) -> int:
-    """Revoke one token (by id) or all of a partner's tokens; returns how many were active."""
+def revoke_tokens(catalog: Catalog, partner: str, token_id: str | None = None, store=None) -> int:
+    """Revoke one token (by id) or all of a partner's tokens; returns how many were active. Given the store, the
+    partner's open S3 multipart uploads are aborted, so no presigned part URL outlives the token."""
     with writing(catalog) as session:
         if session.get(Partner, partner) is None:
             raise AccountError("unknown_partner", f"no partner {partner!r}: see `alliance partners list`")
@@ -121,6 +134,8 @@ def revoke_tokens(catalog: Catalog, partner: str, token_id: str | None = None) -
         if token_id and count == 0:
             raise AccountError("unknown_token", f"partner {partner!r} has no active token {token_id!r}")
         _audit(session, partner, token_id, "token.revoke", {"revoked": count})
+    if count:
+        _end_uploads(catalog, partner, store)
     return count
 
 

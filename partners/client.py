@@ -323,6 +323,10 @@ class _Api:
             if response.status_code >= 500 and attempt < 3:
                 time.sleep(0.5 * 2 ** attempt)
                 continue
+            if response.status_code in (403, 404) and any(word in response.text.lower() for word in (
+                    "expired", "nosuchupload")):  # short-lived URLs: the caller asks for fresh ones
+                raise DeliveryFailed("url_expired", f"a part URL expired or its upload was closed: "
+                                     f"HTTP {response.status_code}")
             raise DeliveryFailed("upload_refused", f"the store refused a part: HTTP {response.status_code}: "
                                  f"{response.text[:300]}")
 
@@ -372,15 +376,23 @@ def deliver(folder: str | Path, url: str, token: str, *, metadata: DeliveryMetad
         with _progress(progress and bool(pending)) as bar:
             task = bar.add_task(f"uploading {status.delivery}", total=sum(f.bytes for f in pending))
             for file in pending:
-                plan = UploadPlan.model_validate_json(
-                    api.call("POST", f"/deliveries/{status.id}/files/{file.index}/upload").content)
-                skipped += len(plan.done)
-                bar.advance(task, sum(min(plan.part_size, file.bytes - (n - 1) * plan.part_size) for n in plan.done))
-                for part, size in _send_parts(api, folder, file.path, plan, concurrency):
-                    sent += size
-                    bar.advance(task, size)
-                    if on_part is not None:
-                        on_part(file.path, part)
+                for attempt in range(4):  # part URLs are short-lived: on expiry, ask for the missing ones again
+                    plan = UploadPlan.model_validate_json(
+                        api.call("POST", f"/deliveries/{status.id}/files/{file.index}/upload").content)
+                    if attempt == 0:
+                        skipped += len(plan.done)
+                        bar.advance(task, sum(min(plan.part_size, file.bytes - (n - 1) * plan.part_size)
+                                              for n in plan.done))
+                    try:
+                        for part, size in _send_parts(api, folder, file.path, plan, concurrency):
+                            sent += size
+                            bar.advance(task, size)
+                            if on_part is not None:
+                                on_part(file.path, part)
+                        break
+                    except DeliveryFailed as e:
+                        if e.reason != "url_expired" or attempt == 3:
+                            raise
                 api.call("POST", f"/deliveries/{status.id}/files/{file.index}/complete")
         api.call("POST", f"/deliveries/{status.id}/complete")
         status = _wait(api, status.id, wait_s)

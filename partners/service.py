@@ -23,7 +23,7 @@ from starlette.concurrency import run_in_threadpool
 
 from alliance.catalog import Catalog
 from alliance.errors import AllianceError, CatalogError, InvalidKey, KeyNotFound
-from alliance.models import AuditEvent, Delivery, DeliveryDetail, DeliveryFile, Recording, utcnow
+from alliance.models import ApiToken, AuditEvent, Delivery, DeliveryDetail, DeliveryFile, Recording, utcnow
 from alliance.settings import Settings
 from alliance.store import ObjectStore, S3Store, open_store
 from partners.accounts import Principal, authenticate
@@ -32,7 +32,7 @@ from partners.api import (AuditOut, DeliveryStatus, ErrorOut, FileState, PartUrl
 from partners.db import writing
 from partners.contract import (CONTRACT_VERSION, ContractBounds, DeliveryManifest, ManifestLimits, contract_problems,
                                delivery_key, file_key, manifest_key, parse_manifest)
-from partners.errors import Conflict, ContractError, NotFound, PartnerError, RateLimited, TooLarge
+from partners.errors import Conflict, ContractError, Forbidden, NotFound, PartnerError, RateLimited, TooLarge
 from partners.uploads import PartSpec, Uploads, part_layout
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ class ServiceConfig:
     max_json_body: int = 64 << 10  # bodies other than the manifest
     rate_per_s: float = 20.0  # per token, sustained
     rate_burst: int = 200
-    url_expiry_s: int = 3600
+    url_expiry_s: int = 900  # S3 part URLs cannot ask about the token: they are short-lived, re-issued on demand
     probe_timeout_s: float = 10.0
     bounds: ContractBounds = field(default_factory=ContractBounds)
     upload_secret: str = field(default="", repr=False)  # signs file:// part URLs; random per process when empty
@@ -486,7 +486,8 @@ def create_app(settings: Settings, config: ServiceConfig = ServiceConfig(), *, s
             plan.done = sorted(p.number for p in layout if have.get(p.number) == p.bytes)
             base = str(request.base_url).rstrip("/")
             plan.urls = [PartUrl(part=p.number, bytes=p.bytes, url=uploads.part_url(
-                key, row.upload_id, p, config.url_expiry_s, f"{base}/uploads/{delivery_id}/{index}/{p.number}"))
+                key, row.upload_id, p, config.url_expiry_s, f"{base}/uploads/{delivery_id}/{index}/{p.number}",
+                who.token_id))
                 for p in layout if p.number not in plan.done]
             plan.expires_at = datetime.now(timezone.utc) + timedelta(seconds=config.url_expiry_s)
             return plan
@@ -497,8 +498,10 @@ def create_app(settings: Settings, config: ServiceConfig = ServiceConfig(), *, s
                  "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}})
     async def upload_part(request: Request, delivery_id: str = Path(pattern=DELIVERY_ID),
                           index: int = Path(ge=0, le=100_000), part: int = Path(ge=1, le=10_000),
-                          expires: int = Query(ge=0, le=1 << 40), sig: str = Query(pattern=r"^[0-9a-f]{64}$")):
-        """A file:// store's stand-in for S3's presigned part PUT: the signed URL is the credential."""
+                          tok: str = Query(pattern=r"^[0-9a-f]{16}$"), expires: int = Query(ge=0, le=1 << 40),
+                          sig: str = Query(pattern=r"^[0-9a-f]{64}$")):
+        """A file:// store's stand-in for S3's presigned part PUT: the signed URL is the credential, and it lives
+        only as long as the token it was issued to (a revoked or rotated token ends it at once)."""
         def lookup() -> tuple[str, str, PartSpec]:
             with catalog.session() as session:
                 delivery = session.get(Delivery, delivery_id)
@@ -511,7 +514,11 @@ def create_app(settings: Settings, config: ServiceConfig = ServiceConfig(), *, s
                     raise NotFound("upload_not_found", "no such upload: ask for part URLs with "
                                    f"POST /deliveries/{delivery_id}/files/{index}/upload")
                 spec = layout[part - 1]
-                uploads.check_signature(request.url.path, expires, sig, spec.bytes)
+                uploads.check_signature(request.url.path, expires, sig, spec.bytes, tok)
+                issued_to = session.get(ApiToken, tok)
+                if issued_to is None or issued_to.revoked_at is not None or issued_to.partner_id != delivery.partner_id:
+                    raise Forbidden("token_revoked", "the token these upload URLs were issued to has been revoked "
+                                    "or rotated: ask for new URLs with a valid token")
                 if delivery.status != "open" or row.state != "pending":
                     raise Conflict("upload_closed", f"file {index} of delivery {delivery_id} is {row.state}; "
                                    "its parts can no longer change")

@@ -63,15 +63,19 @@ class Uploads:
                 return parts
             marker = int(page["NextPartNumberMarker"])
 
-    def part_url(self, key: str, upload_id: str | None, part: PartSpec, expires_s: int, local_url: str) -> str:
-        """A URL good for one PUT of exactly part.bytes bytes to this part of this file, until it expires."""
+    def part_url(self, key: str, upload_id: str | None, part: PartSpec, expires_s: int, local_url: str,
+                 token_id: str) -> str:
+        """A URL good for one PUT of exactly part.bytes bytes to this part of this file, until it expires; on
+        file:// it names the token it was issued to, and dies with that token."""
         if self.s3 is not None:
             return self.s3.client.generate_presigned_url(
                 "upload_part", ExpiresIn=expires_s, Params={
                     "Bucket": self.s3.bucket, "Key": self.s3._key(key), "UploadId": upload_id,
                     "PartNumber": part.number, "ContentLength": part.bytes})
         expires = int(time.time()) + expires_s
-        return f"{local_url}?expires={expires}&sig={self.sign(local_url, expires, part.bytes)}"
+        path = local_url.split("://", 1)[-1].split("/", 1)[-1]  # host-independent: proxies may rewrite it
+        return (f"{local_url}?tok={token_id}&expires={expires}"
+                f"&sig={self.sign(f'/{path}', expires, part.bytes, token_id)}")
 
     def finish(self, key: str, upload_id: str | None, staging: str, layout: list[PartSpec]) -> None:
         """Assemble the parts into the landing object; refuses when a part is missing or of the wrong size."""
@@ -104,6 +108,29 @@ class Uploads:
                         target.write(chunk)
         self.discard(key, None, staging)
 
+    def abort_partner(self, catalog, partner: str) -> int:
+        """Abort every open S3 multipart upload of a partner (its presigned part URLs then fail at once); returns
+        how many. On file:// nothing is needed: the signed part endpoint checks the token's state itself."""
+        from sqlalchemy import select
+
+        from alliance.models import Delivery, DeliveryDetail, DeliveryFile
+        from partners.contract import file_key
+        from partners.db import writing
+
+        if self.s3 is None:
+            return 0
+        aborted = 0
+        with writing(catalog) as session:
+            rows = session.execute(select(DeliveryFile, DeliveryDetail.name).join(
+                Delivery, Delivery.id == DeliveryFile.delivery_id).join(
+                DeliveryDetail, DeliveryDetail.delivery_id == DeliveryFile.delivery_id).where(
+                Delivery.partner_id == partner, DeliveryFile.upload_id.is_not(None))).all()
+            for row, name in rows:
+                self.discard(file_key(partner, name, row.path), row.upload_id, "")
+                row.upload_id = None
+                aborted += 1
+        return aborted
+
     def discard(self, key: str, upload_id: str | None, staging: str) -> None:
         """Drop an unfinished upload's parts."""
         if self.s3 is not None and upload_id:
@@ -113,17 +140,15 @@ class Uploads:
 
     # ----------------------------------------------------------------- file://: the service's own part endpoint
 
-    def sign(self, local_url: str, expires: int, size: int) -> str:
-        path = local_url.split("://", 1)[-1].split("/", 1)[-1]  # host-independent: proxies may rewrite it
-        message = f"/{path}|{expires}|{size}".encode()
+    def sign(self, path: str, expires: int, size: int, token_id: str) -> str:
+        message = f"{path}|{expires}|{size}|{token_id}".encode()
         return hmac.new(self.secret, message, hashlib.sha256).hexdigest()
 
-    def check_signature(self, path: str, expires: int, sig: str, size: int) -> None:
+    def check_signature(self, path: str, expires: int, sig: str, size: int, token_id: str) -> None:
         if expires < time.time():
             raise Forbidden("url_expired", "this upload URL has expired: ask for new ones "
                                "(POST /deliveries/{id}/files/{index}/upload)")
-        expected = hmac.new(self.secret, f"{path}|{expires}|{size}".encode(), hashlib.sha256).hexdigest()
-        if not hmac.compare_digest(expected, sig):
+        if not hmac.compare_digest(self.sign(path, expires, size, token_id), sig):
             raise Forbidden("bad_signature", "this upload URL is not valid for this part: use the URL exactly "
                                "as the service gave it")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from alliance.cli.common import catalog, console
+from alliance.cli.common import catalog, console, store
 
 app = typer.Typer(help="Partner accounts and API tokens (stored as hashes; a token is shown once).",
                   no_args_is_help=True)
@@ -14,6 +14,16 @@ def _show_token(issued, what: str) -> None:
     console.print(f"{what} for partner [bold]{issued.partner}[/bold] (token id {issued.token_id}); "
                   "it is shown only now, store it safely:")
     console.print(issued.token, style="bold green")
+
+
+def _store():
+    """The object store, to abort a revoked partner's open uploads; None (with a warning) when it is unreachable."""
+    try:
+        return store()
+    except Exception as e:  # the revocation itself must not wait for the store
+        console.print(f"[yellow]warning:[/yellow] store unreachable ({type(e).__name__}): open uploads are not "
+                      "aborted now; their part URLs expire within the service's url_expiry_s")
+        return None
 
 
 @app.command("add")
@@ -31,7 +41,7 @@ def rotate(name: str = typer.Argument(...),
     """Issue a new token; the old ones stop working now unless --keep-old."""
     from partners.accounts import rotate_token
 
-    _show_token(rotate_token(catalog(upgrade=True), name, revoke_old=not keep_old), "new token")
+    _show_token(rotate_token(catalog(upgrade=True), name, revoke_old=not keep_old, store=_store()), "new token")
 
 
 @app.command("revoke")
@@ -40,7 +50,7 @@ def revoke(name: str = typer.Argument(...),
     """Revoke a partner's tokens: its requests get 401 from then on."""
     from partners.accounts import revoke_tokens
 
-    count = revoke_tokens(catalog(upgrade=True), name, token_id or None)
+    count = revoke_tokens(catalog(upgrade=True), name, token_id or None, store=_store())
     console.print(f"revoked {count} token(s) of {name}")
 
 

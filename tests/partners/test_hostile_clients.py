@@ -181,3 +181,52 @@ def test_security_headers_on_every_response_and_secrets_redacted_from_access_log
     line = record.getMessage() + s3.getMessage()
     assert "ab" * 32 not in line and token not in line and token.split("_")[-1] not in line
     assert "deadbeef" not in line and "AKIA" not in line and "sig=***" in line and "expires=99" in line
+
+
+# --------------------------------------------------------------------------- revoked tokens end their part URLs
+
+
+def _plan(service, folder, token) -> tuple[dict, bytes]:
+    manifest = build_manifest(folder, load_metadata(folder), "partner-a")
+    with httpx.Client(base_url=service.url, headers={"Authorization": f"Bearer {token.token}"}, timeout=30) as http:
+        opened = http.post("/deliveries", content=manifest.canonical_json()).json()
+        plan = http.post(f"/deliveries/{opened['id']}/files/0/upload").json()
+    return plan, (folder / plan["path"]).read_bytes()
+
+
+@pytest.mark.parametrize("how", ["revoke", "rotate"])
+def test_revoking_or_rotating_a_token_ends_its_part_urls_at_once(file_service, media, tmp_path, how):
+    from partners.accounts import revoke_tokens, rotate_token
+
+    folder = make_folder(tmp_path / how, media, {"a.mp4": media.good})
+    plan, data = _plan(file_service, folder, file_service.a)
+    first, second = plan["urls"][:2]
+    assert httpx.put(first["url"], content=data[:first["bytes"]]).status_code == 200
+    if how == "revoke":
+        revoke_tokens(file_service.catalog, "partner-a", file_service.a.token_id, store=file_service.store)
+    else:
+        fresh = rotate_token(file_service.catalog, "partner-a", store=file_service.store)
+    refused = httpx.put(second["url"], content=data[first["bytes"]:first["bytes"] + second["bytes"]])
+    assert refused.status_code == 403 and refused.json()["error"] == "token_revoked"
+    if how == "rotate":  # the new token resumes: the part that arrived before stays
+        plan = httpx.post(f"{file_service.url}/deliveries/{plan_delivery(file_service, fresh)}/files/0/upload",
+                          headers={"Authorization": f"Bearer {fresh.token}"}).json()
+        assert plan["done"] == [1] and all("tok=" + fresh.token_id in u["url"] for u in plan["urls"])
+
+
+def plan_delivery(service, token) -> str:
+    return httpx.get(f"{service.url}/deliveries", headers={"Authorization": f"Bearer {token.token}"}).json()[0]["id"]
+
+
+def test_revoking_a_token_aborts_the_partners_open_s3_uploads(service, media, tmp_path):
+    from partners.accounts import revoke_tokens
+
+    folder = make_folder(tmp_path / "s3", media, {"long.mp4": media.big})
+    plan, data = _plan(service, folder, service.a)
+    first, second = plan["urls"][:2]
+    assert httpx.put(first["url"], content=data[:first["bytes"]]).status_code == 200
+    revoke_tokens(service.catalog, "partner-a", store=service.store)
+    refused = httpx.put(second["url"], content=data[first["bytes"]:first["bytes"] + second["bytes"]])
+    assert refused.status_code in (403, 404), refused.text
+    with service.catalog.session() as session:
+        assert session.scalars(select(DeliveryFile.upload_id).where(DeliveryFile.upload_id.is_not(None))).all() == []

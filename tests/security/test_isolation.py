@@ -307,12 +307,14 @@ def tamper_local_part_urls(d: Deployment, prober: Prober) -> int:
     query = dict(parse_qsl(parts.query))
     path = parts.path
     expires = int(time.time()) - 10
-    forged = hmac.new(UPLOAD_SECRET.encode(), f"{path}|{expires}|{size}".encode(), hashlib.sha256).hexdigest()
+    forged = hmac.new(UPLOAD_SECRET.encode(), f"{path}|{expires}|{size}|{query['tok']}".encode(),
+                      hashlib.sha256).hexdigest()
     b_delivery = "d" + hashlib.sha256(b"x").hexdigest()[:31]
     cases = {
         "signature": (_with_query(url, sig=("0" if query["sig"][0] != "0" else "1") + query["sig"][1:]), data, 403),
         "expires_extended": (_with_query(url, expires=str(int(query["expires"]) + 3600)), data, 403),
         "expired_but_signed": (_with_query(url, expires=str(expires), sig=forged), data, 403),
+        "other_token": (_with_query(url, tok="0" * 16), data, 403),
         "other_part": (url.replace(f"{path}", path.rsplit("/", 1)[0] + "/2"), data, (403, 404)),
         "other_delivery": (url.replace(d.facts["open_delivery"], d.facts["accepted_delivery"]), data, (403, 404, 409)),
         "unknown_delivery": (url.replace(d.facts["open_delivery"], b_delivery), data, 404),
