@@ -69,7 +69,9 @@ class Settings:
         """The configuration as plain data with every secret replaced by a mask."""
         data = dataclasses.asdict(self)
         data["home"] = str(self.home)
-        data["store_url"] = self.effective_store_url
+        data["store_url"] = _mask_url_password(self.effective_store_url)
+        if data["s3"].get("endpoint_url"):
+            data["s3"]["endpoint_url"] = _mask_url_password(data["s3"]["endpoint_url"])
         data["catalog_url"] = _mask_url_password(self.effective_catalog_url)
         if data["s3"]["secret_access_key"]:
             data["s3"]["secret_access_key"] = MASK
@@ -164,9 +166,17 @@ def _convert(raw: Any, kind: type, where: str) -> Any:
 
 
 def _mask_url_password(url: str) -> str:
+    """The URL with the password of its userinfo, and the value of any secret-looking query parameter
+    (password, secret, token, key, signature, credential), replaced by the mask."""
+    import re
+
     scheme, sep, rest = url.partition("://")
-    if not sep or "@" not in rest:
-        return url
-    creds, _, host = rest.rpartition("@")
-    user, colon, _password = creds.partition(":")
-    return f"{scheme}://{user}{':' + MASK if colon else ''}@{host}"
+    authority, slash, tail = rest.partition("/")
+    if sep and "@" in authority:
+        creds, _, host = authority.rpartition("@")
+        user, colon, _password = creds.partition(":")
+        rest = f"{user}{':' + MASK if colon else ''}@{host}{slash}{tail}"
+    masked = f"{scheme}{sep}{rest}"
+    return re.sub(r"(?i)([?&;](?:password|passwd|pwd|secret|token|sslpassword|api_key|access_key|secret_key|"
+                  r"x-amz-signature|x-amz-credential|x-amz-security-token|sig|signature)=)[^&;#]*",
+                  lambda m: m.group(1) + MASK, masked)
