@@ -75,6 +75,12 @@ class CheckReport(BaseModel):
     check: str
     success: bool
     failing: int
+    status: str = ""  # pass, fail, or "not measured" (no file had the facts this check reads, e.g. all refused)
+
+    def shown(self) -> str:
+        if self.status:
+            return self.status
+        return "pass" if self.success else ("fail" if self.failing else "not measured")
 
 
 class DeliveryReport(BaseModel):
@@ -139,8 +145,10 @@ def render_html(report: DeliveryReport) -> str:
         f"{_e(p.fix)}</span></li>" for p in report.delivery_problems)
     reasons = "".join(f"<tr><td class='reason'>{_e(r)}</td><td>{n}</td><td class='fix'>{_e(fix_for(r))}</td></tr>"
                       for r, n in sorted(report.reasons.items(), key=lambda kv: (-kv[1], kv[0])))
-    checks = "".join(f"<tr><td><code>{_e(c.check)}</code></td><td class='{'ok' if c.success else 'reason'}'>"
-                     f"{'pass' if c.success else 'fail'}</td><td>{c.failing}</td></tr>" for c in report.checks)
+    css = {"pass": "ok", "fail": "reason"}
+    checks = "".join(f"<tr><td><code>{_e(c.check)}</code></td><td class='{css.get(c.shown(), 'facts')}'>"
+                     f"{_e(c.shown())}</td><td>{c.failing if c.shown() != 'not measured' else '&ndash;'}</td></tr>"
+                     for c in report.checks)
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1">
 <title>Delivery {_e(report.delivery)}: {_e(report.status)}</title><style>{_CSS}</style></head><body>

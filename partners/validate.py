@@ -207,7 +207,8 @@ def assess(manifest: DeliveryManifest, locate: Locator, bounds: ContractBounds =
         reports.append(FileReport(path=file.path, kind=file.kind, recording=file.recording, bytes=file.bytes,
                                   sha256=file.sha256, verdict="rejected" if rejected else "accepted", facts=shown,
                                   problems=problems[file.path]))
-    checks = [CheckReport(check=c, success=ok, failing=n) for c, ok, n in suite.checks]
+    checks = [CheckReport(check=c, success=ok, failing=n, status="pass" if ok else ("fail" if n else "not measured"))
+              for c, ok, n in suite.checks]
     return Assessment(reports, whole, checks)
 
 

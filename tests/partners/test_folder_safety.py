@@ -147,3 +147,20 @@ def test_the_token_never_comes_from_the_command_line(tmp_path, media, file_servi
     code, out = run(["deliver", str(folder), "--to", file_service.url, "--token-file", str(token_file), "--quiet"],
                     capsys)
     assert code == 0 and "accepted" in out and token not in out
+
+
+def test_the_report_says_not_measured_where_no_refused_file_had_facts(tmp_path, media):
+    from datetime import datetime, timezone
+
+    from partners.report import DeliveryReport, render_html
+
+    folder = make_folder(tmp_path / "folder", media, {"bad.mp4": b"\x00" * 500})
+    manifest, assessment = check(folder)
+    by_check = {c.check: c for c in assessment.checks}
+    assert any(c.status == "not measured" and c.failing == 0 for c in by_check.values())
+    assert not any(c.status == "fail" and c.failing == 0 for c in by_check.values())
+    html = render_html(DeliveryReport(
+        partner="p", delivery="d", delivery_id="d0", contract_version="1.0", suite_version="1", status="rejected",
+        validated_at=datetime.now(timezone.utc), recordings_accepted=0, recordings_rejected=1, reasons={},
+        files=assessment.files, checks=assessment.checks))
+    assert "not measured" in html
