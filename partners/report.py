@@ -8,6 +8,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+CREDIT = "recording.credit"  # the ledger: one audit event per recording a partner is credited with
+
 # How to fix each refusal, in the partner's words; every reason the validator can give is here.
 FIXES: dict[str, str] = {
     "file_missing": "upload the file (re-run `alliance deliver`, it resumes), or remove it from the manifest",
@@ -38,7 +40,6 @@ FIXES: dict[str, str] = {
     "consent_expired": "renew the consent and set consent.expires to the new date",
     "duplicate_entry": "list each file once in the manifest",
     "already_delivered": "nothing to do: you delivered these exact bytes before; the earlier recording stands",
-    "duplicate_content": "these exact bytes are already in the alliance under another delivery: leave them out",
     "recording_revoked": "you withdrew consent for these exact bytes before: leave them out, or contact us",
 }
 

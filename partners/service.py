@@ -34,6 +34,7 @@ from partners.contract import (CONTRACT_VERSION, ContractBounds, DeliveryManifes
                                delivery_key, file_key, manifest_key, parse_manifest)
 from partners.errors import Conflict, ContractError, Forbidden, NotFound, PartnerError, RateLimited, TooLarge
 from partners.uploads import PartSpec, Uploads, part_layout
+from partners.report import CREDIT
 
 log = logging.getLogger(__name__)
 DELIVERY_ID = r"^d[0-9a-f]{31}$"
@@ -607,23 +608,49 @@ def create_app(settings: Settings, config: ServiceConfig = ServiceConfig(), *, s
                             media_type=row.media_type, duration_s=row.duration_s, status=row.status,
                             accepted_at=row.accepted_at, revoked_at=row.revoked_at, revoke_reason=row.revoke_reason)
 
-    def _own_recording(session, who: Principal, recording_id: str) -> Recording:
+    def _credited_out(row: Recording, credit: AuditEvent) -> RecordingOut:
+        """A recording stored once under another partner, as the partner credited with it sees it: its own."""
+        detail = credit.detail or {}
+        return RecordingOut(id=row.id, delivery_id=detail.get("delivery_id", ""), key=detail.get("key", ""),
+                            bytes=row.bytes, media_type=row.media_type, duration_s=row.duration_s,
+                            status="revoked" if detail.get("revoked_at") else "accepted", accepted_at=credit.at,
+                            revoked_at=detail.get("revoked_at"), revoke_reason=detail.get("revoke_reason"))
+
+    def _credits(session, who: Principal, recording_id: str | None = None) -> list[AuditEvent]:
+        query = select(AuditEvent).where(AuditEvent.partner_id == who.partner, AuditEvent.action == CREDIT)
+        if recording_id is not None:
+            query = query.where(AuditEvent.target == recording_id)
+        return [e for e in session.scalars(query.order_by(AuditEvent.id)).all()
+                if (e.detail or {}).get("credit") == "deduplicated"]
+
+    def _own_recording(session, who: Principal, recording_id: str) -> tuple[Recording, AuditEvent | None]:
         row = session.get(Recording, recording_id)
-        if row is None or row.partner_id != who.partner:
+        if row is not None and row.partner_id == who.partner:
+            return row, None
+        credits = _credits(session, who, recording_id) if row is not None else []
+        if not credits:
             raise NotFound("recording_not_found", f"no recording {recording_id} for partner {who.partner}")
-        return row
+        return row, credits[0]
+
+    def _out(row: Recording, credit: AuditEvent | None) -> RecordingOut:
+        return _recording_out(row) if credit is None else _credited_out(row, credit)
 
     @app.get("/recordings", response_model=list[RecordingOut], responses=_ERRORS, name="list_recordings")
     def list_recordings(who: Principal = Depends(principal), limit: int = Query(1000, ge=1, le=10_000)):
         with catalog.session() as session:
             rows = session.scalars(select(Recording).where(Recording.partner_id == who.partner)
                                    .order_by(Recording.accepted_at).limit(limit)).all()
-            return [_recording_out(r) for r in rows]
+            found = [_recording_out(r) for r in rows]
+            for credit in _credits(session, who):
+                row = session.get(Recording, credit.target)
+                if row is not None:
+                    found.append(_credited_out(row, credit))
+            return sorted(found, key=lambda r: r.accepted_at.replace(tzinfo=None))[:limit]
 
     @app.get("/recordings/{recording_id}", response_model=RecordingOut, responses=_ERRORS, name="get_recording")
     def get_recording(recording_id: str = Path(pattern=RECORDING_ID), who: Principal = Depends(principal)):
         with catalog.session() as session:
-            return _recording_out(_own_recording(session, who, recording_id))
+            return _out(*_own_recording(session, who, recording_id))
 
     @app.post("/recordings/{recording_id}/revoke", response_model=RecordingOut, responses=_ERRORS,
               name="revoke_recording", openapi_extra=_json_body("#/components/schemas/RevokeIn"))
@@ -640,11 +667,18 @@ def create_app(settings: Settings, config: ServiceConfig = ServiceConfig(), *, s
 
         def revoke() -> RecordingOut:
             with writing(catalog) as session:
-                row = _own_recording(session, who, recording_id)
-                if row.status != "revoked":
+                row, credit = _own_recording(session, who, recording_id)
+                if credit is not None:  # the partner's own credit is revoked; the content too, neutrally worded
+                    if not (credit.detail or {}).get("revoked_at"):
+                        credit.detail = {**(credit.detail or {}), "revoked_at": utcnow().isoformat(),
+                                         "revoke_reason": body.reason}
+                    if row.status != "revoked":
+                        row.status, row.revoked_at = "revoked", utcnow()
+                        row.revoke_reason = "consent withdrawn by a partner who delivered identical content"
+                elif row.status != "revoked":
                     row.status, row.revoked_at, row.revoke_reason = "revoked", utcnow(), body.reason
                 session.flush()
-                return _recording_out(row)
+                return _out(row, credit)
         return (await run_in_threadpool(revoke)).model_dump(mode="json")
 
     @app.get("/audit", response_model=list[AuditOut], responses=_ERRORS, name="list_audit")

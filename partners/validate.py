@@ -16,13 +16,13 @@ from typing import Callable, ContextManager, Iterator
 from sqlalchemy import select
 
 from alliance.catalog import Catalog
-from alliance.models import Delivery, DeliveryDetail, DeliveryFile, Recording, utcnow
+from alliance.models import AuditEvent, Delivery, DeliveryDetail, DeliveryFile, Recording, utcnow
 from alliance.store import CHUNK, ObjectStore
 from alliance.tables import Rejection
 from partners.contract import (CONTRACT_VERSION, ContractBounds, DeliveryManifest, ManifestFile, contract_problems,
                                file_key, parse_manifest, quarantine_prefix, report_prefix)
 from partners.db import writing
-from partners.report import CheckReport, DeliveryReport, FileReport, Problem, fix_for, render_html
+from partners.report import CREDIT, CheckReport, DeliveryReport, FileReport, Problem, fix_for, render_html
 from partners.sensors import sensor_facts
 from partners.suite import SUITE_VERSION, run_suite
 
@@ -215,20 +215,40 @@ def assess(manifest: DeliveryManifest, locate: Locator, bounds: ContractBounds =
 # --------------------------------------------------------------------------- the service's validation
 
 
+def _credit(session, manifest: DeliveryManifest, delivery_id: str, report: FileReport, landing: str,
+            existing: Recording | None) -> None:
+    """Write the ledger line that credits the partner with this recording (once): `new` when the catalog row is
+    theirs, `deduplicated` when identical bytes were stored before (from any partner: the partner is not told)."""
+    seen = session.scalar(select(AuditEvent.id).where(AuditEvent.partner_id == manifest.partner,
+                                                      AuditEvent.action == CREDIT, AuditEvent.target == report.sha256))
+    if seen is not None:
+        return
+    detail = {"delivery_id": delivery_id, "key": landing, "credit": "new" if existing is None else "deduplicated"}
+    if existing is not None:
+        detail.update({"stored_as": existing.key, "first_partner": existing.partner_id,
+                       "first_delivery": existing.delivery_id})
+    session.add(AuditEvent(partner_id=manifest.partner, token_id=None, action=CREDIT, target=report.sha256,
+                           status=200, detail=detail))
+
+
 def _register(session, manifest: DeliveryManifest, delivery_id: str, report: FileReport, duration: float | None,
               landing: str) -> Problem | None:
-    """Add the catalog row of an accepted recording; a problem if these bytes are already known."""
+    """Add the catalog row of an accepted recording; a problem if the partner itself delivered these bytes before.
+
+    Bytes another partner delivered first are accepted for this one too and stored once: the ledger says how it
+    is credited, and no answer tells one partner anything about another's data."""
     existing = session.get(Recording, report.sha256)
     if existing is None:
         recording = next(r for r in manifest.recordings if r.path == report.path)
         session.add(Recording(id=report.sha256, partner_id=manifest.partner, delivery_id=delivery_id, key=landing,
                               bytes=report.bytes, media_type=recording.media_type, duration_s=duration,
                               status="accepted"))
+        _credit(session, manifest, delivery_id, report, landing, None)
         return None
     if existing.partner_id != manifest.partner:
-        reason = "duplicate_content"
-        detail = f"{report.path}: these exact bytes (sha256 {report.sha256[:12]}...) were already delivered"
-    elif existing.status == "revoked":
+        _credit(session, manifest, delivery_id, report, landing, existing)
+        return None
+    if existing.status == "revoked":
         reason = "recording_revoked"
         detail = f"{report.path}: recording {report.sha256[:12]}... was revoked on {existing.revoked_at}"
     elif existing.delivery_id == delivery_id:

@@ -230,3 +230,26 @@ def test_revoking_a_token_aborts_the_partners_open_s3_uploads(service, media, tm
     assert refused.status_code in (403, 404), refused.text
     with service.catalog.session() as session:
         assert session.scalars(select(DeliveryFile.upload_id).where(DeliveryFile.upload_id.is_not(None))).all() == []
+
+
+def test_identical_bytes_from_two_partners_tell_neither_about_the_other(file_service, media, tmp_path):
+    from alliance.models import AuditEvent, Recording
+    from partners.client import deliver
+
+    first = make_folder(tmp_path / "b", media, {"walk.mp4": media.good})
+    second = make_folder(tmp_path / "a", media, {"mine.mp4": media.good})
+    assert deliver(first, file_service.url, file_service.b.token).status == "accepted"
+    verdict = deliver(second, file_service.url, file_service.a.token)
+    assert verdict.status == "accepted" and verdict.problems == [] and verdict.reasons == {}
+    sha = hashlib.sha256(media.good.read_bytes()).hexdigest()
+    headers = file_service.headers(file_service.a)
+    mine = httpx.get(f"{file_service.url}/recordings/{sha}", headers=headers).json()
+    assert mine["delivery_id"] == verdict.delivery_id and mine["status"] == "accepted" and "walk" not in mine["key"]
+    assert [r["id"] for r in httpx.get(f"{file_service.url}/recordings", headers=headers).json()] == [sha]
+    report = httpx.get(f"{file_service.url}/deliveries/{verdict.delivery_id}/report.json", headers=headers).text
+    assert "partner-b" not in report and "walk.mp4" not in report and "duplicate" not in report
+    with file_service.catalog.session() as session:
+        assert session.scalar(select(Recording.partner_id).where(Recording.id == sha)) == "partner-b"  # stored once
+        credits = {e.partner_id: e.detail["credit"] for e in session.scalars(
+            select(AuditEvent).where(AuditEvent.action == "recording.credit"))}
+    assert credits == {"partner-b": "new", "partner-a": "deduplicated"}
