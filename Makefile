@@ -4,6 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-16)
 TORCH_PIN := torch==2.13.0
+# real IMU device exports for the tests: scikit-kinematics' test data (BSD-3-Clause); the wheel is read, never installed
+IMU_EXPORTS := $(VENV)/fixtures/scikit_kinematics-0.10.4-py3-none-any.whl
 
 .PHONY: demo test reliability install
 
@@ -29,11 +31,14 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/alliance demo run
 
-test: $(STAMP)
+$(IMU_EXPORTS): | $(STAMP)
+	$(BIN)/python -m pip download --quiet --no-deps -d $(VENV)/fixtures scikit-kinematics==0.10.4
+
+test: $(STAMP) $(IMU_EXPORTS)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # the fault, fuzzing, hostile-input and isolation suites at their full counts (make test runs them CI-sized)
-reliability: $(STAMP)
+reliability: $(STAMP) $(IMU_EXPORTS)
 	@mkdir -p .alliance && rm -f .alliance/reliability.jsonl
 	ALLIANCE_RELIABILITY=full ALLIANCE_RELIABILITY_REPORT=.alliance/reliability.jsonl \
 		$(BIN)/python -m pytest tests/reliability tests/security -q $(PYTEST_ARGS)
