@@ -53,6 +53,9 @@ CLIP_SCHEMA = pa.schema([
     ("sharpness", pa.float32()),         # variance of the Laplacian of luma, at training resolution
     ("recording_meta", pa.string()),     # JSON from the contract: device, license, consent, faces
     ("status", pa.string()),             # "ingested" or a snake_case reason
+    ("deid", pa.string()),               # JSON: what was done to faces (model, threshold, faces_found,
+                                         # frames_with_faces; faces_allowed), audio and container metadata; null in
+                                         # tables written before de-identification existed
 ])
 
 # One row per clip considered by curation, written to tables/selections/{run}/part-*.parquet:

@@ -15,6 +15,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from ingest.container import DEFAULT_FORMATS, open_container
+from ingest.deid import DeidConfig, allowed_json, deidentify, faces_allowed
 from ingest.errors import DecodeError
 from ingest.probe import MAX_PIXELS, ProbeResult, probe
 from ingest.scenes import detect_cuts, luma_histogram, segments_between
@@ -52,6 +53,7 @@ class ClipConfig:
     probe_timeout_s: float = 30.0
     window_timeout_s: float = 120.0  # per clip window: decode, cut, encode
     memory_limit_mb: int = 0  # per decoding child process; 0: unbounded
+    deid: DeidConfig = DeidConfig()  # how faces are hidden where the contract does not allow them (ingest/deid.py)
 
     @property
     def stride(self) -> float:
@@ -60,15 +62,28 @@ class ClipConfig:
     @property
     def fingerprint(self) -> str:
         """Six hex digits of the settings that shape a clip's bytes: part of its id, so that changing them makes
-        new clips instead of rows that disagree with files already stored under the same key."""
-        shaping = {"clip_s": self.clip_s, "short_side": self.short_side, "upscale": self.upscale, "fps": self.fps,
-                   "crf": self.crf, "preset": self.preset, "scene_split": self.scene_split}
+        new clips instead of rows that disagree with files already stored under the same key.
+
+        This is the id of a de-identified clip (faces hidden: the default of every contract) and so covers the
+        de-identification settings; a clip whose contract allows faces has another (fingerprint_for), so that a
+        contract that changes its mind never finds a clip of the other kind already stored under the same key."""
+        return self.fingerprint_for(faces_allowed=False)
+
+    def fingerprint_for(self, faces_allowed: bool) -> str:
+        shaping: dict[str, Any] = {"clip_s": self.clip_s, "short_side": self.short_side, "upscale": self.upscale,
+                                   "fps": self.fps, "crf": self.crf, "preset": self.preset,
+                                   "scene_split": self.scene_split}
         if self.scene_split:
             shaping.update(scene_threshold=self.scene_threshold, min_clip_s=self.min_clip_s)
+        if faces_allowed:
+            shaping["faces"] = "clear"
+        else:
+            shaping["deid"] = {k: v for k, v in self.deid.to_json().items() if k != "provider"}
         return hashlib.sha1(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:6]
 
     def to_json(self) -> dict[str, Any]:
-        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
+        return {k: (list(v) if isinstance(v, tuple) else v.to_json() if hasattr(v, "to_json") else v)
+                for k, v in self.__dict__.items()}
 
 
 @dataclass(frozen=True)
@@ -529,11 +544,15 @@ def _variance(values: np.ndarray) -> float:
 
 
 def cut_window(task: WindowTask, out_dir: str | Path) -> tuple[list[ClipOutput], list[Refusal]]:
-    """Decode the window, split it on hard cuts (optional), re-encode each part, align sensors; files in out_dir.
+    """Decode the window, split it on hard cuts (optional), hide faces unless the recording's contract allows them
+    (ingest/deid.py), re-encode each part (video only: audio and the source's container metadata never reach a
+    clip), align sensors; files in out_dir.
 
-    Memory: one window of frames at training resolution. Raises DecodeError when the window does not decode.
+    Memory: one window of frames at training resolution. Raises DecodeError when the window does not decode, and
+    deid_failed when faces had to be hidden and could not be.
     """
     rec, window, config = task.recording, task.window, task.config
+    fingerprint = config.fingerprint_for(faces_allowed(rec.meta_json))
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     size = target_size(rec.width, rec.height, rec.rotation_deg, config)
     frames = list(window_frames(task.path, window, size, rec.rotation_deg, config.allowed_formats, rec.source,
@@ -544,7 +563,7 @@ def cut_window(task: WindowTask, out_dir: str | Path) -> tuple[list[ClipOutput],
     outputs, refusals = [], []
     for first, last in segments_between(len(frames), cuts):
         t0 = (window.start_frame + first) / window.fps
-        clip = clip_id(rec.recording_id, t0, config.fingerprint)
+        clip = clip_id(rec.recording_id, t0, fingerprint)
         if last - first < shortest:
             refusals.append(Refusal(clip, "cut", "scene_fragment",
                                     f"{rec.source}: {last - first} frames at {t0:.3f} s between hard cuts, shorter "
@@ -559,6 +578,11 @@ def _clip_output(task: WindowTask, clip: str, frames: list[np.ndarray], times: n
     rec, config, fps = task.recording, task.config, task.window.fps
     out_dir = Path(out_dir)
     key = clip_key(rec.partner, rec.recording_id, clip)
+    if faces_allowed(rec.meta_json):
+        deid = allowed_json()
+    else:  # before encoding, so every picture made later (thumbnails, reports) shows hidden faces
+        deid = deidentify(frames, fps, config.deid, rec.source).to_json()
+    deid.update(audio="dropped", container_metadata="dropped")  # encode_clip writes the picture and nothing else
     files = {key: str(encode_clip(frames, fps, out_dir / f"{clip}.mp4", config))}
     sensor_keys, sensor_channels, statuses = {}, {}, []
     gyro_rms = accel_std = None
@@ -588,9 +612,22 @@ def _clip_output(task: WindowTask, clip: str, frames: list[np.ndarray], times: n
         "sensor_channels": json.dumps(sensor_channels, sort_keys=True),
         "imu_gyro_rms": gyro_rms, "imu_accel_std": accel_std,
         **frame_stats([y_plane(f) for f in frames], every=config.stats_every),
-        "recording_meta": rec.meta_json, "status": "ingested",
+        "recording_meta": _with_deid(rec.meta_json, deid), "status": "ingested",
+        "deid": json.dumps(deid, sort_keys=True),
     }
     return ClipOutput(row, files)
+
+
+def _with_deid(meta_json: str, deid: dict[str, Any]) -> str:
+    """The recording's metadata with this clip's `deid` record beside it: shards carry recording_meta whole, so every
+    sample says what was done to its faces (the clip table's own `deid` column says it too)."""
+    try:
+        meta = json.loads(meta_json or "{}")
+    except ValueError:
+        return meta_json
+    if not isinstance(meta, dict):
+        return meta_json
+    return json.dumps({**meta, "deid": deid}, sort_keys=True, default=str)
 
 
 # --------------------------------------------------------------------------- a recording, planned

@@ -10,6 +10,7 @@ from alliance.errors import AllianceError
 DECODE_REASONS = frozenset({
     "empty_file", "not_video", "no_video_stream", "truncated", "corrupt", "resolution_too_large",
     "decode_timeout", "decode_failed", "too_short", "unsupported_codec", "corrupt_frames",
+    "deid_failed",  # faces had to be hidden and could not be: the clip is refused, never written in clear
 })
 
 

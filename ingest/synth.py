@@ -33,6 +33,8 @@ class VideoSpec:
     vfr: bool = False  # variable frame rate: frame durations cycle through 1x, 2x and 0.5x of 1/fps
     audio: bool = False  # add a silent AAC track
     cut_at: int = 0  # scene "cut": the frame where the hard cut happens (0: the middle)
+    # container and video stream metadata, as phones write it: location, make, model, serial, creation_time...
+    metadata: tuple[tuple[str, str], ...] = ()
 
 
 def painter(spec: VideoSpec) -> FramePainter:
@@ -134,6 +136,8 @@ def write_video(path: str | Path, spec: VideoSpec = VideoSpec(), frames: Iterato
         stream.width, stream.height, stream.pix_fmt = spec.width, spec.height, spec.pix_fmt
         stream.time_base = Fraction(1, spec.fps * ticks)
         stream.codec_context.gop_size = spec.gop
+        container.metadata.update(dict(spec.metadata))
+        stream.metadata.update(dict(spec.metadata))
         if spec.rotation:
             stream.set_display_rotation(spec.rotation)
         if spec.bitrate:
@@ -256,3 +260,123 @@ def write_imu_npy(path: str | Path, table: np.ndarray) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     np.save(path, table.astype(np.float64))
     return path
+
+
+# --------------------------------------------------------------------------- a face-bearing recording
+
+# scikit-image's bundled portrait of the astronaut Eileen Collins (public domain, NASA), read as a file from the
+# installed wheel: no download, and scikit-image itself is never imported
+PHOTO = ("skimage", "data/astronaut.png")
+# The head-and-shoulders part of that 512x512 photograph the scenes use (x0, y0, x1, y1) ...
+PHOTO_CROP = (110, 10, 340, 290)
+# ... and her face in the full photograph, annotated by eye on a 20 px grid: hairline to chin, cheek to cheek
+# (the detector's own box there is about 181, 58, 270, 178: forehead included)
+PHOTO_FACE = (178, 72, 272, 170)
+
+
+def face_photo() -> np.ndarray:
+    """The bundled portrait as RGB uint8 [512, 512, 3]; FileNotFoundError names the package to install."""
+    import importlib.util
+
+    package, relative = PHOTO
+    spec = importlib.util.find_spec(package)
+    for folder in (spec.submodule_search_locations or []) if spec is not None else []:
+        path = Path(folder) / relative
+        if path.is_file():
+            with av.open(str(path)) as container:
+                return next(container.decode(video=0)).to_ndarray(format="rgb24")
+    raise FileNotFoundError(f"{package}/{relative} is not installed: pip install scikit-image")
+
+
+@dataclass(frozen=True)
+class FaceSpec:
+    """A head-mounted camera looking around a room with portraits of faces at several sizes: pan, small rotation and
+    scale jitter. Face sizes are widths of the annotated face box on screen at zoom 1."""
+
+    width: int = 456
+    height: int = 256
+    fps: int = 15
+    frames: int = 60
+    faces_px: tuple[int, ...] = (12, 16, 24, 36, 56, 90)
+    seed: int = 0
+    faces: bool = True  # False: the same room and motion without any portrait
+    roll_deg: float = 3.0  # rotation jitter amplitude
+    zoom: float = 0.05  # scale jitter amplitude (share)
+
+
+def face_scene(spec: FaceSpec = FaceSpec()) -> tuple[list[np.ndarray], list[list[tuple[float, float, float, float]]]]:
+    """The frames (RGB uint8 [H, W, 3]) and, per frame, the annotated face boxes (x0, y0, x1, y1) on screen: the
+    photograph's face box carried through the camera's motion, clipped to the frame (faces less than half in view
+    are left out)."""
+    rng = np.random.default_rng(spec.seed)
+    world_h, world_w = spec.height * 2, spec.width * 3
+    texture = rng.standard_normal((world_h // 16 + 2, world_w // 16 + 2, 3))
+    world = np.clip(rng.uniform(90, 160, 3) + 30 * np.kron(texture, np.ones((16, 16, 1)))[:world_h, :world_w], 0, 255)
+    world = world.astype(np.float32)
+    faces_world = []  # (x0, y0, x1, y1) of each face in world coordinates
+    if spec.faces:
+        photo = face_photo()
+        x0, y0, x1, y1 = PHOTO_CROP
+        head = photo[y0:y1, x0:x1]
+        face = np.array(PHOTO_FACE, np.float64) - [x0, y0, x0, y0]
+        face_w = PHOTO_FACE[2] - PHOTO_FACE[0]
+        slots = np.linspace(0, world_w, len(spec.faces_px) + 1)
+        for index, size in enumerate(spec.faces_px):
+            scale = size / face_w
+            w, h = max(2, int(round(head.shape[1] * scale))), max(2, int(round(head.shape[0] * scale)))
+            w, h = min(w, world_w // len(spec.faces_px)), min(h, world_h)
+            picture = av.VideoFrame.from_ndarray(np.ascontiguousarray(head), format="rgb24").reformat(
+                width=w, height=h, interpolation="AREA").to_ndarray()
+            left = int(slots[index] + (slots[index + 1] - slots[index] - w) * rng.uniform(0.2, 0.8))
+            top = int((world_h - h) * rng.uniform(0.3, 0.7))
+            world[top:top + h, left:left + w] = picture
+            faces_world.append((left + face[0] * w / head.shape[1], top + face[1] * h / head.shape[0],
+                                left + face[2] * w / head.shape[1], top + face[3] * h / head.shape[0]))
+    t = np.arange(spec.frames) / spec.fps
+    span = spec.frames / spec.fps
+    margin_x, margin_y = spec.width * 0.6, spec.height * 0.6
+    centre_x = margin_x + (world_w - 2 * margin_x) * (0.5 - 0.5 * np.cos(np.pi * t / span))  # one sweep, eased
+    centre_y = world_h / 2 + (world_h / 2 - margin_y) * 0.6 * np.sin(2 * np.pi * 0.4 * t + spec.seed)
+    roll = np.deg2rad(spec.roll_deg) * np.sin(2 * np.pi * 0.7 * t + 1.0)
+    zoom = 1 + spec.zoom * np.sin(2 * np.pi * 0.3 * t)
+    v, u = np.mgrid[0:spec.height, 0:spec.width].astype(np.float32)
+    u, v = u - spec.width / 2 + 0.5, v - spec.height / 2 + 0.5
+    frames, boxes = [], []
+    for i in range(spec.frames):
+        cos, sin = np.cos(roll[i]) / zoom[i], np.sin(roll[i]) / zoom[i]
+        x = centre_x[i] + cos * u - sin * v - 0.5
+        y = centre_y[i] + sin * u + cos * v - 0.5
+        frames.append(_bilinear(world, x, y))
+        on_screen = []
+        for fx0, fy0, fx1, fy1 in faces_world:
+            corners = np.array([[fx0, fy0], [fx1, fy0], [fx0, fy1], [fx1, fy1]]) - [centre_x[i], centre_y[i]]
+            # the inverse of the view's map: rotate back and undo the zoom
+            sx = (np.cos(roll[i]) * corners[:, 0] + np.sin(roll[i]) * corners[:, 1]) * zoom[i] + spec.width / 2
+            sy = (-np.sin(roll[i]) * corners[:, 0] + np.cos(roll[i]) * corners[:, 1]) * zoom[i] + spec.height / 2
+            full = (sx.min(), sy.min(), sx.max(), sy.max())
+            seen = (max(0.0, full[0]), max(0.0, full[1]), min(spec.width, full[2]), min(spec.height, full[3]))
+            area = (full[2] - full[0]) * (full[3] - full[1])
+            if seen[2] > seen[0] and seen[3] > seen[1] and (seen[2] - seen[0]) * (seen[3] - seen[1]) >= area / 2:
+                on_screen.append(seen)
+        boxes.append(on_screen)
+    return frames, boxes
+
+
+def _bilinear(image: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """image (float32 [H, W, 3]) sampled at (x, y) pixel positions, edges clamped; uint8."""
+    h, w = image.shape[:2]
+    x, y = np.clip(x, 0, w - 1.001), np.clip(y, 0, h - 1.001)
+    x0, y0 = x.astype(np.int32), y.astype(np.int32)
+    fx, fy = (x - x0)[..., None], (y - y0)[..., None]
+    top = image[y0, x0] * (1 - fx) + image[y0, x0 + 1] * fx
+    bottom = image[y0 + 1, x0] * (1 - fx) + image[y0 + 1, x0 + 1] * fx
+    return np.clip(top * (1 - fy) + bottom * fy + 0.5, 0, 255).astype(np.uint8)
+
+
+def write_face_video(path: str | Path, spec: FaceSpec = FaceSpec(), preset: str = "veryfast"
+                     ) -> tuple[Path, list[list[tuple[float, float, float, float]]]]:
+    """The face scene as H.264 in MP4 (a keyframe a second); returns the path and the annotated boxes per frame."""
+    frames, boxes = face_scene(spec)
+    video = VideoSpec(width=spec.width, height=spec.height, fps=spec.fps, frames=spec.frames, gop=spec.fps,
+                      preset=preset)
+    return write_video(path, video, iter(frames)), boxes

