@@ -34,7 +34,7 @@ class DeliveryStatus(BaseModel):
     id: str
     partner: str
     delivery: str
-    status: str  # open, validating, accepted, partial, rejected, error
+    status: str  # open, validating, accepted, partial, rejected, error, expired (summary.expired says why)
     contract_version: str
     created_at: datetime
     completed_at: datetime | None = None

@@ -419,6 +419,8 @@ def _wait(api: _Api, delivery_id: str, wait_s: float) -> DeliveryStatus:
         if status.status == "error":
             raise DeliveryFailed("validation_error", f"delivery {delivery_id}: the service could not validate it; "
                                  "run `alliance deliver` again (it resumes), or contact the data team")
+        if status.status == "expired":
+            raise DeliveryFailed("delivery_expired", f"delivery {delivery_id}: {status.summary.get('expired', '')}")
         if time.monotonic() > deadline:
             raise DeliveryFailed("validation_timeout", f"delivery {delivery_id} is still {status.status} after "
                                  f"{wait_s:.0f}s: check later with GET /deliveries/{delivery_id}")

@@ -67,6 +67,8 @@ class ServiceConfig:
     max_headers: int = 100
     max_header_bytes: int = 32 << 10
     max_connections: int = 1000  # above this, 503 at once
+    open_delivery_ttl_s: float = 7 * 24 * 3600.0  # an open delivery with no activity this long expires
+    reap_interval_s: float = 600.0  # how often abandoned deliveries and crash-left staged parts are looked for
 
 
 class RateLimiter:
@@ -149,6 +151,11 @@ def _warm_up() -> None:
     import great_expectations  # noqa: F401
 
     import partners.validate  # noqa: F401
+
+
+def _naive(moment: datetime) -> datetime:
+    """UTC without tzinfo: SQLite hands back naive datetimes, PostgreSQL aware ones."""
+    return moment.astimezone(timezone.utc).replace(tzinfo=None) if moment.tzinfo else moment
 
 
 def delivery_id_for(partner: str, name: str) -> str:
@@ -246,6 +253,64 @@ def create_app(settings: Settings, config: ServiceConfig = ServiceConfig(), *, s
             with writing(catalog) as session:
                 session.get(Delivery, delivery_id).status = "error"
 
+    def expire_abandoned() -> int:
+        """Expire open deliveries idle for open_delivery_ttl_s: staged parts removed, multipart uploads aborted,
+        status `expired` (re-sending the same manifest reopens it); and drop staged parts a crash left behind."""
+        cutoff = datetime.now(timezone.utc).replace(tzinfo=None) - timedelta(seconds=config.open_delivery_ttl_s)
+        expired = 0
+        with writing(catalog) as session:
+            for delivery in session.scalars(select(Delivery).where(Delivery.status == "open")).all():
+                files = session.scalars(select(DeliveryFile).where(DeliveryFile.delivery_id == delivery.id)).all()
+                last = max([_naive(delivery.created_at)] + [_naive(f.updated_at) for f in files])
+                if last > cutoff:
+                    continue
+                detail = session.get(DeliveryDetail, delivery.id)
+                for row in files:
+                    if row.state == "pending":
+                        uploads.discard(file_key(delivery.partner_id, detail.name, row.path), row.upload_id,
+                                        _staging(delivery.partner_id, detail.name, row.idx))
+                        row.upload_id = None
+                _drop_staging(f"uploads/{delivery.partner_id}/{delivery_key(detail.name)}")
+                delivery.status = "expired"
+                detail.summary = {**(detail.summary or {}), "expired": (
+                    f"no activity for {config.open_delivery_ttl_s / 3600:g} h: the parts sent were removed; run "
+                    "`alliance deliver` again (the same manifest reopens this delivery) or start a new one")}
+                expired += 1
+        _drop_staging("uploads", older_than_s=3600.0)
+        return expired
+
+    def _drop_staging(prefix: str, older_than_s: float | None = None) -> None:
+        """file:// only: a staging folder (or, with older_than_s, the temporary files of part writes a crash
+        interrupted: hidden, so the store's listing never shows them)."""
+        import shutil
+
+        root = getattr(store, "root", None)
+        if isinstance(store, S3Store) or root is None or not (root / prefix).is_dir():
+            return
+        if older_than_s is None:
+            shutil.rmtree(root / prefix, ignore_errors=True)
+            return
+        now = time.time()
+        for path in (root / prefix).rglob(".part-*"):
+            try:
+                if path.is_file() and not path.is_symlink() and now - path.stat().st_mtime > older_than_s:
+                    path.unlink()
+            except OSError:
+                pass
+
+    def reaper(stop: threading.Event) -> None:
+        while True:
+            try:
+                expired = expire_abandoned()
+                if expired:
+                    log.info("expired %d abandoned deliveries", expired)
+            except Exception:  # keep reaping later; say so loudly
+                log.exception("could not expire abandoned deliveries")
+            if stop.wait(config.reap_interval_s):
+                return
+
+    app_expire = expire_abandoned
+
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
         with catalog.session() as session:  # validations a previous process did not finish
@@ -254,7 +319,12 @@ def create_app(settings: Settings, config: ServiceConfig = ServiceConfig(), *, s
             validator.submit(validate, delivery_id)
         audit.start()
         validator.submit(_warm_up)  # GX takes seconds to import: pay it now, not in the first partner's wait
+        stop_reaper = threading.Event()
+        reaping = threading.Thread(target=reaper, args=(stop_reaper,), name="reaper", daemon=True)
+        reaping.start()
         yield
+        stop_reaper.set()
+        reaping.join(10)
         audit.stop()
         validator.shutdown(wait=True, cancel_futures=False)
 
@@ -262,6 +332,7 @@ def create_app(settings: Settings, config: ServiceConfig = ServiceConfig(), *, s
                   description="Deliver recordings under the Alliance data contract. Every call but the part uploads "
                               "needs `Authorization: Bearer <token>`; every id is scoped to the token's partner.")
     app.state.store, app.state.catalog, app.state.config, app.state.validator = store, catalog, config, validator
+    app.state.expire_abandoned = app_expire
     app.add_middleware(_Guard, max_headers=config.max_headers, max_header_bytes=config.max_header_bytes)
     bearer = HTTPBearer(auto_error=False)
 
@@ -400,6 +471,13 @@ def create_app(settings: Settings, config: ServiceConfig = ServiceConfig(), *, s
                 raise Conflict("delivery_conflict", f"delivery {manifest.delivery!r} was already opened with "
                                "another manifest: give this one a new \"delivery\" name (or re-send the same "
                                "manifest to resume it)")
+            if existing.status == "expired":  # the partner came back: reopen it, the parts are to be sent again
+                existing.status = "open"
+                detail = session.get(DeliveryDetail, delivery_id)
+                detail.summary = {k: v for k, v in (detail.summary or {}).items() if k != "expired"}
+                for row in session.scalars(select(DeliveryFile).where(DeliveryFile.delivery_id == delivery_id)):
+                    row.updated_at = utcnow()
+                session.flush()
             return 200, _status(session, existing, session.get(DeliveryDetail, delivery_id))
 
         with writing(catalog) as session:

@@ -253,3 +253,37 @@ def test_identical_bytes_from_two_partners_tell_neither_about_the_other(file_ser
         credits = {e.partner_id: e.detail["credit"] for e in session.scalars(
             select(AuditEvent).where(AuditEvent.action == "recording.credit"))}
     assert credits == {"partner-b": "new", "partner-a": "deduplicated"}
+
+
+def test_an_abandoned_delivery_expires_its_parts_and_reopens_when_sent_again(tmp_path, media):
+    from alliance.catalog import Catalog
+    from alliance.settings import Settings
+    from alliance.store import LocalStore
+    from partners.accounts import add_partner
+    from partners.server import serving
+    from partners.service import ServiceConfig
+
+    settings = Settings(home=tmp_path / ".alliance")
+    catalog = Catalog(settings.effective_catalog_url)
+    catalog.upgrade()
+    who = add_partner(catalog, "partner-a")
+    store = LocalStore(tmp_path / "store")
+    config = ServiceConfig(part_size=1 << 10, open_delivery_ttl_s=2.0, reap_interval_s=0.25)
+    folder = make_folder(tmp_path / "gone", media, {"a.mp4": media.good})
+    manifest = build_manifest(folder, load_metadata(folder), "partner-a").canonical_json()
+    with serving(settings, config, store=store, catalog=catalog) as running, httpx.Client(
+            base_url=running.url, headers={"Authorization": f"Bearer {who.token}"}, timeout=30) as http:
+        opened = http.post("/deliveries", content=manifest).json()
+        plan = http.post(f"/deliveries/{opened['id']}/files/0/upload").json()
+        data = (folder / "a.mp4").read_bytes()
+        assert httpx.put(plan["urls"][0]["url"], content=data[:plan["urls"][0]["bytes"]]).status_code == 200
+        deadline = time.monotonic() + 10
+        while (status := http.get(f"/deliveries/{opened['id']}").json())["status"] == "open":
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        assert status["status"] == "expired" and "alliance deliver" in status["summary"]["expired"]
+        assert not (store.root / "uploads" / "partner-a" / opened["delivery"]).exists()
+        again = http.post("/deliveries", content=manifest)
+        assert again.status_code == 200 and again.json()["status"] == "open"
+        assert http.post(f"/deliveries/{opened['id']}/files/0/upload").json()["done"] == []
+    catalog.dispose()
