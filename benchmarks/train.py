@@ -1,7 +1,8 @@
 """Training throughput: loader clips/s vs what the step consumes (CPU), and clips/s, step time and MFU (CUDA).
 
     python benchmarks/train.py                          # CPU: tiny preset, real shards through ShardReader
-    python benchmarks/train.py --device cuda --preset vit_l   # GPU: ViT-L, bf16 + torch.compile, MFU
+    python benchmarks/train.py --device cuda --preset vit_l   # GPU: ViT-L, bf16 + torch.compile, MFU, loader
+    ALLIANCE_LEARNING_SEEDS=0,1,2 pytest tests/training/test_learning.py -s   # the learning controls, 3 seeds
 
 The CPU part writes a small synthetic dataset version through the sharding API into a temporary file:// store,
 then measures (1) the loader alone: clips/s that ClipLoader delivers with 1 and with `--workers` worker processes
@@ -11,7 +12,9 @@ batch, at 1 and at the default number of torch threads (the faster counts); (3) 
 with the share of its wall time spent waiting on data. The goal is (1) / (2) >= 1.5x with `--workers` processes:
 the loader must never starve the step.
 The GPU part times jepa_step (the loop's own step function) on device-resident clips, counts the FLOPs of one step
-with torch.utils.flop_counter on the uncompiled model, and divides by the bf16 dense peak.
+with torch.utils.flop_counter on the uncompiled model, and divides by the bf16 dense peak; prints peak memory; then
+the loader's clips/s at the preset's clip shape (16 x 224) with `--workers` processes against the step's
+consumption. `--checkpoint-activations` trades compute for memory (larger batches per GPU).
 """
 
 from __future__ import annotations
@@ -127,7 +130,8 @@ def cuda(args: argparse.Namespace) -> None:
     from training.loop import build, jepa_step, prepare
 
     device = torch.device("cuda")
-    cfg = with_overrides(preset(args.preset), {"data.batch_size": args.batch, "run.steps": 100000})
+    cfg = with_overrides(preset(args.preset), {"data.batch_size": args.batch, "run.steps": 100000,
+                                               "model.checkpoint_activations": args.checkpoint_activations})
     m = cfg.model
     name = torch.cuda.get_device_name(device)
     peak = _peak(name)
@@ -172,6 +176,35 @@ def cuda(args: argparse.Namespace) -> None:
     print(f"FLOPs per step {flops / 1e12:.2f} TFLOP (counted), achieved {flops / step_time / 1e12:.1f} TFLOP/s, "
           f"MFU {mfu:.1%} (goal >= 30%)")
     print(f"peak memory {torch.cuda.max_memory_allocated(device) / 2**30:.1f} GiB")
+    _loader_against_step(args, cfg, clips)
+
+
+def _loader_against_step(args: argparse.Namespace, cfg, step_clips_per_s: float) -> None:
+    """The loader at the preset's clip shape (16 x 224 for ViT-L) from real shards, with `--workers` processes,
+    against what the step consumes: it must not starve the GPU (goal >= 1.5x, per GPU)."""
+    from alliance.store import LocalStore
+    from training.data import ClipLoader, reader_factory
+    from training.synthetic_shards import write_synthetic_version
+
+    m = cfg.model
+    loader_cfg = with_overrides(cfg, {"data.workers": args.workers, "data.shuffle_buffer": 16})
+    with tempfile.TemporaryDirectory() as tmp:
+        store = LocalStore(Path(tmp) / "store")
+        version = write_synthetic_version(store, "bench", args.clips, frames=m.frames, size=m.size,
+                                          samples_per_shard=16)
+        loader = ClipLoader(reader_factory(loader_cfg, store, "bench", version), loader_cfg)
+        batches = iter(loader)
+        for _ in range(args.workers):
+            next(batches)
+        started, count = time.perf_counter(), 0
+        for count, _ in enumerate(batches, start=1):
+            if count >= args.loader_batches:
+                break
+        rate = count * loader_cfg.data.batch_size / (time.perf_counter() - started)
+        loader.close()
+    print(f"loader at {m.frames}x{m.size}x{m.size}, {args.workers} worker processes (tar + PyAV decode + collate): "
+          f"{rate:.1f} clips/s against the step's {step_clips_per_s:.1f} clips/s: {rate / step_clips_per_s:.2f}x "
+          f"(goal >= 1.5x)")
 
 
 def main() -> None:
@@ -184,9 +217,11 @@ def main() -> None:
     parser.add_argument("--clips", type=int, default=192, help="CPU: clips in the benchmark dataset")
     parser.add_argument("--loader-batches", type=int, default=60)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--checkpoint-activations", action="store_true", help="CUDA: activation checkpointing")
     args = parser.parse_args()
     if args.device == "cuda":
         args.preset, args.batch, args.steps = args.preset or "vit_l", args.batch or 24, args.steps or 20
+        args.workers = max(args.workers, 8)
         cuda(args)
     else:
         args.preset, args.batch, args.steps = args.preset or "tiny_cpu", args.batch or 16, args.steps or 20
