@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import logging
 import re
@@ -607,6 +608,8 @@ def create_app(settings: Settings, config: ServiceConfig = ServiceConfig(), *, s
         declared = request.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > spec.bytes:
             raise TooLarge("oversize_upload", f"{path} part {part}: {declared} bytes, the part holds {spec.bytes}")
+        claimed = request.headers.get("x-amz-checksum-sha256")  # as S3 names it: base64 of the part's SHA-256
+        digest = hashlib.sha256() if claimed is not None else None
         writer = await run_in_threadpool(store.open_write, uploads.part_key(staging, spec))
         total = 0
         try:
@@ -614,10 +617,16 @@ def create_app(settings: Settings, config: ServiceConfig = ServiceConfig(), *, s
                 total += len(chunk)
                 if total > spec.bytes:
                     raise TooLarge("oversize_upload", f"{path} part {part}: more than its {spec.bytes} bytes")
+                if digest is not None:
+                    digest.update(chunk)
                 await run_in_threadpool(writer.write, chunk)
             if total != spec.bytes:
                 raise PartnerError("size_mismatch", f"{path} part {part}: {total} bytes arrived, the part holds "
                                    f"{spec.bytes}: send exactly the bytes the URL was issued for")
+            if digest is not None and base64.b64encode(digest.digest()).decode() != claimed.strip():
+                raise PartnerError("part_checksum_mismatch", f"{path} part {part}: the bytes that arrived do not "
+                                   "match the part's x-amz-checksum-sha256: they were damaged on the way; send the "
+                                   "part again")
         except BaseException:
             await run_in_threadpool(writer.abort)
             raise

@@ -287,3 +287,18 @@ def test_an_abandoned_delivery_expires_its_parts_and_reopens_when_sent_again(tmp
         assert again.status_code == 200 and again.json()["status"] == "open"
         assert http.post(f"/deliveries/{opened['id']}/files/0/upload").json()["done"] == []
     catalog.dispose()
+
+
+def test_a_part_damaged_on_the_way_is_refused_when_it_arrives(file_service, media, tmp_path):
+    import base64
+
+    folder = make_folder(tmp_path / "damaged", media, {"a.mp4": media.good})
+    plan, data = _plan(file_service, folder, file_service.a)
+    first = plan["urls"][0]
+    part = data[:first["bytes"]]
+    checksum = base64.b64encode(hashlib.sha256(part).digest()).decode()
+    damaged = bytes([part[0] ^ 1]) + part[1:]
+    refused = httpx.put(first["url"], content=damaged, headers={"x-amz-checksum-sha256": checksum})
+    assert refused.status_code == 400 and refused.json()["error"] == "part_checksum_mismatch"
+    assert list(file_service.store.list("uploads/")) == []
+    assert httpx.put(first["url"], content=part, headers={"x-amz-checksum-sha256": checksum}).status_code == 200
