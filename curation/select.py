@@ -173,6 +173,7 @@ class Candidate:
     reason: str | None
     detail: str | None
     t1: float | None = None  # the clip's end in its recording (seconds); None when unknown
+    source: str = ""  # the upload the clip came from (file or store key), for messages
 
 
 def _admit_within_recording(c: Candidate, spans: dict[str, tuple[str, float, float]], cfg: NearDupConfig):
@@ -214,9 +215,11 @@ def decide_duplicates(candidates: Iterable[Candidate], index: NearDupIndex) -> d
             if first_key in ("", c.clip_key):
                 verdicts[c.clip_id] = Verdict(c.clip_id, True)
             else:
+                recording = (clip_origin(c.clip_id) or (c.clip_id,))[0]
                 verdicts[c.clip_id] = Verdict(c.clip_id, False, "exact_dup", "duplicate_recording", c.clip_id,
-                                              f"{c.clip_key}: the same recording was already accepted from "
-                                              f"{first_key}")
+                                              f"{c.source or c.clip_key}: the same bytes (recording {recording}) "
+                                              f"were accepted by an earlier curation run as {first_key}; this "
+                                              f"upload's clip is refused, that one stands")
             continue
         if c.content_hash in index.content:
             first = index.content[c.content_hash]

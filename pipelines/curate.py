@@ -267,7 +267,7 @@ def _candidates(settings: Settings, store: ObjectStore, parts: list[str],
                         "source_width": row["source_width"], "source_height": row["source_height"]}
             found.append((row["recording_id"], ordering, s,
                           Candidate(row["clip_id"], row["clip_key"] or "", (), row["content_hash"] or "", sig, stage,
-                                    reason, detail, t1=row["t1"])))
+                                    reason, detail, t1=row["t1"], source=recording_source(row))))
     accepted = _accepted_times(settings, {recording for recording, *_ in found})
     candidates = [replace(c, order=keep_order(ordering, s, accepted.get(recording) or ordering["accepted_at"]))
                   for recording, ordering, s, c in found]
