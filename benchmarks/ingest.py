@@ -246,6 +246,8 @@ def pipeline(path: Path, workers: int, home: Path, run: str, config: ClipConfig)
     from pipelines.ingest import run_ingest
 
     settings = Settings(home=home, runner=RunnerSettings(direct_num_workers=workers))
+    # the contract allows faces: this measures cutting clips; benchmarks/deid.py measures de-identification's cost
+    (path.parent / "delivery.toml").write_text("[consent]\nfaces_allowed = true\n")
     with ProcessTree() as tree:
         started = time.perf_counter()
         summary = run_ingest(settings, str(path.parent), run, config=config, overwrite=True, record=False)
