@@ -61,7 +61,7 @@ def test_partner_b_cannot_touch_anything_of_partner_a(service, media, tmp_path):
     assert httpx.put(part_url, content=data[:-1]).status_code in (400, 403)
     short = Uploads(service.store, b"unused", service.config.part_size)
     upload_id = short.begin("landing/partner-a/expiry/files/x.mp4")
-    expiring = short.part_url("landing/partner-a/expiry/files/x.mp4", upload_id, PartSpec(1, 4), 1, "")
+    expiring = short.part_url("landing/partner-a/expiry/files/x.mp4", upload_id, PartSpec(1, 4), 1, "", "")
     time.sleep(2.1)
     assert httpx.put(expiring, content=b"late").status_code == 403
 

@@ -303,6 +303,12 @@ def tamper_local_part_urls(d: Deployment, prober: Prober) -> int:
 
     url, size = d.facts["part_url"], d.facts["part_bytes"]
     data = (d.facts["open_folder"] / d.facts["open_file"]).read_bytes()[:size]
+    if "rotated_token" in d.facts:  # A's first token was rotated out: its part URLs died with it
+        dead = httpx.put(url, content=data)
+        assert dead.status_code == 403 and dead.json()["error"] == "token_revoked", dead.text
+        plan = httpx.post(f"{d.url}/deliveries/{d.facts['open_delivery']}/files/0/upload",
+                          headers={"Authorization": f"Bearer {d.facts['rotated_token']}"}).json()
+        url = plan["urls"][0]["url"]
     parts = urlsplit(url)
     query = dict(parse_qsl(parts.query))
     path = parts.path
