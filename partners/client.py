@@ -8,7 +8,9 @@ import json
 import logging
 import os
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterator, Literal
@@ -380,25 +382,38 @@ def deliver(folder: str | Path, url: str, token: str, *, metadata: DeliveryMetad
         pending = [f for f in status.files if f.state == "pending"]
         with _progress(progress and bool(pending)) as bar:
             task = bar.add_task(f"uploading {status.delivery}", total=sum(f.bytes for f in pending))
-            for file in pending:
+            lock = threading.Lock()
+
+            def upload(file) -> tuple[int, int]:
+                """Plan, send and complete one file; (bytes sent, parts already there)."""
+                sent_here, skipped_here = 0, 0
                 for attempt in range(4):  # part URLs are short-lived: on expiry, ask for the missing ones again
                     plan = UploadPlan.model_validate_json(
                         api.call("POST", f"/deliveries/{status.id}/files/{file.index}/upload").content)
                     if attempt == 0:
-                        skipped += len(plan.done)
-                        bar.advance(task, sum(min(plan.part_size, file.bytes - (n - 1) * plan.part_size)
-                                              for n in plan.done))
+                        skipped_here += len(plan.done)
+                        with lock:
+                            bar.advance(task, sum(min(plan.part_size, file.bytes - (n - 1) * plan.part_size)
+                                                  for n in plan.done))
                     try:
                         for part, size in _send_parts(api, folder, file.path, plan, concurrency):
-                            sent += size
-                            bar.advance(task, size)
-                            if on_part is not None:
-                                on_part(file.path, part)
+                            sent_here += size
+                            with lock:
+                                bar.advance(task, size)
+                                if on_part is not None:
+                                    on_part(file.path, part)
                         break
                     except DeliveryFailed as e:
                         if e.reason != "url_expired" or attempt == 3:
                             raise
                 api.call("POST", f"/deliveries/{status.id}/files/{file.index}/complete")
+                return sent_here, skipped_here
+
+            # two files in flight: one's round trips (plan, complete) overlap the other's parts
+            with ThreadPoolExecutor(2, thread_name_prefix="file") as files:
+                for sent_here, skipped_here in files.map(upload, pending):
+                    sent += sent_here
+                    skipped += skipped_here
         api.call("POST", f"/deliveries/{status.id}/complete")
         status = _wait(api, status.id, wait_s)
         report = api.call("GET", f"/deliveries/{status.id}/report.json").json()
