@@ -15,7 +15,7 @@ from ingest.clips import ClipConfig, RecordingInfo, cut_window, plan_recording, 
 from ingest.deid import DeidConfig, detector, face_regions, faces_allowed, mosaic
 from ingest.errors import DecodeError
 from ingest.synth import PHOTO_FACE, FaceSpec, VideoSpec, face_photo, write_face_video, write_video
-from pipelines.ingest import refs_from_folder
+from pipelines.sources import refs_from_folder
 
 CONFIG = ClipConfig(clip_s=4.0)
 ALLOWED = json.dumps({"faces_allowed": True})

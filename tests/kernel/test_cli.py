@@ -63,7 +63,7 @@ def test_missing_object_names_the_key(tmp_path):
 
 def test_demo_make_data_says_what_it_wrote(tmp_path):
     out = run(["demo", "make-data", "--out", "samples"], tmp_path).stdout
-    assert "11 recordings from 3 partners" in out and "planted: corrupt, frozen, near_duplicate" in out
+    assert "12 recordings from 3 partners" in out and "planted: corrupt, frozen, near_duplicate" in out
     assert (tmp_path / "samples" / "glassco" / "homes-2026-11" / "delivery.toml").is_file()
 
 

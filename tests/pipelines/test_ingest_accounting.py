@@ -18,8 +18,8 @@ from alliance.store import open_store
 from alliance.tables import Rejection
 from ingest.clips import ClipConfig, sha256_file
 from ingest.synth import ImuSpec, VideoSpec, imu_signal, imu_table, write_imu_csv, write_video
-from pipelines.ingest import (IngestSummary, account, path_of, printable_path, progress_view, refs_from_folder,
-                              run_ingest)
+from pipelines.ingest import IngestSummary, account, progress_view, run_ingest
+from pipelines.sources import path_of, printable_path, refs_from_folder
 from pipelines.sinks import read_table
 
 CONFIG = ClipConfig(clip_s=1.0)

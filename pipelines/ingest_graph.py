@@ -1,0 +1,338 @@
+"""The ingest Beam graph: recordings -> identified (identical files meet) -> windows (fanned out) -> clips, clip
+table and rejections. Each DoFn is a few lines around a plain function of `ingest/`."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import shutil
+import stat
+import tempfile
+import threading
+from collections import Counter
+from dataclasses import replace
+from pathlib import Path
+from typing import Sequence
+
+import apache_beam as beam
+import pyarrow as pa
+
+from alliance.errors import KeyNotFound, StoreError
+from alliance.settings import Settings
+from alliance.store import LocalStore, ObjectStore, open_store, validate_key
+from alliance.tables import CLIP_SCHEMA, Rejection
+from ingest.bounded import run_bounded
+from ingest.clips import ClipConfig, RecordingInfo, Refusal, clip_id, cut_window, plan_recording, sha256_file
+from ingest.errors import DecodeError
+from ingest.sensors import SensorSpec
+from pipelines.sinks import ProgressWriter, WriteParts, WriteRejections, count, safe_text, table_prefix
+from pipelines.sources import RecordingRef, link_detail, not_regular_detail
+
+NAMESPACE = "ingest"
+
+def work_prefix(run: str) -> str:
+    """Where the workers leave what only the launcher reads (progress, outcomes); removed when the run ends."""
+    return f"tables/ingest-work/{run}"
+
+def progress_prefix(run: str) -> str:
+    return f"{work_prefix(run)}/progress"
+
+# One row per recording that reached the workers: how it ended there. reason "" means windows were planned.
+OUTCOME_SCHEMA = pa.schema([("source", pa.string()), ("recording_id", pa.string()), ("reason", pa.string())])
+
+def _outcome(ref: RecordingRef, reason: str = "") -> beam.pvalue.TaggedOutput:
+    return beam.pvalue.TaggedOutput("outcomes", {"source": ref.source, "recording_id": ref.recording_id,
+                                                 "reason": reason})
+
+class LocalCopies:
+    """PyAV needs a seekable local file: store objects are copied once per worker (file:// stores are read in place).
+
+    The copies live under one directory and the oldest go first once they pass `limit_bytes`.
+    """
+
+    _lock = threading.Lock()
+
+    def __init__(self, store: ObjectStore, root: str | Path | None = None, limit_bytes: int = 20 << 30):
+        self.store = store
+        self.root = Path(root or Path(tempfile.gettempdir()) / f"alliance-ingest-{os.getuid()}")
+        self.limit = limit_bytes
+
+    def path(self, key: str) -> str:
+        if isinstance(self.store, LocalStore):
+            return str(self.store.root / validate_key(key))
+        name = hashlib.sha1(f"{self.store.url}/{key}".encode()).hexdigest()[:20] + Path(key).suffix
+        target = self.root / name
+        with self._lock:
+            size = self.store.size(key)
+            if not (target.is_file() and target.stat().st_size == size):
+                self._evict(size)
+                self._download(key, target)
+            os.utime(target)
+        return str(target)
+
+    def _download(self, key: str, target: Path) -> None:
+        """Into a private temporary name, then renamed: workers in other processes may fetch the same key."""
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+        try:
+            with os.fdopen(fd, "wb") as out, self.store.open_read(key) as src:
+                shutil.copyfileobj(src, out, 1 << 20)
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def _evict(self, incoming: int) -> None:
+        if not self.root.is_dir():
+            return
+        files = sorted((p for p in self.root.iterdir() if p.is_file()), key=lambda p: p.stat().st_mtime)
+        total = sum(p.stat().st_size for p in files) + incoming
+        for old in files:
+            if total <= self.limit:
+                return
+            total -= old.stat().st_size
+            old.unlink(missing_ok=True)
+
+def _resolve(copies: LocalCopies, ref: RecordingRef) -> tuple[str, tuple[SensorSpec, ...]]:
+    if ref.local:
+        return ref.location, ref.sensors
+    return copies.path(ref.source), tuple(replace(s, path=copies.path(s.path), label=s.label or s.path)
+                                          for s in ref.sensors)
+
+def _rejection(key: str, error: DecodeError) -> Rejection:
+    return Rejection(key, "decode", error.reason, str(error))
+
+class UnreadableRecording(Exception):
+    """A local recording that is no longer a regular file of the folder; `reason` is snake_case."""
+
+    def __init__(self, reason: str, detail: str):
+        self.reason, self.detail = reason, detail
+        super().__init__(detail)
+
+def hash_local(ref: RecordingRef, chunk: int = 1 << 20) -> tuple[str, int]:
+    """(sha256, bytes) of a local recording, opened without following a link and without blocking on a fifo (the
+    folder walk refused both already; this holds if the file was swapped for one since)."""
+    try:
+        fd = os.open(ref.location, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as e:
+        if e.errno == errno.ELOOP:  # the name is now a link
+            raise UnreadableRecording("symlink", link_detail(ref.source)) from e
+        raise
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise UnreadableRecording("not_regular_file", not_regular_detail(ref.source))
+        digest, size = hashlib.sha256(), 0
+        while block := f.read(chunk):
+            digest.update(block)
+            size += len(block)
+    return digest.hexdigest(), size
+
+def _missing(ref: RecordingRef, error: Exception) -> Rejection:
+    return Rejection(ref.source, "decode", "missing_file", f"{ref.source}: cannot be read ({safe_text(str(error))}); "
+                                                           f"check that the upload completed and the path is right")
+
+def _ingest_error(ref: RecordingRef, error: Exception) -> Rejection:
+    return Rejection(ref.source, "decode", "ingest_error", f"{ref.source}: {type(error).__name__}: "
+                                                           f"{safe_text(str(error))}; ingest could not handle this "
+                                                           f"file: report it with the file attached")
+
+class IdentifyRecording(beam.DoFn):
+    """A recording -> (what identical files share, the ref with its sha256); one that cannot be read -> a rejection.
+
+    Hashing here, in the workers, lets identical files meet at a GroupByKey: the launcher reads no bytes."""
+
+    def __init__(self, settings: Settings, run: str):
+        self.settings, self.run = settings, run
+
+    def setup(self) -> None:
+        self.store = open_store(settings=self.settings)
+        self.copies = LocalCopies(self.store)
+        self.progress = ProgressWriter(self.store, progress_prefix(self.run))
+
+    def process(self, ref: RecordingRef):
+        count(NAMESPACE, "recordings_in")
+        try:
+            if ref.recording_id:  # from the catalog: the id is known and unique there
+                yield ref.recording_id, ref
+                return
+            if ref.local:
+                recording_id, size = hash_local(ref)
+            else:
+                path = self.copies.path(ref.source)
+                recording_id, size = sha256_file(path), os.path.getsize(path)
+        except UnreadableRecording as e:
+            rejection = Rejection(ref.source, "source", e.reason, e.detail)
+        except (KeyNotFound, OSError) as e:
+            rejection = _missing(ref, e)
+        except StoreError:
+            raise  # the store itself failed: Beam retries the bundle, the recording is not at fault
+        except Exception as e:  # an unforeseen failure costs this recording only, and is recorded with its cause
+            rejection = _ingest_error(ref, e)
+        else:
+            # an empty file is refused as empty_file by the probe, never as a duplicate of another empty one
+            yield (recording_id if size else f"{recording_id}:{ref.source}"), replace(ref, recording_id=recording_id)
+            return
+        count(NAMESPACE, f"rejected_{rejection.reason}")
+        self.progress.add(recordings_refused=1, **{f"rejected_{rejection.reason}": 1})
+        yield beam.pvalue.TaggedOutput("rejected", rejection)
+        yield _outcome(ref, rejection.reason)
+
+    def finish_bundle(self) -> None:
+        self.progress.flush()
+
+class FirstOfIdentical(beam.DoFn):
+    """(sha256, refs with those bytes) -> the first by name; every other one -> a duplicate_recording rejection
+    naming both files. Deterministic whatever order the workers hashed them in."""
+
+    def __init__(self, settings: Settings, run: str):
+        self.settings, self.run = settings, run
+
+    def setup(self) -> None:
+        self.progress = ProgressWriter(open_store(settings=self.settings), progress_prefix(self.run))
+
+    def process(self, element):
+        _, refs = element
+        first, *others = sorted(refs, key=lambda ref: ref.source)
+        yield first
+        for ref in others:
+            count(NAMESPACE, "rejected_duplicate_recording")
+            self.progress.add(recordings_refused=1, rejected_duplicate_recording=1)
+            yield beam.pvalue.TaggedOutput("rejected", Rejection(
+                ref.source, "exact_dup", "duplicate_recording",
+                f"{ref.source}: the same bytes (sha256 {ref.recording_id}) as {first.source}, which this run ingests; "
+                f"{ref.source} was refused so the recording is not ingested twice: deliver one copy"))
+            yield _outcome(ref, "duplicate_recording")
+
+    def finish_bundle(self) -> None:
+        self.progress.flush()
+
+class PlanRecording(beam.DoFn):
+    """A recording -> (ref, window task) per clip window; a recording that gives none -> a tagged rejection."""
+
+    def __init__(self, settings: Settings, config: ClipConfig, run: str):
+        self.settings, self.config, self.run = settings, config, run
+
+    def setup(self) -> None:
+        self.store = open_store(settings=self.settings)
+        self.copies = LocalCopies(self.store)
+        self.progress = ProgressWriter(self.store, progress_prefix(self.run))
+
+    def process(self, ref: RecordingRef):
+        windows = 0
+        rejection = None
+        try:
+            path, sensors = _resolve(self.copies, ref)
+            info = RecordingInfo(ref.recording_id or sha256_file(path), ref.partner, ref.delivery, ref.source,
+                                 meta_json=ref.meta_json)
+            for item in plan_recording(path, info, sensors, self.config):
+                if isinstance(item, Refusal):
+                    count(NAMESPACE, f"rejected_{item.reason}")
+                    yield beam.pvalue.TaggedOutput("rejected",
+                                                   Rejection(item.key, item.stage, item.reason, item.detail))
+                    continue
+                windows += 1
+                yield ref, item
+        except DecodeError as e:
+            rejection = _rejection(ref.source, e)
+        except (KeyNotFound, OSError) as e:
+            rejection = _missing(ref, e)
+        except StoreError:
+            raise  # the store itself failed: Beam retries the bundle, the recording is not at fault
+        except Exception as e:  # an unforeseen failure costs this recording only, and is recorded with its cause
+            rejection = _ingest_error(ref, e)
+        if rejection is not None:
+            count(NAMESPACE, f"rejected_{rejection.reason}")
+            self.progress.add(**{f"rejected_{rejection.reason}": 1})
+            yield beam.pvalue.TaggedOutput("rejected", rejection)
+        count(NAMESPACE, "windows_planned", windows)
+        if windows:  # windows planned before a failure still run: the recording ends with their clips
+            self.progress.add(recordings_planned=1, windows_planned=windows, **{f"planned/{ref.progress_key}": windows})
+            yield _outcome(ref)
+        else:  # plan_recording raises rather than plan nothing; "no_windows" only guards the accounting
+            self.progress.add(recordings_refused=1)
+            yield _outcome(ref, rejection.reason if rejection is not None else "no_windows")
+
+    def finish_bundle(self) -> None:
+        self.progress.flush()
+
+class IngestWindow(beam.DoFn):
+    """(ref, window task) -> clip rows (files stored under their keys); a window that fails -> a tagged rejection.
+
+    The work runs in a child process bounded by config.window_timeout_s: a hang or a crash costs one window.
+    """
+
+    def __init__(self, settings: Settings, config: ClipConfig, run: str, overwrite: bool = False):
+        self.settings, self.config, self.run, self.overwrite = settings, config, run, overwrite
+
+    def setup(self) -> None:
+        self.store = open_store(settings=self.settings)
+        self.copies = LocalCopies(self.store)
+        self.progress = ProgressWriter(self.store, progress_prefix(self.run))
+
+    def process(self, element):
+        ref, task = element
+        count(NAMESPACE, "windows_in")
+        workdir = tempfile.mkdtemp(prefix="alliance-clip-")
+        try:
+            path = ref.location if ref.local else self.copies.path(ref.source)
+            outputs, refusals = run_bounded(cut_window, (replace(task, path=path), workdir), path=ref.source,
+                                            timeout_s=self.config.window_timeout_s,
+                                            memory_limit_mb=self.config.memory_limit_mb)
+        except DecodeError as e:
+            count(NAMESPACE, f"rejected_{e.reason}")
+            self.progress.add(windows_done=1, **{f"rejected_{e.reason}": 1, f"done/{ref.progress_key}": 1})
+            yield beam.pvalue.TaggedOutput("rejected", _rejection(
+                clip_id(task.recording.recording_id, task.window.t0, task.config.fingerprint), e))
+            shutil.rmtree(workdir, ignore_errors=True)
+            return
+        new = 0
+        try:
+            for output in outputs:
+                for key, local in sorted(output.files.items()):
+                    if self.overwrite or not self.store.exists(key):
+                        self.store.put_file(key, local)
+                        new += 1
+                count(NAMESPACE, "clips_out")
+                yield output.row
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+        count(NAMESPACE, "clip_files_new", new)
+        for refusal in refusals:
+            count(NAMESPACE, f"rejected_{refusal.reason}")
+            yield beam.pvalue.TaggedOutput("rejected", Rejection(refusal.key, refusal.stage, refusal.reason,
+                                                                 refusal.detail))
+        self.progress.add(windows_done=1, clips_out=len(outputs), clip_files_new=new,
+                          **{f"done/{ref.progress_key}": 1},
+                          **{f"rejected_{reason}": n for reason, n in Counter(r.reason for r in refusals).items()})
+
+    def finish_bundle(self) -> None:
+        self.progress.flush()
+
+def build_pipeline(pipeline: beam.Pipeline, settings: Settings, refs: Sequence[RecordingRef], run: str,
+                   config: ClipConfig, overwrite: bool = False, parts: int = 4,
+                   refused: Sequence[Rejection] = ()) -> None:
+    """Recordings -> hashed (identical files meet; the first by name goes on) -> planned windows -> (reshuffled, so
+    one long recording spreads over workers) -> clips. `refused`: what the launcher refused, for the same table."""
+    identified = (pipeline
+                  | "Recordings" >> beam.Create(list(refs))
+                  | "SpreadRecordings" >> beam.Reshuffle()
+                  | "Identify" >> beam.ParDo(IdentifyRecording(settings, run)).with_outputs("rejected", "outcomes",
+                                                                                              main="hashed"))
+    firsts = (identified.hashed
+              | "ByContent" >> beam.GroupByKey()
+              | "FirstOfIdentical" >> beam.ParDo(FirstOfIdentical(settings, run)).with_outputs("rejected", "outcomes",
+                                                                                               main="refs"))
+    planned = firsts.refs | "Plan" >> beam.ParDo(PlanRecording(settings, config, run)).with_outputs(
+        "rejected", "outcomes", main="windows")
+    clips = (planned.windows
+             | "SpreadWindows" >> beam.Reshuffle()
+             | "Cut" >> beam.ParDo(IngestWindow(settings, config, run, overwrite)).with_outputs("rejected",
+                                                                                                main="rows"))
+    _ = clips.rows | "ClipTable" >> WriteParts(settings, table_prefix("clips", run), CLIP_SCHEMA, "clip_id", parts)
+    rejected = [identified.rejected, firsts.rejected, planned.rejected, clips.rejected]
+    if refused:
+        rejected.append(pipeline | "LauncherRefused" >> beam.Create(list(refused)))
+    _ = tuple(rejected) | "AllRejections" >> beam.Flatten() | "RejectionTable" >> WriteRejections(settings, run, parts)
+    _ = ((identified.outcomes, firsts.outcomes, planned.outcomes) | "AllOutcomes" >> beam.Flatten()
+         | "Outcomes" >> WriteParts(settings, f"{work_prefix(run)}/outcomes", OUTCOME_SCHEMA, "source", parts))
