@@ -15,6 +15,8 @@ from alliance.store import ObjectStore, open_store
 from alliance.tables import Rejection
 
 if TYPE_CHECKING:
+    from datetime import date
+
     from sharding.plan import ShardConfig
 
 
@@ -34,6 +36,9 @@ class ShardSummary:
     shards_written: int = 0  # by this run; 0 when the version already existed
     revoked_skipped: int = 0  # selected clips of revoked recordings, left out
     already_committed: bool = False
+    purpose: str = "pretraining"
+    left_out: dict[str, int] = field(default_factory=dict)  # consent_revoked / consent_expired / consent_scope -> clips
+    rejections_key: str | None = None  # the clips left out, one json line each with partner, recording and why
 
     @property
     def ref(self) -> str:
@@ -124,13 +129,17 @@ def write_shards_with_beam(settings: Settings, name: str, version: int, shards: 
 
 
 def run_shard(settings: Settings, name: str, selection_run: str, beam_flags: Sequence[str] = (), *,
-              config: "ShardConfig | None" = None, record: bool = True, use_beam: bool = True) -> ShardSummary:
-    """Shard the kept clips of selection `selection_run` into the next version of dataset `name`.
+              config: "ShardConfig | None" = None, record: bool = True, use_beam: bool = True,
+              purpose: str = "pretraining", today: "date | None" = None) -> ShardSummary:
+    """Shard the kept clips of selection `selection_run` into the next version of dataset `name`, for `purpose`.
 
-    Re-running the same command (after a crash, a kill -9, or success) finishes or returns the same version;
-    clips of recordings revoked in the catalog are left out. Beam flags go to the runner as given.
+    Re-running the same command (after a crash, a kill -9, or success) finishes or returns the same version.
+    Only clips whose consent scope lists the purpose and has not expired (on `today`) go in; clips of recordings
+    revoked in the catalog are left out too; each clip left out is listed with its reason in
+    reports/shards/NAME/vN/rejections.jsonl. Beam flags go to the runner as given.
     """
     from alliance.catalog import Catalog
+    from sharding.consent import filter_rows, write_rejections
     from sharding.errors import DatasetError
     from sharding.layout import check_name, manifest_key
     from sharding.plan import ShardConfig, plan_samples, plan_version
@@ -145,8 +154,15 @@ def run_shard(settings: Settings, name: str, selection_run: str, beam_flags: Seq
         catalog.upgrade()
     rows = read_selection(store, selection_run)
     revoked = revoked_recordings(catalog) if catalog is not None else set()
-    kept = [r for r in rows if r["recording_id"] not in revoked]
-    plan = plan_version(plan_samples(kept, store), config, {"selection": selection_run})
+    consent = filter_rows(rows, purpose, today=today, revoked=revoked)
+    source = {"selection": selection_run, "consent": {**consent.note, "left_out": consent.left_out}}
+    if not consent.kept and rows:
+        raise DatasetError(f"nothing to shard for {purpose}: all {len(rows)} kept clips of selection "
+                           f"{selection_run!r} are outside their consent ("
+                           + ", ".join(f"{reason} {n}" for reason, n in consent.left_out.items())
+                           + f"), e.g. {consent.rejections[0].detail}; pick the purpose their consent lists "
+                             f"(--purpose) or another selection")
+    plan = plan_version(plan_samples(consent.kept, store), config, source)
     claim = claim_version(store, name, plan.sha256, samples=plan.samples, shards=len(plan.shards))
     written = 0
     if claim.committed is not None:
@@ -165,10 +181,15 @@ def run_shard(settings: Settings, name: str, selection_run: str, beam_flags: Seq
             write_shards(store, claim, todo, resume=False)  # todo holds only shards without a receipt
         written = len(todo)
         manifest = finish_version(store, claim, plan, collect_receipts(store, claim, plan))
+    rejections = write_rejections(store, name, manifest.version, consent.rejections) if consent.rejections else None
     if catalog is not None:
         record_version(catalog, manifest, run_id=f"shard-{name}-v{manifest.version}-{manifest.plan_sha256[:12]}",
-                       config={"selection": selection_run, **plan.config, "beam_flags": list(beam_flags)})
+                       config={"selection": selection_run, "purpose": purpose, **plan.config,
+                               "beam_flags": list(beam_flags)},
+                       extra={"in": len(rows), "kept": manifest.samples, "purpose": purpose,
+                              "rejections": consent.left_out, "rejections_key": rejections})
         catalog.dispose()
     return ShardSummary(name, manifest.version, manifest.samples, len(manifest.shards), manifest.bytes,
                         manifest.hours, manifest_key(name, manifest.version), selection_run, manifest.partners,
-                        written, len(rows) - len(kept), claim.committed is not None)
+                        written, consent.left_out.get("consent_revoked", 0), claim.committed is not None, purpose,
+                        consent.left_out, rejections)

@@ -8,7 +8,8 @@ import json
 import tarfile
 from collections import Counter, defaultdict
 from dataclasses import dataclass
-from typing import BinaryIO
+from datetime import date
+from typing import BinaryIO, Callable, Collection
 
 from alliance.errors import KeyNotFound
 from alliance.store import ObjectStore
@@ -52,9 +53,12 @@ class VerifyReport:
         return not self.problems
 
 
-def verify_version(store: ObjectStore, name: str, version: int, *, decode: bool = False) -> VerifyReport:
+def verify_version(store: ObjectStore, name: str, version: int, *, decode: bool = False,
+                   revoked: Collection[str] = (), today: date | None = None) -> VerifyReport:
     """Every shard present with its size and sha256, the index matching the manifest, every index row found
-    in its shard at its offset and size with a parseable json and an mp4 (decoded too when decode=True)."""
+    in its shard at its offset and size with a parseable json and an mp4 (decoded too when decode=True); and no
+    sample outside its consent: withdrawn (`revoked` recording ids), expired before `today`, or outside the purpose
+    the version was sharded for."""
     ref = f"{name}@v{version}"
     manifest = load_manifest(store, name, version, allow_withdrawn=True)
     problems: list[Rejection] = []
@@ -78,6 +82,7 @@ def verify_version(store: ObjectStore, name: str, version: int, *, decode: bool 
     if len(rows) != manifest.samples:
         problem(manifest.index["key"], "index_count_mismatch",
                 f"index has {len(rows)} rows, the manifest says {manifest.samples} samples; rebuild {ref}")
+    _consent_problems(store, manifest, rows, revoked, today, problem)
     expected: dict[int, dict[str, dict]] = defaultdict(dict)
     for row in rows:
         expected[row["shard"]][row["key"]] = row
@@ -136,6 +141,26 @@ def verify_version(store: ObjectStore, name: str, version: int, *, decode: bool 
             problem(entry.key, "unindexed_samples", f"{where}: {len(extra)} sample(s) not in the index, "
                     f"e.g. {sorted(extra)[0]}; rebuild {ref}")
     return VerifyReport(ref, len(manifest.shards), len(rows), bytes_read, tuple(problems))
+
+
+def _consent_problems(store: ObjectStore, manifest, rows: list[dict], revoked: Collection[str], today: date | None,
+                      problem: Callable[[str, str, str], None]) -> None:
+    """One problem per recording the version holds outside its consent (reason consent_revoked, consent_expired or
+    consent_scope), with what to run."""
+    from sharding.consent import held_outside_consent, version_purpose
+
+    withdrawal = load_withdrawal(store, manifest.name, manifest.version)
+    purpose = version_purpose(store, manifest)
+    fix = (f"read {manifest.name}@v{withdrawal.successor}" if withdrawal else
+           "run `alliance consent sweep` to write a version without it")
+    for held in held_outside_consent(rows, purpose, today=today, revoked=revoked):
+        if held.reason == "consent_scope":
+            fix_here = f"shard the selection again with --purpose {purpose}"
+        else:
+            fix_here = fix
+        problem(held.recording, held.reason, f"{manifest.ref} holds {held.samples} sample(s) "
+                f"({held.seconds / 3600:.4f} h) of partner {held.partner}'s recording {held.recording}: "
+                f"{held.detail}; {fix_here}")
 
 
 def _decode_problem(mp4: bytes) -> str | None:

@@ -1,16 +1,18 @@
-"""The contribution ledger: curated hours and clips per partner in a version, and which training runs used it."""
+"""The contribution ledger: curated, withdrawn and expired hours per partner in a version, and the runs that used it."""
 
 from __future__ import annotations
 
 import io
 from collections import defaultdict
 from dataclasses import asdict, dataclass
+from datetime import date
+from typing import Collection
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from alliance.store import ObjectStore
-from sharding.manifest import load_manifest
+from sharding.manifest import Manifest, load_manifest
 from sharding.versions import read_index, training_runs
 
 
@@ -24,6 +26,10 @@ class PartnerCredit:
     share_of_hours: float
     recordings: int
     deliveries: int
+    # hours of this partner's samples whose consent was withdrawn (revoked) or expired: the ones this version still
+    # holds plus the ones redactions removed on the way to it (from its first, unredacted ancestor)
+    withdrawn_hours: float = 0.0
+    expired_hours: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -50,16 +56,21 @@ class Ledger:
     hours: float
     partners: tuple[PartnerCredit, ...]
     runs: tuple[RunUse, ...]
+    outside_consent_hours: float = 0.0  # withdrawn or expired hours still in this version: `alliance consent sweep`
 
     @property
     def ref(self) -> str:
         return f"{self.name}@v{self.version}"
 
 
-def ledger(store: ObjectStore, name: str, version: int) -> Ledger:
-    """The ledger of NAME@vN from its index (never from listing shards) and checkpoints/*/run.json."""
+def ledger(store: ObjectStore, name: str, version: int, *, revoked: Collection[str] = (),
+           today: date | None = None) -> Ledger:
+    """The ledger of NAME@vN from its index (never from listing shards) and checkpoints/*/run.json; withdrawn
+    hours count the `revoked` recording ids (the catalog's) and those its redactions removed."""
     manifest = load_manifest(store, name, version, allow_withdrawn=True)
-    rows = read_index(store, name, version).select(["partner", "recording_id", "delivery", "seconds"]).to_pylist()
+    rows = read_index(store, name, version).select(["partner", "recording_id", "delivery", "seconds",
+                                                    "consent"]).to_pylist()
+    withdrawn, expired, still_held = _consent_hours(store, manifest, rows, revoked, today)
     clips: dict[str, int] = defaultdict(int)
     seconds: dict[str, float] = defaultdict(float)
     recordings: dict[str, set[str]] = defaultdict(set)
@@ -72,18 +83,48 @@ def ledger(store: ObjectStore, name: str, version: int) -> Ledger:
         deliveries[p].add(row["delivery"])
     total = sum(seconds.values())
     # exact figures: partners are credited by them, so they must add up to the version's content (round on display)
-    partners = tuple(PartnerCredit(p, clips[p], seconds[p] / 3600, seconds[p] / total if total else 0.0,
-                                   len(recordings[p]), len(deliveries[p])) for p in sorted(clips))
+    partners = tuple(PartnerCredit(p, clips.get(p, 0), seconds.get(p, 0.0) / 3600,
+                                   seconds.get(p, 0.0) / total if total else 0.0, len(recordings.get(p, ())),
+                                   len(deliveries.get(p, ())), withdrawn.get(p, 0.0), expired.get(p, 0.0))
+                     for p in sorted(set(clips) | set(withdrawn) | set(expired)))
     runs = tuple(RunUse(str(r.get("run")), name, int(r.get("version") or 0), int(r.get("steps") or 0),
                         len(r.get("checkpoints") or ()), str(r.get("started_at") or ""),
                         str(r.get("finished_at") or ""), r.get("version") == version)
                  for r in training_runs(store) if r.get("dataset") == name)
-    return Ledger(name, version, manifest.samples, manifest.hours, partners, runs)
+    return Ledger(name, version, manifest.samples, manifest.hours, partners, runs, still_held)
+
+
+def _consent_hours(store: ObjectStore, manifest: Manifest, rows: list[dict], revoked: Collection[str],
+                   today: date | None) -> tuple[dict[str, float], dict[str, float], float]:
+    """Withdrawn and expired hours per partner over the version's first unredacted ancestor (so what redactions
+    removed still counts), and how many such hours the version itself still holds."""
+    from sharding.consent import held_outside_consent
+
+    removed: set[str] = set()
+    root, root_rows = manifest, rows
+    while root.source.get("redaction_of") is not None:
+        removed |= set((root.redaction or {}).get("revoked_recordings", ()))
+        root = load_manifest(store, root.name, int(root.source["redaction_of"]), allow_withdrawn=True)
+        root_rows = None
+    if root_rows is None:
+        root_rows = read_index(store, root.name, root.version).select(
+            ["partner", "recording_id", "delivery", "seconds", "consent"]).to_pylist()
+    withdrawn: dict[str, float] = defaultdict(float)
+    expired: dict[str, float] = defaultdict(float)
+    for held in held_outside_consent(root_rows, None, today=today, revoked=set(revoked)):
+        (withdrawn if held.reason == "consent_revoked" else expired)[held.partner] += held.seconds / 3600
+        removed.discard(held.recording)
+    for row in root_rows:  # removed by a redaction for a reason no longer visible (e.g. `redact --recording`)
+        if row["recording_id"] in removed:
+            withdrawn[row["partner"]] += row["seconds"] / 3600
+    still_held = sum(h.seconds for h in held_outside_consent(rows, None, today=today, revoked=set(revoked))) / 3600
+    return dict(withdrawn), dict(expired), still_held
 
 
 PARTNER_SCHEMA = pa.schema([("dataset", pa.string()), ("version", pa.int32()), ("partner", pa.string()),
                             ("clips", pa.int64()), ("hours", pa.float64()), ("share_of_hours", pa.float64()),
-                            ("recordings", pa.int64()), ("deliveries", pa.int64())])
+                            ("recordings", pa.int64()), ("deliveries", pa.int64()),
+                            ("withdrawn_hours", pa.float64()), ("expired_hours", pa.float64())])
 RUN_SCHEMA = pa.schema([("run", pa.string()), ("dataset", pa.string()), ("version", pa.int32()),
                         ("steps", pa.int64()), ("checkpoints", pa.int64()), ("started_at", pa.string()),
                         ("finished_at", pa.string()), ("used_this_version", pa.bool_())])

@@ -126,17 +126,29 @@ def _first(meta: Mapping[str, Any], *names: str) -> Any:
     return None
 
 
-def sample_meta(row: Mapping[str, Any]) -> dict[str, Any]:
-    """The sample's json: lineage, rights and signals a trainer or an auditor needs, from a selection row."""
-    where = f"selection row {row.get('clip_id')}"
-    recording = _json_field(row.get("recording_meta"), f"{where}: recording_meta")
+def recording_consent(recording: Mapping[str, Any]) -> dict[str, Any]:
+    """The consent of a recording's metadata as {scope, expires, ...}: a contract's `consent` object, or the flat
+    `consent_scope` / `consent_expires` that ingest writes for catalog recordings; {} for a folder without one."""
     consent = _first(recording, "consent") or {}
-    if not isinstance(consent, dict):
-        consent = {"scope": consent}
+    consent = dict(consent) if isinstance(consent, dict) else {"scope": consent}
     for name, *aliases in (("scope", "consent_scope"), ("expires", "consent_expiry", "consent_expires")):
         value = _first(recording, *aliases)
         if value is not None and name not in consent:
             consent[name] = value
+    return consent
+
+
+def row_consent(row: Mapping[str, Any]) -> dict[str, Any]:
+    """The consent a selection row's clip carries (see `recording_consent`)."""
+    where = f"selection row {row.get('clip_id')}"
+    return recording_consent(_json_field(row.get("recording_meta"), f"{where}: recording_meta"))
+
+
+def sample_meta(row: Mapping[str, Any]) -> dict[str, Any]:
+    """The sample's json: lineage, rights and signals a trainer or an auditor needs, from a selection row."""
+    where = f"selection row {row.get('clip_id')}"
+    recording = _json_field(row.get("recording_meta"), f"{where}: recording_meta")
+    consent = recording_consent(recording)
     return {
         "clip_id": row["clip_id"],
         "partner": row["partner"],

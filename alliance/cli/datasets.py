@@ -20,7 +20,8 @@ def _table(title: str, columns: list[str]):
     table = Table(title=title, title_justify="left")
     for column in columns:
         table.add_column(column, justify="right" if column in ("samples", "shards", "bytes", "hours", "clips",
-                                                               "share", "steps", "version", "checkpoints") else "left")
+                                                               "share", "steps", "version", "checkpoints",
+                                                               "withdrawn h", "expired h") else "left")
     return table
 
 
@@ -66,6 +67,11 @@ def show(ref: str = typer.Argument(..., help="NAME@vN, or NAME for the latest ve
     console.print(f"[bold]{manifest.ref}[/bold]  {manifest.samples:,} samples in {len(manifest.shards)} shards, "
                   f"{manifest.bytes:,} bytes, {manifest.hours:.3f} h"
                   + (f", parent v{manifest.parent}" if manifest.parent else ""))
+    from sharding.consent import version_purpose
+
+    purpose = version_purpose(target, manifest)
+    console.print(f"purpose: {purpose}" if purpose else "purpose: not recorded (sharded before purposes were); "
+                  "`alliance datasets verify` checks its samples' consent")
     console.print(f"source: {json.dumps(manifest.source, sort_keys=True)}")
     console.print(f"config: {json.dumps(manifest.config, sort_keys=True)}")
     if manifest.redaction:
@@ -84,13 +90,20 @@ def show(ref: str = typer.Argument(..., help="NAME@vN, or NAME for the latest ve
 @app.command("verify")
 def verify(ref: str = typer.Argument(..., help="NAME@vN"),
            decode: bool = typer.Option(False, "--decode", help="Also decode every mp4 (slower).")) -> None:
-    """Every shard present with its sha256, every index row found in its shard; exits 1 on any problem."""
+    """Every shard present with its sha256, every index row found in its shard, no sample whose consent expired
+    or was withdrawn or does not cover the version's purpose; exits 1 on any problem."""
     from sharding.audit import verify_version
+    from sharding.records import revoked_recordings
     from sharding.versions import resolve
 
     target = store()
     name, version = resolve(target, ref)
-    report = verify_version(target, name, version, decode=decode)
+    cat = catalog(upgrade=True)
+    try:
+        revoked = revoked_recordings(cat)
+    finally:
+        cat.dispose()
+    report = verify_version(target, name, version, decode=decode, revoked=revoked)
     for problem in report.problems:
         console.print(f"[red]{problem.reason}[/red] {problem.key}: {problem.detail}")
     verdict = "[green]ok[/green]" if report.ok else f"[red]{len(report.problems)} problem(s)[/red]"
@@ -183,16 +196,28 @@ def ledger(ref: str = typer.Argument(..., help="NAME@vN"),
 
     from sharding.ledger import ledger as make_ledger
     from sharding.ledger import ledger_tables, write_ledger
+    from sharding.records import revoked_recordings
     from sharding.versions import resolve
 
     target = store()
-    book = make_ledger(target, *resolve(target, ref))
+    cat = catalog(upgrade=True)
+    try:
+        revoked = revoked_recordings(cat)
+    finally:
+        cat.dispose()
+    book = make_ledger(target, *resolve(target, ref), revoked=revoked)
     table = _table(f"contribution ledger of {book.ref}: {book.clips:,} clips, {book.hours:.4f} h",
-                   ["partner", "clips", "hours", "share", "recordings", "deliveries"])
+                   ["partner", "clips", "hours", "share", "recordings", "deliveries", "withdrawn h", "expired h"])
     for credit in book.partners:
         table.add_row(credit.partner, f"{credit.clips:,}", f"{credit.hours:.4f}", f"{credit.share_of_hours:.1%}",
-                      str(credit.recordings), str(credit.deliveries))
+                      str(credit.recordings), str(credit.deliveries), f"{credit.withdrawn_hours:.4f}",
+                      f"{credit.expired_hours:.4f}")
     console.print(table)
+    console.print("withdrawn h / expired h: hours of the partner's clips whose consent was withdrawn or expired, "
+                  "held here or removed by redaction on the way to this version", style="dim")
+    if book.outside_consent_hours:
+        console.print(f"[yellow]{book.ref} still holds {book.outside_consent_hours:.4f} h of withdrawn or expired "
+                      f"consent[/yellow]: run `alliance consent sweep`")
     runs = _table("training runs on this dataset", ["run", "version", "steps", "checkpoints", "finished"])
     for run in book.runs:
         runs.add_row(run.run, f"v{run.version}" + (" (this)" if run.used_this_version else ""), str(run.steps),

@@ -11,6 +11,7 @@ from alliance.cli import catalog, config, demo, pipeline, status, store
 from alliance.cli import datasets as datasets_cli
 from alliance.cli import train as train_cli
 from alliance.cli import contract as contract_cli, deliver as deliver_cli, partners as partners_cli, serve as serve_cli
+from alliance.cli import consent as consent_cli
 from alliance.cli.common import console, state
 
 app = typer.Typer(
@@ -35,6 +36,7 @@ app.add_typer(pipeline.app, name="pipeline")
 app.add_typer(datasets_cli.app, name="datasets")
 app.add_typer(demo.app, name="demo")
 app.add_typer(partners_cli.app, name="partners")
+app.add_typer(consent_cli.app, name="consent")
 app.add_typer(contract_cli.app, name="contract")
 app.command("serve", help="Serve the partner delivery API (FastAPI + uvicorn), OpenAPI at /docs.")(serve_cli.serve)
 app.command("deliver", help="Deliver a folder to the delivery service, or --check it locally.")(deliver_cli.deliver)

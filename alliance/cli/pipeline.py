@@ -23,21 +23,27 @@ def shard(ctx: typer.Context,
           target_mb: float = typer.Option(256.0, "--target-mb", help="Close a shard before it passes this size (MB)."),
           max_samples: int = typer.Option(0, "--max-samples", help="Also close a shard at this many samples (0: no "
                                           "limit)."),
-          seed: int = typer.Option(0, "--seed", help="Seed of the shuffle that mixes partners across shards.")) -> None:
+          seed: int = typer.Option(0, "--seed", help="Seed of the shuffle that mixes partners across shards."),
+          purpose: str = typer.Option("pretraining", "--purpose", help="What the version is for: pretraining, "
+                                      "evaluation, research or commercial. Only clips whose consent scope lists it "
+                                      "(and has not expired) go in; clips without a contract count as scope 'any'.")
+          ) -> None:
     """Shard a selection into the next version of NAME; re-running finishes or returns the same version."""
     from alliance.cli.common import console, settings
     from pipelines.shard import run_shard
     from sharding.plan import ShardConfig
 
     config = ShardConfig(target_bytes=int(target_mb * (1 << 20)), max_samples=max_samples, seed=seed)
-    summary = run_shard(settings(), name, selection, tuple(ctx.args), config=config)
+    summary = run_shard(settings(), name, selection, tuple(ctx.args), config=config, purpose=purpose)
     state = "already committed" if summary.already_committed else f"wrote {summary.shards_written} shard(s)"
     console.print(f"{summary.ref}: {summary.samples:,} samples in {summary.shards} shards, {summary.bytes:,} bytes, "
                   f"{summary.hours:.4f} h ({state}); manifest {summary.manifest_key}")
     for partner, figures in summary.partners.items():
         console.print(f"  {partner}: {int(figures['samples'])} samples, {figures['hours']:.4f} h")
-    if summary.revoked_skipped:
-        console.print(f"left out {summary.revoked_skipped} selected clip(s) of revoked recordings")
+    console.print(f"  purpose {summary.purpose}: "
+                  + ("every selected clip's consent allows it" if not summary.left_out else
+                     "left out " + ", ".join(f"{reason} {n}" for reason, n in summary.left_out.items())
+                     + f" (each clip and why: {summary.rejections_key})"))
 
 
 @app.command("curate", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

@@ -1,4 +1,5 @@
-"""`alliance status`: one screen with the store, the catalog, deliveries, runs, dataset versions and checkpoints."""
+"""`alliance status`: one screen with the store, the catalog, deliveries, consent, runs, dataset versions and
+checkpoints."""
 
 from __future__ import annotations
 
@@ -60,6 +61,8 @@ def show(limit: int = typer.Option(8, help="How many recent runs and versions to
                   + "   [bold]recordings[/bold] "
                   + (", ".join(f"{state} {n}" for state, n in sorted(recordings.items())) or "none"))
 
+    _consent_table(catalog, store)
+
     table = Table(title="recent runs", title_justify="left")
     for column in ("run", "kind", "status", "started", "funnel"):
         table.add_column(column)
@@ -86,3 +89,23 @@ def show(limit: int = typer.Option(8, help="How many recent runs and versions to
         table.add_row(str(record.get("run")), f"{record.get('dataset')}@v{record.get('version')}",
                       str(record.get("steps", "")), latest)
     console.print(table)
+
+
+def _consent_table(catalog, store) -> None:
+    """Per partner: hours accepted, withdrawn (revoked) and expired (consent ended), from the catalog and the
+    deliveries' manifests."""
+    from sharding.records import consent_hours
+
+    figures = consent_hours(catalog, store)
+    if not figures:
+        return
+    table = Table(title="consent by partner (hours, recordings)", title_justify="left")
+    for column in ("partner", "accepted", "withdrawn", "expired"):
+        table.add_column(column, justify="left" if column == "partner" else "right")
+    for partner, f in figures.items():
+        table.add_row(partner, *(f"{f[f'{state}_hours']:.3f} h ({int(f[f'{state}_recordings'])})"
+                                 for state in ("accepted", "withdrawn", "expired")))
+    console.print(table)
+    if any(f["withdrawn_recordings"] or f["expired_recordings"] for f in figures.values()):
+        console.print("withdrawn or expired recordings leave dataset versions through `alliance consent sweep`",
+                      style="dim")

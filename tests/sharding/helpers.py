@@ -67,7 +67,8 @@ def make_selection(store: ObjectStore, tmp: Path, *, run: str = "sel-1", recordi
                     "imu_gyro_rms": 0.5, "imu_accel_std": 0.1, "luma_mean": 100.0, "luma_std": 20.0,
                     "dark_fraction": 0.0, "bright_fraction": 0.0, "frame_diff_mean": 3.0, "sharpness": 50.0,
                     "recording_meta": json.dumps({"device": {"kind": "glasses", "model": "x1"}, "license": "cc-by-4.0",
-                                                  "consent": {"scope": "research", "expires": "2030-01-01"},
+                                                  "consent": {"scope": ["pretraining", "research"],
+                                                              "expires": "2030-01-01"},
                                                   "faces_allowed": False, "delivery": f"d-{partner}"}),
                     "status": "ingested", "kept": kept, "drop_stage": None if kept else "quality",
                     "drop_reason": None if kept else "too_dark", "duplicate_of": None, "cluster": n % 3,
@@ -94,3 +95,14 @@ def version_bytes(store: ObjectStore, name: str, version: int) -> dict[str, byte
     """Every object a committed version consists of, by key relative to the version: shards, index, manifest."""
     prefix = f"datasets/{name}/v{version}/"
     return {o.key[len(prefix):]: store.get_bytes(o.key) for o in store.list(prefix)}
+
+
+def set_consent(selection: Selection, recording: str, consent: dict | None) -> None:
+    """Give one recording's rows another contract consent (None: no contract, as a folder ingest has)."""
+    for row in selection.rows:
+        if row["recording_id"] == recording:
+            meta = json.loads(row["recording_meta"])
+            meta.pop("consent", None)
+            if consent is not None:
+                meta["consent"] = consent
+            row["recording_meta"] = json.dumps(meta)
