@@ -46,12 +46,22 @@ def rotate(name: str = typer.Argument(...),
 
 @app.command("revoke")
 def revoke(name: str = typer.Argument(...),
-           token_id: str = typer.Option("", "--token-id", help="Revoke only this token (default: all).")) -> None:
+           token_id: str = typer.Option("", "--token-id", help="Revoke only this token (default: all)."),
+           withdraw_data: bool = typer.Option(False, "--withdraw-data", help="The partner leaves and takes its data: "
+                                              "also mark all its recordings revoked; `alliance consent sweep` then "
+                                              "removes them from dataset versions.")) -> None:
     """Revoke a partner's tokens: its requests get 401 from then on."""
     from partners.accounts import revoke_tokens
 
     count = revoke_tokens(catalog(upgrade=True), name, token_id or None, store=_store())
     console.print(f"revoked {count} token(s) of {name}")
+    if withdraw_data:
+        from sharding.records import withdraw_partner
+
+        withdrawn = withdraw_partner(catalog(upgrade=True), name, "partner exit: all data withdrawn "
+                                     "(alliance partners revoke --withdraw-data)")
+        console.print(f"withdrew {len(withdrawn)} recording(s) of {name}; run `alliance consent sweep` to write "
+                      f"dataset versions without them")
 
 
 @app.command("list")

@@ -60,6 +60,10 @@ def train_run(
     from training.loop import run_id, train
 
     name, version = _parse_dataset(dataset)
+    if (name, version) != ("synthetic", 0):  # refuse a version outside its consent, naming partners and recordings
+        from sharding.consent import require_purpose
+
+        require_purpose(store(), name, version, "pretraining")
     cfg = load_config(config, preset_name=preset, overrides=_parse_sets(set_))
     if name == "synthetic" and version == 0:
         cfg = replace(cfg, data=replace(cfg.data, source="synthetic"))
