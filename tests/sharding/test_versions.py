@@ -43,7 +43,7 @@ def test_write_verify_and_read_back(store, selection):
     assert sorted(s.meta["clip_id"] for s in samples) == sorted(r["clip_id"] for r in kept)
     for sample in samples:
         assert sample.frames.shape == (4, 32, 32, 3) and sample.frames.dtype == np.uint8
-        assert sample.meta["consent"] == {"scope": "research", "expires": "2030-01-01"}
+        assert sample.meta["consent"] == {"scope": ["pretraining", "research"], "expires": "2030-01-01"}
         assert sample.meta["license"] == "cc-by-4.0" and sample.meta["device"]["kind"] == "glasses"
         assert sample.meta["quality"]["luma_mean"] == 100.0 and sample.meta["cluster"] in (0, 1, 2)
         assert sample.meta["faces_allowed"] is False and sample.meta["t1"] > sample.meta["t0"]
