@@ -252,6 +252,14 @@ def require_purpose(store: ObjectStore, name: str, version: int, purpose: str = 
             f"{manifest.ref} was sharded for {sharded_for}, not {purpose}: its {len(recordings)} recording(s) of "
             f"{', '.join(partners) or 'no partner'} (e.g. {', '.join(r[:12] for r in recordings[:3])}) were chosen "
             f"for {sharded_for} only; shard the selection again with `alliance pipeline shard --purpose {purpose}`")
+    successor = redacted_successor(store, manifest)
+    if successor is not None:
+        removed = set((successor.redaction or {}).get("revoked_recordings", ()))
+        gone = [HeldRecording(r["partner"], r["recording_id"], "redacted", "redacted out", 1, r["seconds"])
+                for r in rows if r["recording_id"] in removed]
+        raise ConsentError(
+            f"{manifest.ref} was redacted into {successor.ref}: it holds {len(gone)} sample(s) of recordings whose "
+            f"consent was withdrawn or expired ({describe_held(_per_recording(gone))}); train on {successor.ref}")
     held = held_outside_consent(rows, purpose, today=today, revoked=revoked)
     if held:
         partners = sorted({h.partner for h in held})
@@ -261,3 +269,24 @@ def require_purpose(store: ObjectStore, name: str, version: int, purpose: str = 
             f"run `alliance consent sweep` (expired or withdrawn consent) or shard again with "
             f"`alliance pipeline shard --purpose {purpose}`")
     return manifest
+
+
+def redacted_successor(store: ObjectStore, manifest: Manifest) -> Manifest | None:
+    """The newest version redacted from this one (by `datasets redact` or the consent sweep), if any."""
+    from sharding.manifest import latest_version
+
+    found = None
+    for version in range(manifest.version + 1, (latest_version(store, manifest.name) or 0) + 1):
+        later = load_manifest(store, manifest.name, version, allow_withdrawn=True)
+        if later.source.get("redaction_of") == manifest.version:
+            found = later
+    return found
+
+
+def _per_recording(entries: list[HeldRecording]) -> list[HeldRecording]:
+    merged: dict[str, HeldRecording] = {}
+    for e in entries:
+        before = merged.get(e.recording)
+        merged[e.recording] = e if before is None else HeldRecording(
+            e.partner, e.recording, e.reason, e.detail, before.samples + 1, before.seconds + e.seconds)
+    return sorted(merged.values(), key=lambda h: (h.partner, h.recording))

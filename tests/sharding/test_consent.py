@@ -132,6 +132,11 @@ def test_sweep_redacts_expired_and_withdrawn_once_and_the_ledger_shows_them(back
     problems = {(p.reason, p.key) for p in verify_version(store, "ego", 1, revoked=revoked, today=JUNE).problems}
     assert problems == {("consent_revoked", robofleet[0]), ("consent_expired", glassco[1])}
 
+    dry = sweep(store, catalog, today=JUNE, dry_run=True)
+    assert not dry.wrote and [(f.ref, f.successor) for f in dry.versions] == [("ego@v1", None)]
+    assert latest_version(store, "ego") == 1
+    in_january = sweep(store, catalog, today=JAN, dry_run=True)  # glassco's consent still held then
+    assert {h.recording: h.reason for h in in_january.recordings} == {robofleet[0]: "consent_revoked"}
     first = sweep(store, catalog, today=JUNE)
     assert [(r.parent, r.version, r.removed_samples) for r in first.redactions] == [(1, 2, 2)]
     assert {h.recording: h.reason for h in first.recordings} == {robofleet[0]: "consent_revoked",
@@ -140,6 +145,10 @@ def test_sweep_redacts_expired_and_withdrawn_once_and_the_ledger_shows_them(back
     assert [(r.run, r.version, r.checkpoints) for r in first.affected_runs] == [("r1", 1, ("checkpoints/r1/step-5.pt",))]
     assert [(v.name, v.version) for v in recorded_versions(catalog)] == [("ego", 1), ("ego", 2)]
     assert verify_version(store, "ego", 2, revoked=revoked, today=JUNE).ok
+    with pytest.raises(ConsentError, match="redacted into ego@v2") as refused:
+        require_purpose(store, "ego", 1)  # the withdrawn recording is named without asking the catalog
+    assert "robofleet: " + robofleet[0][:12] in str(refused.value)
+    assert require_purpose(store, "ego", 2, today=JUNE).ref == "ego@v2"
 
     before = sorted((o.key, o.size) for o in store.list(""))
     again = sweep(store, catalog, today=JUNE)
