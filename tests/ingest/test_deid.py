@@ -12,7 +12,7 @@ import pytest
 
 from ingest import deid
 from ingest.clips import ClipConfig, RecordingInfo, cut_window, plan_recording, sha256_file
-from ingest.deid import DeidConfig, detector, face_regions, faces_allowed, mosaic
+from ingest.deid import DeidConfig, camera_path, detect_size, detector, face_regions, faces_allowed, mosaic
 from ingest.errors import DecodeError
 from ingest.synth import PHOTO_FACE, FaceSpec, VideoSpec, face_photo, write_face_video, write_video
 from pipelines.sources import refs_from_folder
@@ -203,6 +203,57 @@ def test_a_face_missed_by_one_detection_between_two_others_is_still_covered():
     assert faces == 1 and all(regions[t] for t in range(7))
     # between the two detections the box moves along: frame 2 is half-way
     np.testing.assert_allclose(regions[2][0], [104, 50, 124, 74])
+
+
+def test_the_camera_path_follows_the_scene_between_detections():
+    # a textured room filmed by a camera drifting by known sub-pixel steps: the path is found to within a pixel
+    rng = np.random.default_rng(3)
+    room = np.kron(rng.uniform(40, 220, (70, 120)), np.ones((8, 8)))
+    steps = [(0.0, 0.0), (6.5, -2.0), (14.0, -3.5), (25.5, 1.0), (40.0, 4.5)]  # where the view looks, x, y
+    frames = []
+    for x, y in steps:  # bilinear sampling of the room at the view's sub-pixel position
+        x0, y0, fx, fy = int(np.floor(x)) + 50, int(np.floor(y)) + 60, x % 1, y % 1
+        view = room[y0:y0 + 257, x0:x0 + 457]
+        frames.append(((1 - fy) * ((1 - fx) * view[:-1, :-1] + fx * view[:-1, 1:])
+                       + fy * ((1 - fx) * view[1:, :-1] + fx * view[1:, 1:])).astype(np.uint8))
+    path = camera_path(frames)
+    np.testing.assert_allclose(path, -np.array(steps), atol=1.0)  # the scene moves against the view
+    still = camera_path([np.full((256, 456), 128, np.uint8)] * 3)  # nothing to follow: no motion invented
+    np.testing.assert_array_equal(still, 0)
+
+
+def test_boxes_ride_the_camera_and_a_face_cut_by_the_edge_is_hidden_where_either_detection_says():
+    config = DeidConfig(bridge=2)
+    path = np.array([[-10.0 * t, 2.0 * t] for t in range(5)])  # the scene moves 10 px left, 2 down per frame
+    face = np.array([[200, 50, 220, 74, 0.9]], np.float32)
+    regions, faces = face_regions([face, face + [[-40, 8, -40, 8, 0]]], [0, 4], 5, 256, 4, config, path)
+    assert faces == 1
+    np.testing.assert_allclose(regions[2][0], [180, 54, 200, 78])  # carried by the camera, not drawn straight
+    # entering at the right edge: the first detection sees a sliver of the face, the next the whole of it; the
+    # frames between hide both, each carried by the camera
+    sliver = np.array([[440, 60, 452, 80, 0.3]], np.float32)
+    whole = np.array([[380, 68, 412, 108, 0.9]], np.float32)
+    regions, faces = face_regions([sliver, whole], [0, 4], 5, 256, 4, config, path)
+    assert faces == 1
+    x0, y0, x1, y1 = regions[1][0]
+    assert x0 <= 430 and y0 <= 62 and x1 >= 442 and y1 >= 102  # the sliver moved 10 left, the whole face 30 right
+
+
+def test_a_face_that_leaves_the_view_is_not_matched_to_another_face_across_a_missed_detection():
+    # the camera pans 12 px a frame; a face at the left edge leaves; another face further right is found later
+    config = DeidConfig(bridge=2)
+    path = np.array([[-12.0 * t, 0.0] for t in range(9)])
+    leaving = np.array([[10, 40, 40, 80, 0.9]], np.float32)
+    other = np.array([[100, 60, 140, 110, 0.9]], np.float32)
+    none = np.zeros((0, 5), np.float32)
+    regions, faces = face_regions([leaving, none, other], [0, 4, 8], 9, 256, 4, config, path)
+    assert faces == 2  # two faces, not one that jumped 190 px against the camera
+    assert all(box[0] < 10 for box in regions[2] if box[3] < 100)  # the leaving face keeps going left
+
+
+def test_the_detector_sees_a_multiple_of_32_near_the_asked_scale():
+    assert detect_size(456, 256, 1.5) == (672, 384)  # 684 would be padded to 704: 5% more for nothing
+    assert detect_size(256, 456, 1.5) == (384, 672) and detect_size(20, 20, 1.0) == (32, 32)
 
 
 def test_mosaic_leaves_no_feature_of_the_face():
