@@ -19,6 +19,12 @@ class Rejection:
     def to_dict(self) -> dict[str, str]:
         return asdict(self)
 
+    @classmethod
+    def of(cls, key: str, stage: str, error: Exception) -> "Rejection":
+        """The rejection a media fault earns (a DecodeError or any error with a snake_case `reason`): its reason, and
+        its message, which names the file and how to fix it, as the detail."""
+        return cls(key, stage, error.reason, str(error))  # type: ignore[attr-defined]
+
 
 REJECTION_SCHEMA = pa.schema([
     ("key", pa.string()), ("stage", pa.string()), ("reason", pa.string()), ("detail", pa.string()),

@@ -9,16 +9,9 @@ from fractions import Fraction
 
 import numpy as np
 
-from alliance.errors import AllianceError
+from alliance.errors import DecodeError
 
-
-class ClipDecodeError(AllianceError):
-    """A clip that PyAV cannot turn into frames; the message names the clip and the cause."""
-
-    def __init__(self, clip_key: str, reason: str, message: str):
-        super().__init__(f"{clip_key}: {message}")
-        self.clip_key = clip_key
-        self.reason = reason
+ClipDecodeError = DecodeError  # the one decode error, under the name curation/report.py still catches it by
 
 
 @dataclass(frozen=True)
@@ -51,7 +44,7 @@ def decode_clip(data: bytes, clip_key: str, *, max_frames: int = 4096) -> Decode
     try:
         with av.open(io.BytesIO(data), mode="r") as container:
             if not container.streams.video:
-                raise ClipDecodeError(clip_key, "no_video_stream", "has no video stream; re-run ingest for this clip")
+                raise DecodeError(clip_key, "no_video_stream", "has no video stream; re-run ingest for this clip")
             stream = container.streams.video[0]
             for frame in container.decode(stream):
                 image = frame.to_ndarray(format="rgb24")
@@ -62,10 +55,10 @@ def decode_clip(data: bytes, clip_key: str, *, max_frames: int = 4096) -> Decode
                 if len(frames) >= max_frames:
                     break
     except av.error.FFmpegError as e:
-        raise ClipDecodeError(clip_key, "decode_failed",
+        raise DecodeError(clip_key, "decode_failed",
                               f"PyAV could not decode it ({e}); re-run ingest for this clip") from e
     if not frames:
-        raise ClipDecodeError(clip_key, "decode_failed", "decoded to zero frames; re-run ingest for this clip")
+        raise DecodeError(clip_key, "decode_failed", "decoded to zero frames; re-run ingest for this clip")
     order = np.argsort(np.asarray(times), kind="stable")
     stacked = np.stack([frames[i] for i in order])
     return DecodedClip(stacked, np.asarray(times, dtype=np.float64)[order], digest.hexdigest())

@@ -10,9 +10,10 @@ from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
+from alliance.errors import DecodeError
 from curation.balance import (Hierarchy, KMeansConfig, assign, balanced_sample, centered, cluster_sizes, kmeans,
                               mean_direction, streaming_kmeans)
-from curation.media import ClipDecodeError, DecodedClip, decode_clip
+from curation.media import DecodedClip, decode_clip
 from curation.neardup import NearDupConfig, NearDupIndex, NearDupMatch, Signature, signature
 from curation.quality import SIGNALS_VERSION, QualityConfig, QualitySignals, measure, quality_detail, quality_reason
 from curation.semdedup import SemDedupConfig, semdedup_cluster
@@ -66,7 +67,7 @@ def analyze_clip(row: dict[str, Any], data: bytes | None, cfg: CurateConfig) -> 
                             detail=f"{key}: the clip file is not in the store; re-run ingest for its recording"), None
     try:
         clip = decode_clip(data, key)
-    except ClipDecodeError as e:
+    except DecodeError as e:
         return ClipAnalysis(clip_id, stage="decode", reason=e.reason, detail=str(e)), None
     source_side = min(int(row.get("source_width") or 0), int(row.get("source_height") or 0)) or None
     signals = measure(clip, source_short_side=source_side, gyro_rms=_number(row.get("imu_gyro_rms")),

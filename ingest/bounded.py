@@ -7,6 +7,11 @@ mutexes abort in such children), and multiprocessing's spawn/forkserver re-impor
 A child serves one call at a time and is kept for the next (up to TASKS_PER_CHILD): a fresh process per call paid
 its page faults and cold caches again every time (6-10% of a clip window's time). A child that timed out, died, ran
 out of memory or failed unexpectedly is never reused.
+
+The failure contract: what the file causes (a DecodeError inside, a hang, a crash, too much memory) is a DecodeError
+with its reason; what the machinery causes (the helper does not start or fork, a child does not take the call, the
+machine's files fail under the call with an OSError) is a RetryableError, so the file is tried again and never
+refused for it; anything else the call raised comes back as a BoundedCallError carrying the child's traceback.
 """
 
 from __future__ import annotations
@@ -29,13 +34,18 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Callable, TypeVar
 
-from ingest.errors import DecodeError
+from ingest.errors import DecodeError, RetryableError
 
 T = TypeVar("T")
 _PRELOAD = ("av", "numpy", "ingest.probe", "ingest.clips")
 _START_TIMEOUT_S = 30.0
 _THREAD_POOLS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 TASKS_PER_CHILD = 64  # then a fresh child: what a long-lived decoder might leak or fragment stays bounded
+
+
+class BoundedCallError(Exception):
+    """An error the call raised in the child that is neither a DecodeError nor a fault of the machine: a bug, which
+    the caller reports with the child's traceback (a Beam dead letter), never a verdict on the file."""
 
 
 def one_core_env(env: dict[str, str]) -> dict[str, str]:
@@ -51,18 +61,21 @@ class _Helper:
         self.owner = os.getpid()
         self.idle: dict[int, list[_Child]] = {}  # memory limit -> children waiting for a call
         self.idle_lock = threading.Lock()
-        self.dir = tempfile.mkdtemp(prefix="alliance-bounded-")  # 0700: only this user can connect
-        self.address = os.path.join(self.dir, "s")
         env = one_core_env(dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p)))
-        self.process = subprocess.Popen([sys.executable, "-m", "ingest.bounded", self.address, str(os.getpid())],
-                                        env=env, stdin=subprocess.DEVNULL)
+        try:
+            self.dir = tempfile.mkdtemp(prefix="alliance-bounded-")  # 0700: only this user can connect
+            self.address = os.path.join(self.dir, "s")
+            self.process = subprocess.Popen([sys.executable, "-m", "ingest.bounded", self.address, str(os.getpid())],
+                                            env=env, stdin=subprocess.DEVNULL)
+        except OSError as e:  # no process or no temporary directory to be had on this machine right now
+            raise RetryableError(f"the decoding helper process could not be started ({e}); the work is retried") from e
         ready = Path(self.address + ".ready")
         deadline = time.monotonic() + _START_TIMEOUT_S
         while not ready.exists():
             if self.process.poll() is not None or time.monotonic() > deadline:
                 self.stop()
-                raise DecodeError(self.address, "decode_failed", "the decoding helper process did not start; check "
-                                                                 "that PyAV imports (python -c 'import av')")
+                raise RetryableError(f"the decoding helper process did not start within {_START_TIMEOUT_S:g} s; "
+                                     f"check that PyAV imports (python -c 'import av'); the work is retried")
             time.sleep(0.01)
 
     def alive(self) -> bool:
@@ -90,13 +103,26 @@ class _Helper:
     def fork(self, memory_limit_mb: int) -> "_Child":
         """A new child, forked by the helper."""
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.connect(self.address)
+        try:
+            sock.connect(self.address)
+        except OSError as e:
+            sock.close()
+            raise RetryableError(f"the decoding helper at {self.address} refused a child ({e}); the work is "
+                                 f"retried") from e
         conn = Connection(sock.detach())
-        if not conn.poll(_START_TIMEOUT_S):
+        try:
+            if not conn.poll(_START_TIMEOUT_S):
+                raise RetryableError(f"the decoding helper did not fork a child within {_START_TIMEOUT_S:g} s; the "
+                                     f"work is retried")
+            pid = conn.recv()
+            conn.send(memory_limit_mb)
+        except (EOFError, OSError) as e:
             conn.close()
-            raise DecodeError(self.address, "decode_failed", "the decoding helper did not fork a child; retry the run")
-        pid = conn.recv()
-        conn.send(memory_limit_mb)
+            raise RetryableError(f"the decoding helper hung up while forking a child ({e!r}); the work is "
+                                 f"retried") from e
+        except RetryableError:
+            conn.close()
+            raise
         return _Child(conn, pid, memory_limit_mb)
 
     def disown(self) -> None:
@@ -178,7 +204,10 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 
 def run_bounded(fn: Callable[..., T], args: tuple, *, path: str | Path, timeout_s: float,
                 memory_limit_mb: int = 0) -> T:
-    """fn(*args) in a child process; a hang past timeout_s, a crash or an unexpected error becomes a DecodeError.
+    """fn(*args) in a child process. A DecodeError it raises, a hang past timeout_s, a crash or too much memory is a
+    DecodeError (the file's fault); a helper or child that fails to start or take the call, or an OSError of the
+    machine's files under the call, is a RetryableError; any other error is a BoundedCallError with the child's
+    traceback.
 
     fn and args must pickle (module-level functions, dataclasses, arrays); so must the result.
     """
@@ -189,7 +218,7 @@ def run_bounded(fn: Callable[..., T], args: tuple, *, path: str | Path, timeout_
         child = helper.fork(memory_limit_mb)
         if not child.start(fn, args):
             child.kill()
-            raise DecodeError(path, "decode_failed", "the decoding child did not take the call; retry the run")
+            raise RetryableError(f"{path}: a fresh decoding child did not take the call either; the work is retried")
     child.calls += 1
     try:
         status, payload = child.conn.recv() if child.conn.poll(timeout_s) else ("timeout", None)
@@ -216,7 +245,10 @@ def run_bounded(fn: Callable[..., T], args: tuple, *, path: str | Path, timeout_
     if status == "memory":
         raise DecodeError(path, "decode_failed", f"decoding needed more than {memory_limit_mb} MiB of memory; "
                                                  f"re-encode the file at a lower resolution")
-    raise DecodeError(path, "decode_failed", f"unexpected error while decoding: {payload.strip().splitlines()[-1]}")
+    if status == "os_error":
+        raise RetryableError(f"{path}: the machine's files failed under the call, not the recording's bytes (those "
+                             f"are refused with a reason): {payload.strip().splitlines()[-1]}; the work is retried")
+    raise BoundedCallError(f"{path}: unexpected error in the bounded child; its traceback:\n{payload.rstrip()}")
 
 
 def _kill(pid: int) -> None:
@@ -250,10 +282,19 @@ def _child(conn: Connection) -> None:
             result = ("decode_error", (e.path, e.reason, e.detail))
         except MemoryError:
             result = ("memory", "")
+        except OSError as e:
+            # the recording's own bytes that cannot be read are DecodeErrors already (open_container) or PyAV's own
+            # errors: any other OSError is the machine's (a local copy evicted under the call, a full disk)
+            result = ("error" if _from_decoder(e) else "os_error", traceback.format_exc(limit=6))
         except Exception:  # anything else goes back to the caller with its traceback, never swallowed
             result = ("error", traceback.format_exc(limit=6))
         conn.send(result)
         call = result = fn = args = None  # nothing of one call is held while waiting for the next
+
+
+def _from_decoder(error: OSError) -> bool:
+    """PyAV's own errors of the file mix in OSError subclasses (av.error.FileNotFoundError and kin)."""
+    return type(error).__module__.startswith("av.")
 
 
 def _die_with_parent() -> None:

@@ -14,6 +14,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from alliance.tables import Rejection
 from ingest.container import DEFAULT_FORMATS, open_container
 from ingest.deid import DeidConfig, allowed_json, deidentify, faces_allowed
 from ingest.errors import DecodeError
@@ -143,16 +144,6 @@ class ClipOutput:
 
     row: dict[str, Any]
     files: dict[str, str] = field(default_factory=dict)  # store key -> local path
-
-
-@dataclass(frozen=True)
-class Refusal:
-    """A window (or part of one) that gave no clip; becomes a Rejection."""
-
-    key: str
-    stage: str
-    reason: str
-    detail: str
 
 
 # --------------------------------------------------------------------------- ids and planning
@@ -543,7 +534,7 @@ def _variance(values: np.ndarray) -> float:
 # --------------------------------------------------------------------------- one window, end to end
 
 
-def cut_window(task: WindowTask, out_dir: str | Path) -> tuple[list[ClipOutput], list[Refusal]]:
+def cut_window(task: WindowTask, out_dir: str | Path) -> tuple[list[ClipOutput], list[Rejection]]:
     """Decode the window, split it on hard cuts (optional), hide faces unless the recording's contract allows them
     (ingest/deid.py), re-encode each part (video only: audio and the source's container metadata never reach a
     clip), align sensors; files in out_dir.
@@ -565,7 +556,7 @@ def cut_window(task: WindowTask, out_dir: str | Path) -> tuple[list[ClipOutput],
         t0 = (window.start_frame + first) / window.fps
         clip = clip_id(rec.recording_id, t0, fingerprint)
         if last - first < shortest:
-            refusals.append(Refusal(clip, "cut", "scene_fragment",
+            refusals.append(Rejection(clip, "cut", "scene_fragment",
                                     f"{rec.source}: {last - first} frames at {t0:.3f} s between hard cuts, shorter "
                                     f"than min_clip_s={config.min_clip_s:g} s; not a clip"))
             continue
@@ -634,9 +625,9 @@ def _with_deid(meta_json: str, deid: dict[str, Any]) -> str:
 
 
 def plan_recording(path: str, recording: RecordingInfo, sensors: Sequence[SensorSpec],
-                   config: ClipConfig) -> Iterator[WindowTask | Refusal]:
+                   config: ClipConfig) -> Iterator[WindowTask | Rejection]:
     """Probe (bounded time), plan the windows and attach each stream's samples: a stream of WindowTasks, plus one
-    Refusal per sensor stream that cannot be used. Raises DecodeError when the recording gives no window at all."""
+    Rejection per sensor stream that cannot be used. Raises DecodeError when the recording gives no window at all."""
     result = probe(path, timeout_s=config.probe_timeout_s, max_pixels=config.max_pixels,
                    allowed_formats=config.allowed_formats)
     windows = plan_windows(result, config)
@@ -650,6 +641,6 @@ def plan_recording(path: str, recording: RecordingInfo, sensors: Sequence[Sensor
         for spec, samples in zip(sensors, slices):
             if samples.problem and spec.stream not in reported:
                 reported.add(spec.stream)
-                yield Refusal(spec.name, "sensors", samples.problem,
+                yield Rejection(spec.name, "sensors", samples.problem,
                               f"{samples.detail}; clips from {window.t0:.3f} s on carry no {spec.stream} data")
         yield WindowTask(rec, path, window, config, slices)

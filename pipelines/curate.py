@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.metrics import Metrics
 
-from alliance.errors import AllianceError, KeyNotFound, StoreError
+from alliance.errors import AllianceError, KeyNotFound
 from alliance.settings import Settings
 from alliance.store import ObjectStore, open_store
 from alliance.tables import CLIP_SCHEMA, REJECTION_SCHEMA, SELECTION_SCHEMA, Rejection
@@ -27,6 +27,7 @@ from curation.neardup import Signature, commit_segment, load_index
 from curation.quality import QualitySignals
 from curation.select import Candidate, CurateConfig, SemanticOutcome, Verdict, accepted_at, analyze_clip, \
     decide_duplicates, keep_order, merge, requalify, semantic_stage
+from pipelines.sinks import DEAD_LETTERS, dead_letter_detail, under_contract
 
 log = logging.getLogger(__name__)
 
@@ -112,33 +113,31 @@ class AnalyzeClip(beam.DoFn):
     def setup(self) -> None:
         self.store = open_store(settings=self.settings)
 
+    @under_contract  # a store that fails is retried; what analysis did not foresee is a dead letter (AnalysisFailed)
     def process(self, row: dict[str, Any]):
         data: bytes | None = None
-        unreadable = None
         if (row.get("status") or "ingested") == "ingested":
             try:
                 data = self.store.get_bytes(row["clip_key"])
             except KeyNotFound:
                 data = None
-            except StoreError as e:
-                unreadable = str(e)
-        if unreadable:
-            work = {"stage": "decode", "reason": "clip_unreadable", "detail": f"{unreadable}; check the store and "
-                    f"re-run curation", "signals": None, "content_hash": "", "signature": None}
-            clip = None
-        else:
-            try:
-                analysis, clip = analyze_clip(row, data, self.cfg)
-                work = analysis.work_columns()
-            except Exception as e:  # noqa: BLE001 - one odd clip must not kill the bundle: refused, with the cause
-                clip = None
-                work = {"stage": "decode", "reason": "analysis_failed", "signals": None, "content_hash": "",
-                        "signature": None, "detail": f"{row.get('clip_key')}: analysis failed with "
-                        f"{type(e).__name__}: {e}; report this clip to the curation maintainers"}
+        analysis, clip = analyze_clip(row, data, self.cfg)  # a clip that does not decode is refused there, as data
+        work = analysis.work_columns()
         Metrics.counter("curation", work["reason"] or "analyzed").inc()
         yield _shard(row["clip_id"], self.shards), ("row", {**row, **work})
         if self.spec is not None and clip is not None:  # quality drops too: new thresholds need no re-embedding
             yield beam.pvalue.TaggedOutput("embed", (row["clip_id"], clip_tensor(clip.frames, self.spec)))
+
+
+def analysis_failed(letter: tuple, shards: int) -> tuple[int, tuple[str, dict[str, Any]]]:
+    """A dead letter of AnalyzeClip -> its work row, refused `analysis_failed` with the traceback as the detail, so
+    it reaches the rejection table like any other refused clip."""
+    row, failure = letter
+    Metrics.counter("curation", "analysis_failed").inc()
+    key = row.get("clip_key") or row["clip_id"]
+    return _shard(row["clip_id"], shards), ("row", {**row, "stage": "decode", "reason": "analysis_failed",
+                                                    "signals": None, "content_hash": "", "signature": None,
+                                                    "detail": dead_letter_detail(key, failure)})
 
 
 class WriteWorkPart(beam.DoFn):
@@ -193,9 +192,9 @@ def build_pipeline(pipeline: beam.Pipeline, settings: Settings, clip_parts: list
             | "ClipTables" >> beam.Create(clip_parts)
             | "ReadRows" >> beam.ParDo(ReadClipRows(settings))
             | "Spread" >> beam.Reshuffle())
-    analysed = rows | "Analyze" >> beam.ParDo(AnalyzeClip(settings, cfg, spec, shards)).with_outputs("embed",
-                                                                                                      main="rows")
-    branches = [analysed.rows]
+    analysed = rows | "Analyze" >> beam.ParDo(AnalyzeClip(settings, cfg, spec, shards)).with_outputs(
+        "embed", main="rows").with_exception_handling(**DEAD_LETTERS)
+    branches = [analysed.rows, analysed.dead | "AnalysisFailed" >> beam.Map(analysis_failed, shards)]
     if spec is not None:
         from pipelines.embed_handler import EmbedClips  # torch only when embeddings are asked for
 

@@ -18,15 +18,16 @@ from typing import Sequence
 import apache_beam as beam
 import pyarrow as pa
 
-from alliance.errors import KeyNotFound, StoreError
+from alliance.errors import KeyNotFound, RetryableError, is_infrastructure
 from alliance.settings import Settings
 from alliance.store import LocalStore, ObjectStore, open_store, validate_key
 from alliance.tables import CLIP_SCHEMA, Rejection
 from ingest.bounded import run_bounded
-from ingest.clips import ClipConfig, RecordingInfo, Refusal, clip_id, cut_window, plan_recording, sha256_file
+from ingest.clips import ClipConfig, RecordingInfo, WindowTask, clip_id, cut_window, plan_recording, sha256_file
 from ingest.errors import DecodeError
 from ingest.sensors import SensorSpec
-from pipelines.sinks import ProgressWriter, WriteParts, WriteRejections, count, safe_text, table_prefix
+from pipelines.sinks import DEAD_LETTERS, ProgressWriter, WriteParts, WriteRejections, count, dead_letter_detail, \
+    reject, safe_text, table_prefix, under_contract
 from pipelines.sources import RecordingRef, link_detail, not_regular_detail
 
 NAMESPACE = "ingest"
@@ -59,17 +60,30 @@ class LocalCopies:
         self.limit = limit_bytes
 
     def path(self, key: str) -> str:
+        """A local path of the object; a copy that cannot be made (disk full, evicted under us) is a RetryableError,
+        never the recording's fault. A missing key stays KeyNotFound: that one is the recording's."""
         if isinstance(self.store, LocalStore):
             return str(self.store.root / validate_key(key))
         name = hashlib.sha1(f"{self.store.url}/{key}".encode()).hexdigest()[:20] + Path(key).suffix
         target = self.root / name
         with self._lock:
             size = self.store.size(key)
-            if not (target.is_file() and target.stat().st_size == size):
-                self._evict(size)
-                self._download(key, target)
-            os.utime(target)
+            try:
+                if not (target.is_file() and target.stat().st_size == size):
+                    self._evict(size)
+                    self._download(key, target)
+                os.utime(target)
+            except OSError as e:
+                if is_infrastructure(e) or isinstance(e, KeyNotFound):
+                    raise
+                raise RetryableError(f"{key}: its local copy {target} could not be made ({e}); the work is "
+                                     f"retried") from e
         return str(target)
+
+    def copy_gone(self, ref: RecordingRef, path: str) -> bool:
+        """Whether the local copy a call read has gone (evicted by a sibling worker): then a verdict reached on it
+        says nothing about the recording."""
+        return not ref.local and not isinstance(self.store, LocalStore) and not os.path.isfile(path)
 
     def _download(self, key: str, target: Path) -> None:
         """Into a private temporary name, then renamed: workers in other processes may fetch the same key."""
@@ -100,9 +114,6 @@ def _resolve(copies: LocalCopies, ref: RecordingRef) -> tuple[str, tuple[SensorS
     return copies.path(ref.source), tuple(replace(s, path=copies.path(s.path), label=s.label or s.path)
                                           for s in ref.sensors)
 
-def _rejection(key: str, error: DecodeError) -> Rejection:
-    return Rejection(key, "decode", error.reason, str(error))
-
 class UnreadableRecording(Exception):
     """A local recording that is no longer a regular file of the folder; `reason` is snake_case."""
 
@@ -132,10 +143,22 @@ def _missing(ref: RecordingRef, error: Exception) -> Rejection:
     return Rejection(ref.source, "decode", "missing_file", f"{ref.source}: cannot be read ({safe_text(str(error))}); "
                                                            f"check that the upload completed and the path is right")
 
-def _ingest_error(ref: RecordingRef, error: Exception) -> Rejection:
-    return Rejection(ref.source, "decode", "ingest_error", f"{ref.source}: {type(error).__name__}: "
-                                                           f"{safe_text(str(error))}; ingest could not handle this "
-                                                           f"file: report it with the file attached")
+def recording_fault(ref: RecordingRef, error: Exception) -> Rejection:
+    """The one except-chain of the recording stages: a media fault -> its rejection. An infrastructure fault is
+    re-raised (a local copy of a store recording that fails is one), and so is the unforeseen: `under_contract` makes
+    a retry of the first and a dead letter of the second."""
+    if isinstance(error, UnreadableRecording):
+        return Rejection(ref.source, "source", error.reason, error.detail)
+    if isinstance(error, DecodeError):
+        return Rejection.of(ref.source, "decode", error)
+    if isinstance(error, KeyNotFound):
+        return _missing(ref, error)
+    if isinstance(error, OSError) and not is_infrastructure(error):
+        if ref.local:  # the partner's own file in the folder
+            return _missing(ref, error)
+        raise RetryableError(f"{ref.source}: its local copy could not be read ({error}); the work is "
+                             f"retried") from error
+    raise error
 
 class IdentifyRecording(beam.DoFn):
     """A recording -> (what identical files share, the ref with its sha256); one that cannot be read -> a rejection.
@@ -150,33 +173,26 @@ class IdentifyRecording(beam.DoFn):
         self.copies = LocalCopies(self.store)
         self.progress = ProgressWriter(self.store, progress_prefix(self.run))
 
+    @under_contract
     def process(self, ref: RecordingRef):
         count(NAMESPACE, "recordings_in")
+        if ref.recording_id:  # from the catalog: the id is known and unique there
+            yield ref.recording_id, ref
+            return
         try:
-            if ref.recording_id:  # from the catalog: the id is known and unique there
-                yield ref.recording_id, ref
-                return
             if ref.local:
                 recording_id, size = hash_local(ref)
             else:
                 path = self.copies.path(ref.source)
                 recording_id, size = sha256_file(path), os.path.getsize(path)
-        except UnreadableRecording as e:
-            rejection = Rejection(ref.source, "source", e.reason, e.detail)
-        except (KeyNotFound, OSError) as e:
-            rejection = _missing(ref, e)
-        except StoreError:
-            raise  # the store itself failed: Beam retries the bundle, the recording is not at fault
-        except Exception as e:  # an unforeseen failure costs this recording only, and is recorded with its cause
-            rejection = _ingest_error(ref, e)
-        else:
-            # an empty file is refused as empty_file by the probe, never as a duplicate of another empty one
-            yield (recording_id if size else f"{recording_id}:{ref.source}"), replace(ref, recording_id=recording_id)
+        except Exception as e:
+            rejection = recording_fault(ref, e)
+            self.progress.add(recordings_refused=1, **{f"rejected_{rejection.reason}": 1})
+            yield reject(NAMESPACE, rejection)
+            yield _outcome(ref, rejection.reason)
             return
-        count(NAMESPACE, f"rejected_{rejection.reason}")
-        self.progress.add(recordings_refused=1, **{f"rejected_{rejection.reason}": 1})
-        yield beam.pvalue.TaggedOutput("rejected", rejection)
-        yield _outcome(ref, rejection.reason)
+        # an empty file is refused as empty_file by the probe, never as a duplicate of another empty one
+        yield (recording_id if size else f"{recording_id}:{ref.source}"), replace(ref, recording_id=recording_id)
 
     def finish_bundle(self) -> None:
         self.progress.flush()
@@ -196,9 +212,8 @@ class FirstOfIdentical(beam.DoFn):
         first, *others = sorted(refs, key=lambda ref: ref.source)
         yield first
         for ref in others:
-            count(NAMESPACE, "rejected_duplicate_recording")
             self.progress.add(recordings_refused=1, rejected_duplicate_recording=1)
-            yield beam.pvalue.TaggedOutput("rejected", Rejection(
+            yield reject(NAMESPACE, Rejection(
                 ref.source, "exact_dup", "duplicate_recording",
                 f"{ref.source}: the same bytes (sha256 {ref.recording_id}) as {first.source}, which this run ingests; "
                 f"{ref.source} was refused so the recording is not ingested twice: deliver one copy"))
@@ -218,33 +233,27 @@ class PlanRecording(beam.DoFn):
         self.copies = LocalCopies(self.store)
         self.progress = ProgressWriter(self.store, progress_prefix(self.run))
 
+    @under_contract
     def process(self, ref: RecordingRef):
         windows = 0
-        rejection = None
+        rejection = path = None
         try:
             path, sensors = _resolve(self.copies, ref)
             info = RecordingInfo(ref.recording_id or sha256_file(path), ref.partner, ref.delivery, ref.source,
                                  meta_json=ref.meta_json)
             for item in plan_recording(path, info, sensors, self.config):
-                if isinstance(item, Refusal):
-                    count(NAMESPACE, f"rejected_{item.reason}")
-                    yield beam.pvalue.TaggedOutput("rejected",
-                                                   Rejection(item.key, item.stage, item.reason, item.detail))
+                if isinstance(item, Rejection):  # a sensor stream that cannot be used; the video goes on
+                    yield reject(NAMESPACE, item)
                     continue
                 windows += 1
                 yield ref, item
-        except DecodeError as e:
-            rejection = _rejection(ref.source, e)
-        except (KeyNotFound, OSError) as e:
-            rejection = _missing(ref, e)
-        except StoreError:
-            raise  # the store itself failed: Beam retries the bundle, the recording is not at fault
-        except Exception as e:  # an unforeseen failure costs this recording only, and is recorded with its cause
-            rejection = _ingest_error(ref, e)
-        if rejection is not None:
-            count(NAMESPACE, f"rejected_{rejection.reason}")
+        except Exception as e:
+            if isinstance(e, DecodeError) and path is not None and self.copies.copy_gone(ref, path):
+                raise RetryableError(f"{ref.source}: its local copy was evicted while it was probed; the work is "
+                                     f"retried") from e
+            rejection = recording_fault(ref, e)
             self.progress.add(**{f"rejected_{rejection.reason}": 1})
-            yield beam.pvalue.TaggedOutput("rejected", rejection)
+            yield reject(NAMESPACE, rejection)
         count(NAMESPACE, "windows_planned", windows)
         if windows:  # windows planned before a failure still run: the recording ends with their clips
             self.progress.add(recordings_planned=1, windows_planned=windows, **{f"planned/{ref.progress_key}": windows})
@@ -255,6 +264,10 @@ class PlanRecording(beam.DoFn):
 
     def finish_bundle(self) -> None:
         self.progress.flush()
+
+def window_key(task: WindowTask) -> str:
+    """What a window's rejection names: the id its first clip would have."""
+    return clip_id(task.recording.recording_id, task.window.t0, task.config.fingerprint)
 
 class IngestWindow(beam.DoFn):
     """(ref, window task) -> clip rows (files stored under their keys); a window that fails -> a tagged rejection.
@@ -270,22 +283,27 @@ class IngestWindow(beam.DoFn):
         self.copies = LocalCopies(self.store)
         self.progress = ProgressWriter(self.store, progress_prefix(self.run))
 
+    @under_contract
     def process(self, element):
         ref, task = element
         count(NAMESPACE, "windows_in")
+        path = ref.location if ref.local else self.copies.path(ref.source)
         workdir = tempfile.mkdtemp(prefix="alliance-clip-")
         try:
-            path = ref.location if ref.local else self.copies.path(ref.source)
             outputs, refusals = run_bounded(cut_window, (replace(task, path=path), workdir), path=ref.source,
                                             timeout_s=self.config.window_timeout_s,
                                             memory_limit_mb=self.config.memory_limit_mb)
         except DecodeError as e:
-            count(NAMESPACE, f"rejected_{e.reason}")
-            self.progress.add(windows_done=1, **{f"rejected_{e.reason}": 1, f"done/{ref.progress_key}": 1})
-            yield beam.pvalue.TaggedOutput("rejected", _rejection(
-                clip_id(task.recording.recording_id, task.window.t0, task.config.fingerprint), e))
             shutil.rmtree(workdir, ignore_errors=True)
+            if self.copies.copy_gone(ref, path):
+                raise RetryableError(f"{ref.source}: its local copy was evicted while a window was cut; the work is "
+                                     f"retried") from e
+            self.progress.add(windows_done=1, **{f"rejected_{e.reason}": 1, f"done/{ref.progress_key}": 1})
+            yield reject(NAMESPACE, Rejection.of(window_key(task), "decode", e))
             return
+        except BaseException:
+            shutil.rmtree(workdir, ignore_errors=True)
+            raise
         new = 0
         try:
             for output in outputs:
@@ -299,12 +317,34 @@ class IngestWindow(beam.DoFn):
             shutil.rmtree(workdir, ignore_errors=True)
         count(NAMESPACE, "clip_files_new", new)
         for refusal in refusals:
-            count(NAMESPACE, f"rejected_{refusal.reason}")
-            yield beam.pvalue.TaggedOutput("rejected", Rejection(refusal.key, refusal.stage, refusal.reason,
-                                                                 refusal.detail))
+            yield reject(NAMESPACE, refusal)
         self.progress.add(windows_done=1, clips_out=len(outputs), clip_files_new=new,
                           **{f"done/{ref.progress_key}": 1},
                           **{f"rejected_{reason}": n for reason, n in Counter(r.reason for r in refusals).items()})
+
+    def finish_bundle(self) -> None:
+        self.progress.flush()
+
+class DeadLetters(beam.DoFn):
+    """Beam's dead letters of one stage -> `ingest_error` rejections whose detail is the traceback, so a person reads
+    them in the rejection table; a recording's also ends there (its outcome), a window's counts as done."""
+
+    def __init__(self, settings: Settings, run: str):
+        self.settings, self.run = settings, run
+
+    def setup(self) -> None:
+        self.progress = ProgressWriter(open_store(settings=self.settings), progress_prefix(self.run))
+
+    def process(self, letter):
+        element, failure = letter
+        if isinstance(element, RecordingRef):
+            key, done = element.source, {"recordings_refused": 1}
+            yield _outcome(element, "ingest_error")
+        else:
+            ref, task = element
+            key, done = window_key(task), {"windows_done": 1, f"done/{ref.progress_key}": 1}
+        self.progress.add(rejected_ingest_error=1, **done)
+        yield reject(NAMESPACE, Rejection(key, "decode", "ingest_error", dead_letter_detail(key, failure)))
 
     def finish_bundle(self) -> None:
         self.progress.flush()
@@ -317,22 +357,25 @@ def build_pipeline(pipeline: beam.Pipeline, settings: Settings, refs: Sequence[R
     identified = (pipeline
                   | "Recordings" >> beam.Create(list(refs))
                   | "SpreadRecordings" >> beam.Reshuffle()
-                  | "Identify" >> beam.ParDo(IdentifyRecording(settings, run)).with_outputs("rejected", "outcomes",
-                                                                                              main="hashed"))
+                  | "Identify" >> beam.ParDo(IdentifyRecording(settings, run)).with_outputs(
+                      "rejected", "outcomes", main="hashed").with_exception_handling(**DEAD_LETTERS))
     firsts = (identified.hashed
               | "ByContent" >> beam.GroupByKey()
               | "FirstOfIdentical" >> beam.ParDo(FirstOfIdentical(settings, run)).with_outputs("rejected", "outcomes",
                                                                                                main="refs"))
+    # partial: a long recording's windows (sensor samples and all) go on as they are planned, never held in memory
     planned = firsts.refs | "Plan" >> beam.ParDo(PlanRecording(settings, config, run)).with_outputs(
-        "rejected", "outcomes", main="windows")
+        "rejected", "outcomes", main="windows").with_exception_handling(partial=True, **DEAD_LETTERS)
     clips = (planned.windows
              | "SpreadWindows" >> beam.Reshuffle()
-             | "Cut" >> beam.ParDo(IngestWindow(settings, config, run, overwrite)).with_outputs("rejected",
-                                                                                                main="rows"))
+             | "Cut" >> beam.ParDo(IngestWindow(settings, config, run, overwrite)).with_outputs(
+                 "rejected", main="rows").with_exception_handling(**DEAD_LETTERS))
+    dead = ((identified.dead, planned.dead, clips.dead) | "AllDeadLetters" >> beam.Flatten()
+            | "DeadLetters" >> beam.ParDo(DeadLetters(settings, run)).with_outputs("rejected", "outcomes"))
     _ = clips.rows | "ClipTable" >> WriteParts(settings, table_prefix("clips", run), CLIP_SCHEMA, "clip_id", parts)
-    rejected = [identified.rejected, firsts.rejected, planned.rejected, clips.rejected]
+    rejected = [identified.rejected, firsts.rejected, planned.rejected, clips.rejected, dead.rejected]
     if refused:
         rejected.append(pipeline | "LauncherRefused" >> beam.Create(list(refused)))
     _ = tuple(rejected) | "AllRejections" >> beam.Flatten() | "RejectionTable" >> WriteRejections(settings, run, parts)
-    _ = ((identified.outcomes, firsts.outcomes, planned.outcomes) | "AllOutcomes" >> beam.Flatten()
+    _ = ((identified.outcomes, firsts.outcomes, planned.outcomes, dead.outcomes) | "AllOutcomes" >> beam.Flatten()
          | "Outcomes" >> WriteParts(settings, f"{work_prefix(run)}/outcomes", OUTCOME_SCHEMA, "source", parts))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -16,6 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.metrics import Metrics
 
+from alliance.errors import RetryableError, is_infrastructure
 from alliance.settings import Settings
 from alliance.store import ObjectStore, open_store
 from alliance.tables import REJECTION_SCHEMA, Rejection
@@ -193,3 +195,51 @@ def read_progress(store: ObjectStore, prefix: str) -> Counter:
         if info.key.endswith(".json"):
             total.update(json.loads(store.get_bytes(info.key)))
     return total
+
+
+# --------------------------------------------------------------------------- the failure contract
+#
+# A media fault is a rejection with a reason (the DoFn yields it through `reject`); an infrastructure fault (helper,
+# child start, local copy, store, catalog) is a RetryableError that Beam retries and that never becomes a rejection;
+# anything unforeseen leaves the DoFn as `Unforeseen` and Beam's `with_exception_handling` turns it into a dead letter
+# (`DEAD_LETTERS`) with its traceback, which the pipeline writes to the rejection table: the run goes on.
+
+
+class Unforeseen(Exception):
+    """An error no stage foresaw, on its way to a dead letter; its __cause__ is the error, traceback and all."""
+
+
+DEAD_LETTERS = dict(dead_letter_tag="dead", exc_class=Unforeseen)  # with_exception_handling(**DEAD_LETTERS)
+
+
+def under_contract(process):
+    """Decorates a DoFn's `process`: a RetryableError or infrastructure fault (alliance.errors.is_infrastructure) is
+    raised as a RetryableError, so Beam retries the bundle and no dead letter or rejection is made of it; any other
+    error is raised as Unforeseen, so `with_exception_handling(**DEAD_LETTERS)` makes a dead letter of it."""
+
+    @functools.wraps(process)
+    def guarded(self, *args, **kwargs):
+        try:
+            yield from process(self, *args, **kwargs)
+        except RetryableError:
+            raise
+        except Exception as e:
+            if is_infrastructure(e):
+                raise RetryableError(f"{type(e).__name__}: {e}; the work is retried") from e
+            raise Unforeseen(f"{type(e).__name__}: {e}") from e
+
+    return guarded
+
+
+def reject(namespace: str, rejection: Rejection) -> beam.pvalue.TaggedOutput:
+    """A rejection on its way out of a DoFn: counted under its reason (a metric name) and tagged `rejected`."""
+    count(namespace, f"rejected_{rejection.reason}")
+    return beam.pvalue.TaggedOutput("rejected", rejection)
+
+
+def dead_letter_detail(key: str, failure: tuple) -> str:
+    """What a person reads of a dead letter: the key, the error and the traceback (`failure` is Beam's
+    (type, repr, formatted traceback lines))."""
+    _, message, lines = failure
+    return safe_text(f"{key}: failed with {message}; nothing in the data explains it: report it with this traceback "
+                     f"(and the file)\n{''.join(lines).rstrip()}")

@@ -10,8 +10,8 @@ import time
 import pytest
 
 from ingest import bounded
-from ingest.bounded import run_bounded
-from ingest.errors import DecodeError
+from ingest.bounded import BoundedCallError, run_bounded
+from ingest.errors import DecodeError, RetryableError
 
 
 def _pid(path) -> int:
@@ -50,12 +50,40 @@ def test_a_child_that_timed_out_or_crashed_is_never_reused(tmp_path):
     _wait_gone(first, second)
 
 
-def test_an_unexpected_error_is_reported_and_its_child_replaced(tmp_path):
+def test_an_unexpected_error_is_no_verdict_on_the_file_and_its_child_is_replaced(tmp_path):
+    """A bug raises with the child's traceback (a dead letter in Beam), never DecodeError: the file is not refused."""
     first = _pid(tmp_path)
-    with pytest.raises(DecodeError) as caught:
+    with pytest.raises(BoundedCallError) as caught:
         run_bounded(int, ("not a number",), path=tmp_path / "x.mp4", timeout_s=5)
-    assert caught.value.reason == "decode_failed" and "invalid literal" in caught.value.detail
+    assert "invalid literal" in str(caught.value) and "Traceback" in str(caught.value)
     assert _pid(tmp_path) != first
+
+
+def test_an_os_error_of_the_machine_under_the_call_is_retryable_then_the_call_succeeds(tmp_path):
+    """A local copy evicted under the call (or a full disk) is the machine's fault: retried, never decode_failed."""
+    copy = tmp_path / "copy.mp4"
+    with pytest.raises(RetryableError, match="FileNotFoundError"):
+        run_bounded(_read, (str(copy),), path="landing/p/d/files/a.mp4", timeout_s=10)
+    copy.write_bytes(b"back")  # the fault passed: the copy is there again
+    assert run_bounded(_read, (str(copy),), path="landing/p/d/files/a.mp4", timeout_s=10) == b"back"
+
+
+def test_a_helper_that_does_not_start_is_retryable_and_the_next_call_starts_one(tmp_path, monkeypatch):
+    if bounded._helper is not None:
+        bounded._helper.stop()
+    with monkeypatch.context() as patched:
+        patched.setattr(bounded.sys, "executable", "/bin/false")  # the helper exits at once
+        with pytest.raises(RetryableError, match="did not start"):
+            _pid(tmp_path)
+    assert _pid(tmp_path) != os.getpid()  # the fault passed: a helper starts and the call runs
+
+
+def test_a_child_that_never_takes_the_call_is_retryable_and_the_next_call_runs(tmp_path, monkeypatch):
+    with monkeypatch.context() as patched:
+        patched.setattr(bounded._Child, "start", lambda self, fn, args: False)
+        with pytest.raises(RetryableError, match="did not take the call"):
+            _pid(tmp_path)
+    assert _pid(tmp_path) != os.getpid()
 
 
 def test_an_idle_child_killed_from_outside_costs_no_file(tmp_path):
@@ -117,6 +145,11 @@ def _hang_after_writing_pid(path: str) -> None:
         f.write(str(os.getpid()))
     os.replace(path + ".tmp", path)
     time.sleep(120)
+
+
+def _read(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
 
 
 def _refuse(path: str) -> None:
