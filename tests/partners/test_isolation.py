@@ -80,7 +80,7 @@ def test_tokens_are_hashed_revocable_and_rate_limited(file_service):
     from alliance.models import ApiToken
     from partners.accounts import revoke_tokens, rotate_token
     from partners.errors import RateLimited
-    from partners.service import RateLimiter
+    from partners.ratelimit import RateLimiter
 
     url = file_service.url
     assert httpx.get(f"{url}/me", headers=file_service.headers(file_service.a)).json()["partner"] == "partner-a"

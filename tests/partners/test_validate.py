@@ -13,7 +13,7 @@ from alliance.store import LocalStore
 from ingest.synth import VideoSpec, write_video
 from partners.client import build_manifest, check, load_metadata
 from partners.contract import file_key, manifest_key
-from partners.service import delivery_id_for
+from partners.deliveries import delivery_id_for
 from partners.validate import validate_delivery
 from tests.partners.conftest import make_folder
 
