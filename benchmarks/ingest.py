@@ -221,7 +221,9 @@ def media_work(path: Path, config: ClipConfig, out: Path, limit: int = 5) -> Rat
     from ingest.probe import probe_in_process
 
     result = probe_in_process(str(path))
-    rec = RecordingInfo("0" * 64, "bench", "bench", str(path), result.codec, result.width, result.height, 0)
+    # faces allowed, as in the pipeline jobs' delivery.toml: this is the cost of cutting clips (benchmarks/deid.py)
+    rec = RecordingInfo("0" * 64, "bench", "bench", str(path), result.codec, result.width, result.height, 0,
+                        meta_json='{"faces_allowed": true}')
     windows = plan_windows(result, config)[:limit]
     started, cpu = time.perf_counter(), time.process_time()
     for window in windows:
