@@ -217,7 +217,8 @@ def bare_decode(path: Path, threads: int = 1, rgb: bool = True, limit: int | Non
 def media_work(path: Path, config: ClipConfig, out: Path, limit: int = 5) -> Rate:
     """Frames/s of the pure functions over the first `limit` windows of a recording, one after the other in this
     process."""
-    from ingest.clips import RecordingInfo, WindowTask, cut_window, plan_windows
+    from ingest.clips import cut_window
+    from ingest.plan import RecordingInfo, WindowTask, plan_windows
     from ingest.probe import probe_in_process
 
     result = probe_in_process(str(path))

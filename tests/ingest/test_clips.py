@@ -8,8 +8,8 @@ import av
 import numpy as np
 import pytest
 
-from ingest.clips import (ClipConfig, RecordingInfo, WindowTask, clip_id, cut_window, plan_windows, sha256_file,
-                          target_size)
+from ingest.clips import cut_window
+from ingest.plan import ClipConfig, RecordingInfo, WindowTask, clip_id, plan_windows, sha256_file, target_size
 from ingest.errors import DecodeError
 from ingest.probe import probe
 from ingest.scenes import detect_cuts, luma_histogram
@@ -211,7 +211,7 @@ def test_frames_hours_apart_are_refused_before_any_window_is_planned(tmp_path):
 
 @pytest.mark.parametrize("degrees", [0, 90, 180, 270])
 def test_rotating_packed_yuv_matches_rotating_the_picture(degrees):
-    from ingest.clips import rotate
+    from ingest.frames import rotate
 
     image = painter(VideoSpec(width=64, height=32, scene="moving_square"))(3)
     yuv = av.VideoFrame.from_ndarray(image, format="rgb24").reformat(format="yuv420p").to_ndarray()

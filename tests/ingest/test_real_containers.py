@@ -10,7 +10,7 @@ import pytest
 
 from curation.media import decode_clip
 from curation.quality import QualityConfig, measure, quality_reason
-from ingest.clips import ClipConfig, clip_id, plan_windows, sha256_file
+from ingest.plan import ClipConfig, clip_id, plan_windows, sha256_file
 from ingest.errors import DecodeError
 from ingest.probe import probe
 from ingest.synth import VideoSpec, read_counter, write_video
