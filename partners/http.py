@@ -22,6 +22,14 @@ DOCS_CSP = ("default-src 'none'; script-src 'unsafe-inline' https://cdn.jsdelivr
             "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 
 
+def security_headers(path: str = "") -> list[tuple[bytes, bytes]]:
+    """The headers every answer carries, the HTTP protocol's own refusals included."""
+    csp = DOCS_CSP if path in ("/docs", "/redoc", "/docs/oauth2-redirect") else REPORT_CSP
+    return [(b"x-content-type-options", b"nosniff"), (b"content-security-policy", csp.encode()),
+            (b"referrer-policy", b"no-referrer"), (b"x-frame-options", b"DENY"),
+            (b"cross-origin-resource-policy", b"same-origin")]
+
+
 class Guard:
     """Pure ASGI: refuses a request with too many headers (431), and puts security headers on every response
     (a strict Content-Security-Policy: reports are self-contained HTML; /docs may load Swagger UI's CDN)."""
@@ -32,10 +40,7 @@ class Guard:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        csp = DOCS_CSP if scope["path"] in ("/docs", "/redoc", "/docs/oauth2-redirect") else REPORT_CSP
-        extra = [(b"x-content-type-options", b"nosniff"), (b"content-security-policy", csp.encode()),
-                 (b"referrer-policy", b"no-referrer"), (b"x-frame-options", b"DENY"),
-                 (b"cross-origin-resource-policy", b"same-origin")]
+        extra = security_headers(scope["path"])
 
         async def send_secured(message):
             if message["type"] == "http.response.start":

@@ -17,6 +17,7 @@ from alliance.catalog import Catalog
 from alliance.errors import AllianceError
 from alliance.settings import Settings
 from alliance.store import ObjectStore
+from partners.http import security_headers
 from partners.service import ServiceConfig, create_app
 
 
@@ -94,21 +95,32 @@ def guarded_protocol(config: ServiceConfig) -> type:
                                   f"below the {config.min_body_rate} B/s minimum")
             self._deadline = self.loop.call_later(1.0, self._check_body)
 
+        def send_400_response(self, msg: str) -> None:
+            """h11 refuses headers it cannot buffer (over max_header_bytes) before the app sees them: the same 431
+            as the app's own header limit, whichever of the two met the request first."""
+            if len(self.conn.trailing_data[0]) <= config.max_header_bytes:
+                return super().send_400_response(msg)
+            self._refuse(431, b"Request Header Fields Too Large", "too_many_headers",
+                         f"the request headers are over {config.max_header_bytes} bytes: send fewer")
+            self.transport.close()
+
+        def _refuse(self, status: int, phrase: bytes, reason: str, detail: str) -> None:
+            body = json.dumps({"error": reason, "detail": detail, "problems": []}).encode()
+            try:
+                out = self.conn.send(h11.Response(status_code=status, reason=phrase, headers=[
+                    (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                    (b"connection", b"close"), *security_headers()]))
+                out += self.conn.send(h11.Data(data=body)) + self.conn.send(h11.EndOfMessage())
+                self.transport.write(out)
+            except h11.LocalProtocolError:
+                pass
+
         def _late(self, reason: str, detail: str) -> None:
             self._deadline = None
             if self.transport.is_closing():
                 return
             if self.conn.our_state is h11.SEND_RESPONSE and (self.cycle is None or not self.cycle.response_started):
-                body = json.dumps({"error": reason, "detail": f"{detail}: send the request at once, then retry",
-                                   "problems": []}).encode()
-                try:
-                    out = self.conn.send(h11.Response(status_code=408, reason=b"Request Timeout", headers=[
-                        (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                        (b"connection", b"close")]))
-                    out += self.conn.send(h11.Data(data=body)) + self.conn.send(h11.EndOfMessage())
-                    self.transport.write(out)
-                except h11.LocalProtocolError:
-                    pass
+                self._refuse(408, b"Request Timeout", reason, f"{detail}: send the request at once, then retry")
             if self.cycle is not None:
                 self.cycle.disconnected = True
                 self.cycle.message_event.set()

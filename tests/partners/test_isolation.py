@@ -58,7 +58,7 @@ def test_partner_b_cannot_touch_anything_of_partner_a(service, media, tmp_path):
     other_key = part_url.replace("/partner-a/", "/partner-b/")
     assert httpx.put(other_key, content=data).status_code == 403
     assert httpx.put(part_url.replace("partNumber=1", "partNumber=2"), content=data).status_code == 403
-    assert httpx.put(part_url, content=data[:-1]).status_code in (400, 403)
+    assert httpx.put(part_url, content=data[:-1]).status_code == 403  # the length is signed
     short = Uploads(service.store, b"unused", service.config.part_size)
     upload_id = short.begin("landing/partner-a/expiry/files/x.mp4")
     expiring = short.part_url("landing/partner-a/expiry/files/x.mp4", upload_id, PartSpec(1, 4), 1, "", "")
@@ -89,7 +89,7 @@ def test_tokens_are_hashed_revocable_and_rate_limited(file_service):
     assert not any(file_service.a.token.split("_")[-1] in s for s in stored)  # only hashes are kept
     for bad in ("", "Bearer nonsense", "Bearer alk_0000000000000000_" + "x" * 43, "Basic dXNlcjpwYXNz"):
         response = httpx.get(f"{url}/me", headers={"Authorization": bad} if bad else {})
-        assert response.status_code == 401 and response.json()["error"] in ("invalid_token", "request_invalid")
+        assert response.status_code == 401 and response.json()["error"] == "invalid_token"
     new = rotate_token(file_service.catalog, "partner-a")
     assert httpx.get(f"{url}/me", headers=file_service.headers(file_service.a)).status_code == 401
     assert httpx.get(f"{url}/me", headers={"Authorization": f"Bearer {new.token}"}).status_code == 200
