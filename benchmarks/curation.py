@@ -17,7 +17,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from curation.neardup import HASH_BITS, NearDupConfig, NearDupIndex, Segment, Signature  # noqa: E402
+from curation.neardup import NearDupIndex, Segment  # noqa: E402
+from curation.signature import HASH_BITS, NearDupConfig, Signature  # noqa: E402
 
 
 def random_bits(shape: tuple[int, ...], flipped: np.ndarray, rng: np.random.Generator) -> np.ndarray:

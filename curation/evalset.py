@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from curation.media import decode_clip, resize_area
-from curation.neardup import NearDupConfig, NearDupIndex, signature
+from curation.neardup import NearDupIndex
+from curation.signature import NearDupConfig, signature
 
 WORLD = 384
 TRANSFORMS = ("reencode_low_bitrate", "half_size", "crop_80", "mirror", "brighter_20", "trim_1s", "container_mkv",

@@ -14,9 +14,10 @@ from alliance.errors import DecodeError
 from curation.balance import (Hierarchy, KMeansConfig, assign, balanced_sample, centered, cluster_sizes, kmeans,
                               mean_direction, streaming_kmeans)
 from curation.media import DecodedClip, decode_clip
-from curation.neardup import NearDupConfig, NearDupIndex, NearDupMatch, Signature, signature
+from curation.neardup import NearDupIndex, NearDupMatch
 from curation.quality import SIGNALS_VERSION, QualityConfig, QualitySignals, measure, quality_detail, quality_reason
 from curation.semdedup import SemDedupConfig, semdedup_cluster
+from curation.signature import NearDupConfig, Signature, signature
 
 STAGES = ("ingest", "decode", "quality", "exact_dup", "near_dup", "semantic_dup", "balance")
 

@@ -23,10 +23,11 @@ from alliance.settings import Settings
 from alliance.store import ObjectStore, open_store
 from alliance.tables import CLIP_SCHEMA, REJECTION_SCHEMA, SELECTION_SCHEMA, Rejection
 from curation.embed import EncoderSpec, clip_tensor, load_encoder_spec
-from curation.neardup import Signature, commit_segment, load_index
+from curation.index_store import commit_segment, load_index
 from curation.quality import QualitySignals
 from curation.select import Candidate, CurateConfig, SemanticOutcome, Verdict, accepted_at, analyze_clip, \
     decide_duplicates, keep_order, merge, requalify, semantic_stage
+from curation.signature import Signature
 from pipelines.sinks import DEAD_LETTERS, dead_letter_detail, under_contract
 
 log = logging.getLogger(__name__)

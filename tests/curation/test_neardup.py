@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 
 from curation.evalset import TRANSFORMS, build_set, camera_frames, encode, evaluate, remux
+from curation.index_store import IndexChanged, commit_segment, load_index, read_manifest
 from curation.media import decode_clip
-from curation.neardup import (HASH_BITS, LIVE_BATCH, IndexChanged, NearDupConfig, NearDupIndex, Segment, Signature,
-                              commit_segment, load_index, read_manifest, signature)
+from curation.neardup import LIVE_BATCH, NearDupIndex, Segment
 from curation.select import Candidate, decide_duplicates
+from curation.signature import HASH_BITS, NearDupConfig, Signature, _dct_matrix, signature
 
 
 @pytest.fixture(scope="module")
@@ -33,6 +34,14 @@ def test_precision_and_recall_on_two_second_clips():
     """Short clips (6 samples at 3 fps) have few LSH bands: they need one collision fewer, and still no false match."""
     result = evaluate(build_set(sources=4, frames=20, other_scenes=2))
     assert (result.recall, result.precision) == (1.0, 1.0), (result.misses, result.false_matches)
+
+
+def test_the_dct_matrix_is_kept_per_size():
+    """Regression: the cached DCT matrix was the first size asked for, whatever size was asked later."""
+    small, large = _dct_matrix(8), _dct_matrix(32)
+    assert small.shape == (8, 8) and large.shape == (32, 32)
+    assert np.allclose(small @ small.T, np.eye(8)) and np.allclose(large @ large.T, np.eye(32))
+    assert _dct_matrix(8) is small
 
 
 def test_remux_into_another_container_keeps_the_decoded_content_hash():

@@ -14,7 +14,7 @@ from alliance.store import open_store
 from alliance.tables import REJECTION_SCHEMA, SELECTION_SCHEMA
 from curation.embed import write_tiny_encoder
 from curation.evalset import blur, camera_frames, encode, remux, scale_brightness
-from curation.neardup import read_manifest
+from curation.index_store import read_manifest
 from curation.quality import parse_overrides
 from curation.select import CurateConfig
 from curation.semdedup import SemDedupConfig

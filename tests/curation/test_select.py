@@ -7,9 +7,10 @@ import json
 
 import numpy as np
 
-from curation.neardup import NearDupConfig, NearDupIndex, Signature
+from curation.neardup import NearDupIndex
 from curation.quality import SIGNALS_VERSION, QualitySignals
 from curation.select import Candidate, clip_origin, decide_duplicates, keep_order, picture_quality
+from curation.signature import NearDupConfig, Signature
 
 
 def signals(*, sharpness: float = 0.5, bright: float = 0.0, duration: float = 4.0) -> QualitySignals:
