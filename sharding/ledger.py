@@ -13,7 +13,8 @@ import pyarrow.parquet as pq
 
 from alliance.store import ObjectStore
 from sharding.manifest import Manifest, load_manifest
-from sharding.versions import read_index, training_runs
+from sharding.redact import training_runs
+from sharding.versions import read_index
 
 
 @dataclass(frozen=True)

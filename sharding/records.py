@@ -17,7 +17,8 @@ from alliance.models import AuditEvent, DatasetVersion, DeliveryDetail, Recordin
 from alliance.store import ObjectStore
 from sharding.layout import manifest_key
 from sharding.manifest import Manifest, load_manifest
-from sharding.versions import RedactionReport, redact, resolve
+from sharding.redact import RedactionReport, redact
+from sharding.versions import resolve
 
 log = logging.getLogger(__name__)
 CREDIT = "recording.credit"  # partners.report.CREDIT: a partner credited with bytes another partner stored first

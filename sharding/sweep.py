@@ -11,7 +11,8 @@ from alliance.store import ObjectStore
 from sharding.consent import HeldRecording, held_outside_consent, today_utc
 from sharding.manifest import load_manifest, load_withdrawal, latest_version
 from sharding.records import recorded_versions, redact_revoked, revoked_recordings
-from sharding.versions import AffectedRun, RedactionReport, purge_versions, read_index, training_runs
+from sharding.redact import AffectedRun, RedactionReport, purge_versions, training_runs
+from sharding.versions import read_index
 
 
 @dataclass(frozen=True)

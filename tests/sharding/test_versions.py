@@ -17,7 +17,8 @@ from sharding.ledger import ledger, write_ledger
 from sharding.manifest import latest_version, load_manifest
 from sharding.plan import ShardConfig, plan_samples, plan_version
 from sharding.reader import ShardReader
-from sharding.versions import read_index, redact, write_version
+from sharding.redact import redact
+from sharding.versions import read_index, write_version
 from tests.sharding.helpers import kept_rows, make_selection, version_bytes
 
 SMALL = ShardConfig(target_bytes=24_000, seed=7)
