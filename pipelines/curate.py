@@ -8,7 +8,7 @@ import json
 import logging
 import time
 from collections import Counter
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Iterator, Sequence
 
@@ -24,10 +24,9 @@ from alliance.store import ObjectStore, open_store
 from alliance.tables import CLIP_SCHEMA, REJECTION_SCHEMA, SELECTION_SCHEMA, Rejection
 from curation.embed import EncoderSpec, clip_tensor, load_encoder_spec
 from curation.index_store import commit_segment, load_index
-from curation.quality import QualitySignals
-from curation.select import Candidate, CurateConfig, SemanticOutcome, Verdict, accepted_at, analyze_clip, \
-    decide_duplicates, keep_order, merge, requalify, semantic_stage
-from curation.signature import Signature
+from curation.select import CurateConfig, analyze_clip
+from curation.verdicts import (CANDIDATE_COLUMNS, Gathered, decide, dropped_counts, gather, recording_source,
+                               selection_table, tally)
 from pipelines.sinks import DEAD_LETTERS, dead_letter_detail, under_contract
 
 log = logging.getLogger(__name__)
@@ -177,16 +176,6 @@ class WriteWorkPart(beam.DoFn):
         yield len(ordered)
 
 
-def recording_source(row: dict[str, Any]) -> str:
-    """The upload a clip row came from (the file or store key its recording was read from), for messages."""
-    try:
-        meta = json.loads(row.get("recording_meta") or "{}")
-    except json.JSONDecodeError:
-        meta = {}
-    source = meta.get("source") if isinstance(meta, dict) else None
-    return str(source or row.get("clip_key") or row.get("clip_id"))
-
-
 def build_pipeline(pipeline: beam.Pipeline, settings: Settings, clip_parts: list[str], run: str, cfg: CurateConfig,
                    spec: EncoderSpec | None, shards: int):
     rows = (pipeline
@@ -239,39 +228,9 @@ def _accepted_times(settings: Settings, recording_ids: set[str]) -> dict[str, st
     return found
 
 
-def _is_repeat(row: dict[str, Any]) -> bool:
-    """A second delivery of a recording already in this run: rejected, but not a row of the selection."""
-    return row["stage"] == "exact_dup" and row["reason"] == "duplicate_recording"
-
-
-def _candidates(settings: Settings, store: ObjectStore, parts: list[str],
-                cfg: CurateConfig) -> tuple[list[Candidate], dict[str, QualitySignals], list[Rejection]]:
+def _candidates(settings: Settings, store: ObjectStore, parts: list[str], cfg: CurateConfig) -> Gathered:
     """One pass over the work table: what the global stages need of each clip, in keep order terms."""
-    columns = ["clip_id", "clip_key", "recording_id", "delivery", "recording_meta", "source_width", "source_height",
-               "t1", "signals", "content_hash", "signature", "stage", "reason", "detail"]
-    found: list[tuple[str, dict[str, Any], QualitySignals | None, Candidate]] = []
-    signals: dict[str, QualitySignals] = {}
-    repeats: list[Rejection] = []
-    for key in parts:
-        for row in read_parquet(store, key, columns).to_pylist():
-            if _is_repeat(row):
-                repeats.append(Rejection(row["clip_key"] or row["clip_id"], row["stage"], row["reason"], row["detail"]))
-                continue
-            s = QualitySignals.from_json(row["signals"]) if row["signals"] else None
-            if s is not None:
-                signals[row["clip_id"]] = s
-            sig = Signature.from_bytes(row["signature"]) if row["signature"] else None
-            stage, reason, detail = requalify(row["stage"], row["reason"], row["detail"], s, row["clip_key"] or "",
-                                              cfg.quality)
-            ordering = {"clip_id": row["clip_id"], "delivery": row["delivery"], "accepted_at": accepted_at(row),
-                        "source_width": row["source_width"], "source_height": row["source_height"]}
-            found.append((row["recording_id"], ordering, s,
-                          Candidate(row["clip_id"], row["clip_key"] or "", (), row["content_hash"] or "", sig, stage,
-                                    reason, detail, t1=row["t1"], source=recording_source(row))))
-    accepted = _accepted_times(settings, {recording for recording, *_ in found})
-    candidates = [replace(c, order=keep_order(ordering, s, accepted.get(recording) or ordering["accepted_at"]))
-                  for recording, ordering, s, c in found]
-    return candidates, signals, repeats
+    return gather((row for key in parts for row in read_parquet(store, key, CANDIDATE_COLUMNS).to_pylist()), cfg)
 
 
 def _embedding_batches(store: ObjectStore, parts: list[str]):
@@ -287,30 +246,6 @@ def _embedding_batches(store: ObjectStore, parts: list[str]):
     return batches
 
 
-def _selection_columns(table: pa.Table, verdicts: dict[str, Verdict]) -> pa.Table:
-    ids = table["clip_id"].to_pylist()
-    signals = table["signals"].to_pylist()
-    hashes = table["content_hash"].to_pylist()
-    chosen = [verdicts[c] for c in ids]
-    quality = []
-    for s, h, v in zip(signals, hashes, chosen):
-        entry = json.loads(s) if s else {}
-        entry.update({"content_hash": h, "detail": v.detail})
-        if v.distance is not None:
-            entry["near_dup_distance"] = round(v.distance, 3)
-        quality.append(json.dumps(entry, sort_keys=True))
-    columns = {f.name: table[f.name] for f in CLIP_SCHEMA}
-    columns.update({
-        "kept": pa.array([v.kept for v in chosen], pa.bool_()),
-        "drop_stage": pa.array([v.stage for v in chosen], pa.string()),
-        "drop_reason": pa.array([v.reason for v in chosen], pa.string()),
-        "duplicate_of": pa.array([v.duplicate_of for v in chosen], pa.string()),
-        "cluster": pa.array([v.cluster for v in chosen], pa.int32()),
-        "quality": pa.array(quality, pa.string()),
-    })
-    return pa.Table.from_pydict(columns, schema=SELECTION_SCHEMA)
-
-
 def finalize(settings: Settings, store: ObjectStore, clips_run: str, run: str, cfg: CurateConfig,
              spec: EncoderSpec | None, started: float) -> CurateSummary:
     """Keep order, exact and near duplicates against the stored index, the semantic stages, then the index
@@ -318,21 +253,13 @@ def finalize(settings: Settings, store: ObjectStore, clips_run: str, run: str, c
     from curation.report import ReportInput, write_report
 
     parts = _work_parts(store, run)
-    candidates, signals, repeats = _candidates(settings, store, parts, cfg)
+    gathered = _candidates(settings, store, parts, cfg)
+    candidates, signals, repeats = (gathered.in_keep_order(_accepted_times(settings, gathered.recordings)),
+                                    gathered.signals, gathered.repeats)
     index = load_index(store, cfg.index, cfg.neardup, before_run=run)
-    verdicts = decide_duplicates(candidates, index)
-    semantic: SemanticOutcome | None = None
-    if spec is None:
-        semantic_note = "skipped: no encoder given (--encoder CHECKPOINT_RUN); every clip has cluster -1"
-    else:
-        ranked = sorted((c for c in candidates if verdicts[c.clip_id].kept), key=lambda c: c.order)
-        order = {c.clip_id: rank for rank, c in enumerate(ranked)}
-        semantic = semantic_stage(order, _embedding_batches(store, parts), cfg.semantic)
-        verdicts = merge(verdicts, semantic)
-        balance = f"balanced to {cfg.semantic.target} clips" if cfg.semantic.target else "no balancing target"
-        cosines = "centred cosines" if cfg.semantic.center else "cosines"
-        semantic_note = (f"encoder {spec.name}: {semantic.clusters} clusters, SemDeDup eps {cfg.semantic.eps} "
-                         f"({cosines}), {balance}")
+    decision = decide(candidates, index, cfg, spec.name if spec is not None else None,
+                      _embedding_batches(store, parts))
+    verdicts, semantic, semantic_note = decision.verdicts, decision.semantic, decision.semantic_note
 
     # the index commit comes first: a run that lost a race to another writes nothing; a re-run after a later
     # failure finds its own commit and decides the same again
@@ -345,29 +272,14 @@ def finalize(settings: Settings, store: ObjectStore, clips_run: str, run: str, c
     if not parts:  # an empty clip table still gives a (empty) selection, so the next stage finds its input
         write_parquet(store, f"{selection_prefix}/part-00000.parquet", SELECTION_SCHEMA.empty_table())
     for i, key in enumerate(parts):
-        table = read_parquet(store, key)
-        table = table.filter(pa.compute.invert(pa.compute.and_(
-            pa.compute.equal(table["stage"].fill_null(""), "exact_dup"),
-            pa.compute.equal(table["reason"].fill_null(""), "duplicate_recording"))))
-        selection = _selection_columns(table, verdicts)
+        selection = selection_table(read_parquet(store, key), verdicts)
         write_parquet(store, f"{selection_prefix}/part-{i:05d}.parquet", selection)
-        for row in selection.select(["clip_id", "clip_key", "partner", "kept"]).to_pylist():
-            tally = partners.setdefault(row["partner"], Counter())
-            tally["in"] += 1
-            tally["kept"] += int(row["kept"])
-            if not row["kept"]:
-                v = verdicts[row["clip_id"]]
-                rejections.append(Rejection(row["clip_key"] or row["clip_id"], v.stage, v.reason,
-                                            v.detail or f"{row['clip_key']}: dropped at {v.stage} ({v.reason})"))
+        rejections.extend(tally(selection, verdicts, partners))
     rejections_key = f"tables/rejections/{run}/part-00000.parquet"
     write_parquet(store, rejections_key, pa.Table.from_pylist([r.to_dict() for r in rejections],
                                                               schema=REJECTION_SCHEMA))
 
-    dropped: dict[str, dict[str, int]] = {}
-    for stage, reason in [(v.stage, v.reason) for v in verdicts.values() if not v.kept] + \
-            [(r.stage, r.reason) for r in repeats]:
-        dropped.setdefault(stage, {}).setdefault(reason, 0)
-        dropped[stage][reason] += 1
+    dropped = dropped_counts(verdicts, repeats)
     kept = sum(v.kept for v in verdicts.values())
     report_key = f"reports/curation/{run}/index.html"
     summary = CurateSummary(run, clips_run, len(verdicts) + len(repeats), kept, dropped, selection_prefix,

@@ -17,8 +17,9 @@ def _modules_after(statement: str) -> set[str]:
 
 
 def test_curation_package_pulls_in_neither_beam_nor_torch():
-    loaded = _modules_after("import curation.quality, curation.neardup, curation.embed, curation.semdedup, "
-                            "curation.balance, curation.report, curation.select, curation.evalset")
+    loaded = _modules_after("import curation.quality, curation.signature, curation.neardup, curation.index_store, "
+                            "curation.embed, curation.semdedup, curation.balance, curation.report, curation.select, "
+                            "curation.verdicts, curation.evalset")
     assert "torch" not in loaded and "apache_beam" not in loaded
 
 
