@@ -122,17 +122,25 @@ class ShardReader:
     shuffle_buffer > 0); with fewer, every slot reads every shard and keeps the samples whose position modulo
     the number of slots is its own. A finished pass advances `epoch`. `state_dict()` after k yielded samples
     and `load_state_dict()` on a fresh reader continue with exactly sample k+1 of the same order.
+
+    `ShardReader.open` reads the manifest (a missing or withdrawn version is told there); a reader built with
+    `manifest=` reads nothing until it is iterated (a loader may build one per worker, then fork). Built with
+    neither, it still reads the manifest at once, for the callers and tests that expect the error there; once they
+    call `open`, that read moves to first use (`manifest`).
     """
 
     def __init__(self, store: ObjectStore, dataset: str, version: int, *, frames: int = 16, size: int = 64,
                  shuffle_buffer: int = 0, seed: int = 0, rank: int = 0, world_size: int = 1, worker: int = 0,
-                 num_workers: int = 1, epoch: int = 0, on_error: str = "raise"):
+                 num_workers: int = 1, epoch: int = 0, on_error: str = "raise", manifest: Manifest | None = None):
         if not (0 <= rank < world_size) or not (0 <= worker < num_workers):
             raise DatasetError(f"reader slot rank={rank}/{world_size} worker={worker}/{num_workers} is out of range")
         if on_error not in ("raise", "skip"):
             raise DatasetError(f"on_error={on_error!r}: use 'raise' or 'skip'")
+        if manifest is not None and (manifest.name, manifest.version) != (dataset, version):
+            raise DatasetError(f"reader of {dataset}@v{version} given the manifest of {manifest.ref}")
         self.store = store
-        self.manifest: Manifest = load_manifest(store, dataset, version)
+        self.dataset, self.version = dataset, version
+        self._manifest = manifest if manifest is not None else load_manifest(store, dataset, version)
         self.frames, self.size = frames, size
         self.shuffle_buffer, self.seed = shuffle_buffer, seed
         self.rank, self.world_size, self.worker, self.num_workers = rank, world_size, worker, num_workers
@@ -140,6 +148,18 @@ class ShardReader:
         self.on_error = on_error
         self.yielded = 0  # samples yielded so far in this epoch
         self.failures: Counter[str] = Counter()
+
+    @classmethod
+    def open(cls, store: ObjectStore, dataset: str, version: int, **options: Any) -> "ShardReader":
+        """A reader whose manifest is read now: a version that does not exist or was withdrawn raises here."""
+        return cls(store, dataset, version, manifest=load_manifest(store, dataset, version), **options)
+
+    @property
+    def manifest(self) -> Manifest:
+        """The version's manifest, read on first use."""
+        if self._manifest is None:
+            self._manifest = load_manifest(self.store, self.dataset, self.version)
+        return self._manifest
 
     @property
     def slot(self) -> int:
@@ -219,7 +239,7 @@ class ShardReader:
         self.epoch, self.yielded = epoch, 0
 
     def state_dict(self) -> dict[str, Any]:
-        return {"dataset": self.manifest.name, "version": self.manifest.version, "epoch": self.epoch,
+        return {"dataset": self.dataset, "version": self.version, "epoch": self.epoch,
                 "yielded": self.yielded, "seed": self.seed, "shuffle_buffer": self.shuffle_buffer,
                 "rank": self.rank, "world_size": self.world_size, "worker": self.worker,
                 "num_workers": self.num_workers}

@@ -80,6 +80,24 @@ def test_bad_mp4_raises_or_is_counted(ego, tmp_path):
     assert len(keys(reader)) == 17 and reader.failures == {"decode_failed": 1}
 
 
+def test_open_reads_the_manifest_and_a_reader_given_it_reads_nothing_until_iterated(ego):
+    from sharding.errors import VersionNotFound
+
+    class Untouchable:
+        def __getattr__(self, name):
+            raise AssertionError(f"building the reader called store.{name}")
+
+    with pytest.raises(VersionNotFound, match="ego@v9 does not exist"):
+        ShardReader.open(ego, "ego", 9)
+    opened = ShardReader.open(ego, "ego", 1, frames=2, size=16)
+    assert opened.manifest.samples == 18 and keys(opened) == keys(ShardReader(ego, "ego", 1, frames=2, size=16))
+    # e.g. one reader built per loader worker, in the worker: no store call until it is iterated
+    reader = ShardReader(Untouchable(), "ego", 1, worker=1, num_workers=2, manifest=opened.manifest)
+    assert reader.state_dict()["dataset"] == "ego" and reader.slots == 2
+    with pytest.raises(DatasetError, match="given the manifest of ego@v1"):
+        ShardReader(ego, "ego", 2, manifest=opened.manifest)
+
+
 def test_reader_imports_neither_torch_nor_beam():
     code = ("import sys, sharding.reader, sharding.versions, sharding.audit, sharding.gc, sharding.ledger; "
             "print('torch' in sys.modules, 'apache_beam' in sys.modules)")
