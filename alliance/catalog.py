@@ -77,6 +77,16 @@ class Catalog:
             raise CatalogError(f"catalog {self.safe_url} is at revision {current or 'empty'}, the code needs {head}: "
                                f"run `alliance catalog upgrade`")
 
+    def prepare(self) -> "Catalog":
+        """Ready for a command to use. The embedded SQLite catalog is created or upgraded in place (a first run needs
+        no setup); a server database is only ever migrated by `alliance catalog upgrade`: one behind the code raises
+        a CatalogError that says so."""
+        if self.backend == "sqlite":
+            self.upgrade()
+        else:
+            self.ensure_current()
+        return self
+
     def tables(self) -> list[str]:
         return sorted(inspect(self.engine).get_table_names())
 

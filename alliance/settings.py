@@ -7,9 +7,12 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from alliance.errors import ConfigError
+
+if TYPE_CHECKING:
+    from alliance.store import ObjectStore
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -65,6 +68,11 @@ class Settings:
     def effective_catalog_url(self) -> str:
         return self.catalog_url or f"sqlite:///{(self.home.resolve() / 'catalog.db')}"
 
+    def store_address(self) -> "StoreAddress":
+        """What a Beam worker needs to reach this process's store, without its credentials."""
+        return StoreAddress(self.effective_store_url,
+                            dataclasses.replace(self.s3, access_key_id="", secret_access_key=""))
+
     def masked(self) -> dict[str, Any]:
         """The configuration as plain data with every secret replaced by a mask."""
         data = dataclasses.asdict(self)
@@ -79,6 +87,26 @@ class Settings:
             key = data["s3"]["access_key_id"]
             data["s3"]["access_key_id"] = key[:4] + MASK if len(key) > 8 else MASK
         return data
+
+
+@dataclass(frozen=True)
+class StoreAddress:
+    """Where the store is and how to reach it (URL, S3 endpoint, region, retry and part sizes), never who may:
+    what a pipeline pickles into its DoFns. Each worker opens it with the credentials of its own environment
+    (ALLIANCE_S3_ACCESS_KEY_ID / ALLIANCE_S3_SECRET_ACCESS_KEY, AWS_* or boto3's own chain)."""
+
+    url: str
+    s3: S3Settings = S3Settings()
+
+    @classmethod
+    def of(cls, where: "Settings | StoreAddress") -> "StoreAddress":
+        """The address of a process's settings (its secrets left out), or the address itself."""
+        return where if isinstance(where, StoreAddress) else where.store_address()
+
+    def open(self) -> "ObjectStore":
+        from alliance.store import open_store, with_environment_credentials
+
+        return open_store(self.url, Settings(s3=with_environment_credentials(self.s3)))
 
 
 # (environment variable, section, field, type)

@@ -558,6 +558,18 @@ class _S3MultipartWriter(ObjectWriter):
 # --------------------------------------------------------------------------- opening
 
 
+def with_environment_credentials(s3: "S3Settings", env=None) -> "S3Settings":
+    """`s3` (an address, no credentials) with the credentials this process's own configuration gives
+    (ALLIANCE_S3_* or AWS_* variables, its config file; empty: boto3's own chain); its endpoint when `s3` has none."""
+    from dataclasses import replace
+
+    from alliance.settings import load_settings
+
+    own = load_settings(env).s3
+    return replace(s3, access_key_id=own.access_key_id, secret_access_key=own.secret_access_key,
+                   endpoint_url=s3.endpoint_url or own.endpoint_url)
+
+
 def open_store(url: str | None = None, settings: "Settings | None" = None) -> ObjectStore:
     """The store at `url` (default: the configured one)."""
     if settings is None:

@@ -9,7 +9,6 @@ import logging
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Any, Iterator, Sequence
 
 import apache_beam as beam
@@ -19,7 +18,7 @@ import pyarrow.parquet as pq
 from apache_beam.metrics import Metrics
 
 from alliance.errors import AllianceError, KeyNotFound
-from alliance.settings import Settings
+from alliance.settings import Settings, StoreAddress
 from alliance.store import ObjectStore, open_store
 from alliance.tables import CLIP_SCHEMA, REJECTION_SCHEMA, SELECTION_SCHEMA, Rejection
 from curation.embed import EncoderSpec, clip_tensor, load_encoder_spec
@@ -94,11 +93,11 @@ def write_parquet(store: ObjectStore, key: str, table: pa.Table) -> None:
 class ReadClipRows(beam.DoFn):
     """A clip table part -> its rows."""
 
-    def __init__(self, settings: Settings):
-        self.settings = settings
+    def __init__(self, settings: Settings | StoreAddress):
+        self.store_address = StoreAddress.of(settings)  # never a secret: workers bring their own
 
     def setup(self) -> None:
-        self.store = open_store(settings=self.settings)
+        self.store = self.store_address.open()
 
     def process(self, key: str) -> Iterator[dict[str, Any]]:
         yield from read_parquet(self.store, key).to_pylist()
@@ -107,11 +106,11 @@ class ReadClipRows(beam.DoFn):
 class AnalyzeClip(beam.DoFn):
     """Decode a clip once: quality signals and verdict, decoded-content hash, near-dup signature, encoder input."""
 
-    def __init__(self, settings: Settings, cfg: CurateConfig, spec: EncoderSpec | None, shards: int):
-        self.settings, self.cfg, self.spec, self.shards = settings, cfg, spec, shards
+    def __init__(self, settings: Settings | StoreAddress, cfg: CurateConfig, spec: EncoderSpec | None, shards: int):
+        self.store_address, self.cfg, self.spec, self.shards = StoreAddress.of(settings), cfg, spec, shards
 
     def setup(self) -> None:
-        self.store = open_store(settings=self.settings)
+        self.store = self.store_address.open()
 
     @under_contract  # a store that fails is retried; what analysis did not foresee is a dead letter (AnalysisFailed)
     def process(self, row: dict[str, Any]):
@@ -143,11 +142,11 @@ def analysis_failed(letter: tuple, shards: int) -> tuple[int, tuple[str, dict[st
 class WriteWorkPart(beam.DoFn):
     """One shard of analysed rows (with their embeddings) -> tables/curation-work/{run}/part-NNNNN.parquet."""
 
-    def __init__(self, settings: Settings, run: str):
-        self.settings, self.run = settings, run
+    def __init__(self, settings: Settings | StoreAddress, run: str):
+        self.store_address, self.run = StoreAddress.of(settings), run
 
     def setup(self) -> None:
-        self.store = open_store(settings=self.settings)
+        self.store = self.store_address.open()
 
     def process(self, element) -> Iterator[int]:
         shard, values = element
@@ -304,7 +303,8 @@ def run_curate(settings: Settings, clips_run: str, run_id: str, encoder_run: str
 
     reuse_analysis: when this run already analysed the same clip table with the same encoder, skip the Beam job
     and decide again from the stored signals, hashes and embeddings (new thresholds without re-decoding)."""
-    from pipelines.options import pipeline_options, worker_log_path, worker_output_to
+    from alliance.runs import recorded_run
+    from pipelines.options import credentials_for_local_workers, pipeline_options, worker_log_path, worker_output_to
 
     started = time.perf_counter()
     store = open_store(settings=settings)
@@ -318,34 +318,18 @@ def run_curate(settings: Settings, clips_run: str, run_id: str, encoder_run: str
                         sort_keys=True)
     inputs_key = f"{work_prefix(run_id)}/inputs.json"
     reusable = reuse_analysis and store.exists(inputs_key) and store.get_bytes(inputs_key).decode() == inputs
-    started_at = datetime.now(timezone.utc)
-    if not reusable:
-        for old in store.list(f"{work_prefix(run_id)}/"):
-            store.delete(old.key)
-        with worker_output_to(worker_log_path(settings, "curate", run_id)), \
-                beam.Pipeline(options=pipeline_options(settings, beam_flags)) as pipeline:
-            build_pipeline(pipeline, settings, [o.key for o in clip_parts], run_id, config, spec, shards)
-        store.put_bytes(inputs_key, inputs.encode())
-    summary = finalize(settings, store, clips_run, run_id, config, spec, started)
-    if record:
-        _record_run(settings, run_id, config, summary, started_at, clips_run, encoder_run)
+    # the launcher, not the workers, records the run: running, then failed (with the error) or succeeded
+    with recorded_run(settings.effective_catalog_url if record else None, run_id, "curate",
+                      {"clips_run": clips_run, "encoder_run": encoder_run, **config.to_json()}) as run:
+        if not reusable:
+            for old in store.list(f"{work_prefix(run_id)}/"):
+                store.delete(old.key)
+            worker_log = worker_log_path(settings, "curate", run_id)
+            with credentials_for_local_workers(settings), worker_output_to(worker_log), \
+                    beam.Pipeline(options=pipeline_options(settings, beam_flags)) as pipeline:
+                build_pipeline(pipeline, settings.store_address(), [o.key for o in clip_parts], run_id, config, spec,
+                               shards)
+            store.put_bytes(inputs_key, inputs.encode())
+        summary = finalize(settings, store, clips_run, run_id, config, spec, started)
+        run.summary = summary.to_json()
     return summary
-
-
-def _record_run(settings: Settings, run_id: str, cfg: CurateConfig, summary: CurateSummary, started_at: datetime,
-                clips_run: str, encoder_run: str | None) -> None:
-    """The launcher, not the workers, records the run in the catalog."""
-    from alliance.catalog import Catalog
-    from alliance.models import Run
-
-    catalog = Catalog(settings.effective_catalog_url)
-    try:
-        catalog.upgrade()
-        with catalog.session() as session:
-            session.merge(Run(id=run_id, kind="curate", status="succeeded",
-                              config={"clips_run": clips_run, "encoder_run": encoder_run,
-                                      **json.loads(json.dumps(cfg.to_json(), default=list))},
-                              summary=summary.to_json(), started_at=started_at.replace(tzinfo=None),
-                              finished_at=datetime.now(timezone.utc).replace(tzinfo=None)))
-    finally:
-        catalog.dispose()

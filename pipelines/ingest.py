@@ -9,13 +9,13 @@ import threading
 import time
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import apache_beam as beam
 
 from alliance.errors import InvalidKey
+from alliance.runs import recorded_run
 from alliance.settings import Settings
 from alliance.store import ObjectStore, open_store, validate_key
 from alliance.tables import CLIP_SCHEMA, REJECTION_SCHEMA, Rejection
@@ -63,8 +63,6 @@ def run_ingest(settings: Settings, source: str, run_id: str, beam_flags: Sequenc
     on_progress(counts, recordings_in) is called about once a second while the job runs. parts: files of the clip
     table (0: one per BYTES_PER_PART of source video, at least 4), so no worker holds more than a part's rows.
     """
-    from pipelines.options import pipeline_options, worker_log_path, worker_output_to
-
     validate_key(f"tables/clips/{run_id}")
     try:
         validate_key(f"clips/{partner}")
@@ -72,26 +70,32 @@ def run_ingest(settings: Settings, source: str, run_id: str, beam_flags: Sequenc
         raise IngestInputError(f"partner {printable_path(partner)}: not usable in clip keys ({e})") from e
     store = open_store(settings=settings)
     found = resolve_source(settings, store, source, partner)
-    refs, launcher_refused = found.refs, found.refused + found.side_refused
-    started, started_at = time.perf_counter(), datetime.now(timezone.utc)
-    clips_prefix, rejections_prefix = table_prefix("clips", run_id), table_prefix("rejections", run_id)
-    for prefix in (clips_prefix, rejections_prefix, work_prefix(run_id)):
+    started = time.perf_counter()
+    for prefix in (table_prefix("clips", run_id), table_prefix("rejections", run_id), work_prefix(run_id)):
         clear_prefix(store, prefix)
-    if record:
-        _record_run(settings, run_id, "running", config, source, {}, started_at)
+    with recorded_run(settings.effective_catalog_url if record else None, run_id, "ingest",
+                      {"source": printable_path(source), **config.to_json()}) as run:
+        summary, clips = _ingest(settings, store, found, run_id, beam_flags, config, overwrite, on_progress, parts,
+                                 started)
+        if record:
+            _record_clips(settings, store, run_id, found.refs, clips)
+        run.summary = summary.to_json()
+    return summary
+
+def _ingest(settings: Settings, store: ObjectStore, found, run_id: str, beam_flags: Sequence[str], config: ClipConfig,
+            overwrite: bool, on_progress, parts: int, started: float):
+    """The Beam job and its accounting, for run_ingest: (summary, clip table)."""
+    from pipelines.options import credentials_for_local_workers, pipeline_options, worker_log_path, worker_output_to
+
+    refs, launcher_refused = found.refs, found.refused + found.side_refused
+    clips_prefix, rejections_prefix = table_prefix("clips", run_id), table_prefix("rejections", run_id)
     pipeline = beam.Pipeline(options=pipeline_options(settings, beam_flags))
     parts = parts or max(4, -(-sum(ref.bytes for ref in refs) // BYTES_PER_PART))
-    build_pipeline(pipeline, settings, refs, run_id, config, overwrite, parts, launcher_refused)
+    build_pipeline(pipeline, settings.store_address(), refs, run_id, config, overwrite, parts, launcher_refused)
     already = Counter({"recordings_refused": len(found.refused),
                        **Counter(f"rejected_{r.reason}" for r in launcher_refused)})
-    try:
-        with worker_output_to(worker_log_path(settings, "ingest", run_id)):
-            result = _run_with_progress(pipeline, store, run_id, len(refs) + len(found.refused), on_progress,
-                                        already)
-    except BaseException:
-        if record:
-            _record_run(settings, run_id, "failed", config, source, {}, started_at)
-        raise
+    with credentials_for_local_workers(settings), worker_output_to(worker_log_path(settings, "ingest", run_id)):
+        result = _run_with_progress(pipeline, store, run_id, len(refs) + len(found.refused), on_progress, already)
     metrics = counters(result, NAMESPACE)
     ensure_part(store, clips_prefix, CLIP_SCHEMA)
     ensure_part(store, rejections_prefix, REJECTION_SCHEMA)
@@ -110,10 +114,7 @@ def run_ingest(settings: Settings, source: str, run_id: str, beam_flags: Sequenc
         seconds=round(time.perf_counter() - started, 3),
         clips_per_partner=dict(sorted(Counter(clips.column("partner").to_pylist()).items())),
         recordings_refused=refused, unaccounted=unaccounted)
-    if record:
-        _record_clips(settings, store, run_id, refs, clips)
-        _record_run(settings, run_id, "succeeded", config, source, summary.to_json(), started_at)
-    return summary
+    return summary, clips
 
 def account(sources: Sequence[str], refused: Sequence[Rejection], outcomes: Sequence[Mapping[str, str]],
             clip_recordings: set[str], rejections: Sequence[Mapping[str, str]]
@@ -175,22 +176,6 @@ def progress_view(counts: Counter) -> dict[str, int]:
     done = sum(1 for ref, n in planned.items() if counts.get(f"done/{ref}", 0) >= n)
     view["recordings_done"] = done + counts.get("recordings_refused", 0)
     return view
-
-def _record_run(settings: Settings, run_id: str, status: str, config: ClipConfig, source: str,
-                summary: dict[str, Any], started_at: datetime) -> None:
-    from alliance.catalog import Catalog
-    from alliance.models import Run
-
-    catalog = Catalog(settings.effective_catalog_url)
-    try:
-        catalog.upgrade()
-        with catalog.session() as session:
-            session.merge(Run(id=run_id, kind="ingest", status=status,
-                              config={"source": printable_path(source), **config.to_json()},
-                              summary=summary, started_at=started_at,
-                              finished_at=None if status == "running" else datetime.now(timezone.utc)))
-    finally:
-        catalog.dispose()
 
 def _record_clips(settings: Settings, store: ObjectStore, run_id: str, refs: Sequence[RecordingRef], clips) -> None:
     """Clip rows in the catalog; recordings that did not come from the catalog are registered first."""

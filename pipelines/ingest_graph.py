@@ -19,8 +19,8 @@ import apache_beam as beam
 import pyarrow as pa
 
 from alliance.errors import KeyNotFound, RetryableError, is_infrastructure
-from alliance.settings import Settings
-from alliance.store import LocalStore, ObjectStore, open_store, validate_key
+from alliance.settings import Settings, StoreAddress
+from alliance.store import LocalStore, ObjectStore, validate_key
 from alliance.tables import CLIP_SCHEMA, Rejection
 from ingest.bounded import run_bounded
 from ingest.clips import ClipConfig, RecordingInfo, WindowTask, clip_id, cut_window, plan_recording, sha256_file
@@ -165,11 +165,11 @@ class IdentifyRecording(beam.DoFn):
 
     Hashing here, in the workers, lets identical files meet at a GroupByKey: the launcher reads no bytes."""
 
-    def __init__(self, settings: Settings, run: str):
-        self.settings, self.run = settings, run
+    def __init__(self, settings: Settings | StoreAddress, run: str):
+        self.store_address, self.run = StoreAddress.of(settings), run  # never a secret: workers bring their own
 
     def setup(self) -> None:
-        self.store = open_store(settings=self.settings)
+        self.store = self.store_address.open()
         self.copies = LocalCopies(self.store)
         self.progress = ProgressWriter(self.store, progress_prefix(self.run))
 
@@ -201,11 +201,11 @@ class FirstOfIdentical(beam.DoFn):
     """(sha256, refs with those bytes) -> the first by name; every other one -> a duplicate_recording rejection
     naming both files. Deterministic whatever order the workers hashed them in."""
 
-    def __init__(self, settings: Settings, run: str):
-        self.settings, self.run = settings, run
+    def __init__(self, settings: Settings | StoreAddress, run: str):
+        self.store_address, self.run = StoreAddress.of(settings), run
 
     def setup(self) -> None:
-        self.progress = ProgressWriter(open_store(settings=self.settings), progress_prefix(self.run))
+        self.progress = ProgressWriter(self.store_address.open(), progress_prefix(self.run))
 
     def process(self, element):
         _, refs = element
@@ -225,11 +225,11 @@ class FirstOfIdentical(beam.DoFn):
 class PlanRecording(beam.DoFn):
     """A recording -> (ref, window task) per clip window; a recording that gives none -> a tagged rejection."""
 
-    def __init__(self, settings: Settings, config: ClipConfig, run: str):
-        self.settings, self.config, self.run = settings, config, run
+    def __init__(self, settings: Settings | StoreAddress, config: ClipConfig, run: str):
+        self.store_address, self.config, self.run = StoreAddress.of(settings), config, run
 
     def setup(self) -> None:
-        self.store = open_store(settings=self.settings)
+        self.store = self.store_address.open()
         self.copies = LocalCopies(self.store)
         self.progress = ProgressWriter(self.store, progress_prefix(self.run))
 
@@ -275,11 +275,11 @@ class IngestWindow(beam.DoFn):
     The work runs in a child process bounded by config.window_timeout_s: a hang or a crash costs one window.
     """
 
-    def __init__(self, settings: Settings, config: ClipConfig, run: str, overwrite: bool = False):
-        self.settings, self.config, self.run, self.overwrite = settings, config, run, overwrite
+    def __init__(self, settings: Settings | StoreAddress, config: ClipConfig, run: str, overwrite: bool = False):
+        self.store_address, self.config, self.run, self.overwrite = StoreAddress.of(settings), config, run, overwrite
 
     def setup(self) -> None:
-        self.store = open_store(settings=self.settings)
+        self.store = self.store_address.open()
         self.copies = LocalCopies(self.store)
         self.progress = ProgressWriter(self.store, progress_prefix(self.run))
 
@@ -329,11 +329,11 @@ class DeadLetters(beam.DoFn):
     """Beam's dead letters of one stage -> `ingest_error` rejections whose detail is the traceback, so a person reads
     them in the rejection table; a recording's also ends there (its outcome), a window's counts as done."""
 
-    def __init__(self, settings: Settings, run: str):
-        self.settings, self.run = settings, run
+    def __init__(self, settings: Settings | StoreAddress, run: str):
+        self.store_address, self.run = StoreAddress.of(settings), run
 
     def setup(self) -> None:
-        self.progress = ProgressWriter(open_store(settings=self.settings), progress_prefix(self.run))
+        self.progress = ProgressWriter(self.store_address.open(), progress_prefix(self.run))
 
     def process(self, letter):
         element, failure = letter

@@ -50,6 +50,27 @@ def worker_log_path(settings: "Settings", kind: str, run: str) -> Path:
 
 
 @contextmanager
+def credentials_for_local_workers(settings: "Settings") -> Iterator[None]:
+    """While a job runs, this process's S3 credentials are in its environment as ALLIANCE_S3_*: DoFns carry none
+    (alliance.settings.StoreAddress), workers read their own environment, and the local runner's workers (child
+    processes, or this one under LOOPBACK) inherit this one's. Workers elsewhere (a cluster, an EXTERNAL pool)
+    are given theirs by whoever starts them; the launcher's never leave this machine."""
+    wanted = {"ALLIANCE_S3_ACCESS_KEY_ID": settings.s3.access_key_id,
+              "ALLIANCE_S3_SECRET_ACCESS_KEY": settings.s3.secret_access_key}
+    wanted = {name: value for name, value in wanted.items() if value}
+    saved = {name: os.environ.get(name) for name in wanted}
+    os.environ.update(wanted)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+@contextmanager
 def worker_output_to(log: Path) -> Iterator[Path]:
     """Send what Beam's local worker processes print to `log` while the job runs, not to the terminal.
 

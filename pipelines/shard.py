@@ -10,7 +10,7 @@ from functools import cache
 from typing import TYPE_CHECKING, Any, Sequence
 
 from alliance.errors import AllianceError
-from alliance.settings import Settings
+from alliance.settings import Settings, StoreAddress
 from alliance.store import ObjectStore, open_store
 from alliance.tables import Rejection
 
@@ -73,14 +73,15 @@ def write_shard_dofn() -> type:
     class WriteShard(beam.DoFn):
         """Writes one planned shard (skipped when its receipt is there); a failure leaves as a tagged rejection."""
 
-        def __init__(self, settings: Settings, name: str, version: int, resume: bool = True):
-            self.settings, self.name, self.version, self.resume = settings, name, version, resume
+        def __init__(self, settings: Settings | StoreAddress, name: str, version: int, resume: bool = True):
+            self.store_address = StoreAddress.of(settings)  # never a secret: workers bring their own
+            self.name, self.version, self.resume = name, version, resume
             self.store: ObjectStore | None = None
             self.written = beam.metrics.Metrics.counter("shard", "shards_written")
             self.failed = beam.metrics.Metrics.counter("shard", "shard_write_failed")
 
         def setup(self) -> None:
-            self.store = open_store(settings=self.settings)
+            self.store = self.store_address.open()
 
         def process(self, shard):
             from sharding.versions import write_planned_shard
@@ -99,10 +100,10 @@ def write_shard_dofn() -> type:
     return WriteShard
 
 
-def store_rejection(rejection: Rejection, settings: Settings, prefix: str) -> None:
+def store_rejection(rejection: Rejection, address: StoreAddress, prefix: str) -> None:
     """Workers hand failures to the launching process through the store, never the catalog."""
     body = json.dumps(rejection.to_dict(), sort_keys=True).encode()
-    open_store(settings=settings).put_bytes(f"{prefix}{hashlib.sha256(body).hexdigest()[:16]}.json", body)
+    address.open().put_bytes(f"{prefix}{hashlib.sha256(body).hexdigest()[:16]}.json", body)
 
 
 def write_shards_with_beam(settings: Settings, name: str, version: int, shards: Sequence[Any],
@@ -110,21 +111,22 @@ def write_shards_with_beam(settings: Settings, name: str, version: int, shards: 
     """Run the shard writes as a Beam job; returns the shards that failed, as rejections."""
     import apache_beam as beam
 
-    from pipelines.options import pipeline_options, worker_log_path, worker_output_to
+    from pipelines.options import credentials_for_local_workers, pipeline_options, worker_log_path, worker_output_to
 
-    store = open_store(settings=settings)
+    store, address = open_store(settings=settings), settings.store_address()
     prefix = f"datasets/{name}/v{version}/_work/rejections/"
     for info in list(store.list(prefix)):
         store.delete(info.key)
-    with worker_output_to(worker_log_path(settings, "shard", f"{name}-v{version}")), \
+    with credentials_for_local_workers(settings), \
+            worker_output_to(worker_log_path(settings, "shard", f"{name}-v{version}")), \
             beam.Pipeline(options=pipeline_options(settings, beam_flags)) as pipeline:
-        write = beam.ParDo(write_shard_dofn()(settings, name, version, resume)).with_outputs("rejected",
+        write = beam.ParDo(write_shard_dofn()(address, name, version, resume)).with_outputs("rejected",
                                                                                              main="written")
         results = (pipeline
                    | "Shards" >> beam.Create(list(shards))
                    | "Spread" >> beam.Reshuffle()
                    | "Write" >> write)
-        _ = results.rejected | "Report" >> beam.Map(store_rejection, settings, prefix)
+        _ = results.rejected | "Report" >> beam.Map(store_rejection, address, prefix)
     return [Rejection(**json.loads(store.get_bytes(info.key))) for info in store.list(prefix)]
 
 
@@ -139,19 +141,33 @@ def run_shard(settings: Settings, name: str, selection_run: str, beam_flags: Seq
     reports/shards/NAME/vN/rejections.jsonl. Beam flags go to the runner as given.
     """
     from alliance.catalog import Catalog
-    from sharding.consent import filter_rows, write_rejections
-    from sharding.errors import DatasetError
-    from sharding.layout import check_name, manifest_key
-    from sharding.plan import ShardConfig, plan_samples, plan_version
-    from sharding.records import record_version, revoked_recordings
-    from sharding.versions import claim_version, clean_work, collect_receipts, finish_version, shard_done, write_shards
+    from sharding.layout import check_name
+    from sharding.plan import ShardConfig
 
     check_name(name)
     config = config or ShardConfig()
     store = open_store(settings=settings)
-    catalog = Catalog(settings.effective_catalog_url) if record else None
-    if catalog is not None:
-        catalog.upgrade()
+    catalog = Catalog(settings.effective_catalog_url).prepare() if record else None
+    try:
+        return _shard(settings, store, catalog, name, selection_run, beam_flags, config, use_beam, purpose, today)
+    finally:
+        if catalog is not None:
+            catalog.dispose()
+
+
+def _shard(settings: Settings, store: ObjectStore, catalog: "Catalog | None", name: str, selection_run: str,
+           beam_flags: Sequence[str], config: "ShardConfig", use_beam: bool, purpose: str,
+           today: "date | None") -> ShardSummary:
+    """run_shard once the catalog is open: the run is recorded as running once its id (version and plan) is
+    known, then as succeeded with its version, or failed with the error."""
+    from alliance.runs import FAILED, RUNNING, record_run
+    from sharding.consent import filter_rows, write_rejections
+    from sharding.errors import DatasetError
+    from sharding.layout import manifest_key
+    from sharding.plan import plan_samples, plan_version
+    from sharding.records import record_version, revoked_recordings
+    from sharding.versions import claim_version, clean_work, collect_receipts, finish_version, shard_done, write_shards
+
     rows = read_selection(store, selection_run)
     revoked = revoked_recordings(catalog) if catalog is not None else set()
     consent = filter_rows(rows, purpose, today=today, revoked=revoked)
@@ -164,31 +180,38 @@ def run_shard(settings: Settings, name: str, selection_run: str, beam_flags: Seq
                              f"(--purpose) or another selection")
     plan = plan_version(plan_samples(consent.kept, store), config, source)
     claim = claim_version(store, name, plan.sha256, samples=plan.samples, shards=len(plan.shards))
+    run_id = f"shard-{name}-v{claim.version}-{claim.plan_sha256[:12]}"
+    run_config = {"selection": selection_run, "purpose": purpose, **plan.config, "beam_flags": list(beam_flags)}
     written = 0
     if claim.committed is not None:
         manifest = claim.committed
         clean_work(store, name, manifest.version)  # a run killed right after its commit left these
     else:
-        # A claim made by this run has nothing to resume: no receipt lookups.
-        todo = list(plan.shards) if claim.fresh else [
-            s for s in plan.shards if shard_done(store, name, claim.version, s.index) is None]
-        if todo and use_beam:
-            rejected = write_shards_with_beam(settings, name, claim.version, todo, beam_flags, resume=not claim.fresh)
-            if rejected:
-                raise DatasetError(f"{len(rejected)} shard(s) of {name}@v{claim.version} failed: "
-                                   f"{rejected[0].detail}")
-        elif todo:
-            write_shards(store, claim, todo, resume=False)  # todo holds only shards without a receipt
-        written = len(todo)
-        manifest = finish_version(store, claim, plan, collect_receipts(store, claim, plan))
+        if catalog is not None:
+            record_run(catalog, run_id, "shard", RUNNING, config=run_config, summary={})
+        try:
+            # A claim made by this run has nothing to resume: no receipt lookups.
+            todo = list(plan.shards) if claim.fresh else [
+                s for s in plan.shards if shard_done(store, name, claim.version, s.index) is None]
+            if todo and use_beam:
+                rejected = write_shards_with_beam(settings, name, claim.version, todo, beam_flags,
+                                                  resume=not claim.fresh)
+                if rejected:
+                    raise DatasetError(f"{len(rejected)} shard(s) of {name}@v{claim.version} failed: "
+                                       f"{rejected[0].detail}")
+            elif todo:
+                write_shards(store, claim, todo, resume=False)  # todo holds only shards without a receipt
+            written = len(todo)
+            manifest = finish_version(store, claim, plan, collect_receipts(store, claim, plan))
+        except BaseException as e:
+            if catalog is not None:
+                record_run(catalog, run_id, "shard", FAILED, summary={"error": f"{type(e).__name__}: {e}"[:2000]})
+            raise
     rejections = write_rejections(store, name, manifest.version, consent.rejections) if consent.rejections else None
     if catalog is not None:
-        record_version(catalog, manifest, run_id=f"shard-{name}-v{manifest.version}-{manifest.plan_sha256[:12]}",
-                       config={"selection": selection_run, "purpose": purpose, **plan.config,
-                               "beam_flags": list(beam_flags)},
+        record_version(catalog, manifest, run_id=run_id, config=run_config,
                        extra={"in": len(rows), "kept": manifest.samples, "purpose": purpose,
                               "rejections": consent.left_out, "rejections_key": rejections})
-        catalog.dispose()
     return ShardSummary(name, manifest.version, manifest.samples, len(manifest.shards), manifest.bytes,
                         manifest.hours, manifest_key(name, manifest.version), selection_run, manifest.partners,
                         written, consent.left_out.get("consent_revoked", 0), claim.committed is not None, purpose,

@@ -18,8 +18,8 @@ import pyarrow.parquet as pq
 from apache_beam.metrics import Metrics
 
 from alliance.errors import RetryableError, is_infrastructure
-from alliance.settings import Settings
-from alliance.store import ObjectStore, open_store
+from alliance.settings import Settings, StoreAddress
+from alliance.store import ObjectStore
 from alliance.tables import REJECTION_SCHEMA, Rejection
 
 PART = "part-{:05d}.parquet"
@@ -94,11 +94,12 @@ def write_jsonl(store: ObjectStore, key: str, rows: Iterable[Mapping[str, Any]])
 class _WritePart(beam.DoFn):
     """(part number, rows) -> the part's store key, once written."""
 
-    def __init__(self, settings: Settings, prefix: str, schema: pa.Schema, sort_by: str):
-        self.settings, self.prefix, self.schema, self.sort_by = settings, prefix.rstrip("/"), schema, sort_by
+    def __init__(self, settings: Settings | StoreAddress, prefix: str, schema: pa.Schema, sort_by: str):
+        self.store_address = StoreAddress.of(settings)  # never a secret: workers bring their own
+        self.prefix, self.schema, self.sort_by = prefix.rstrip("/"), schema, sort_by
 
     def setup(self) -> None:
-        self.store = open_store(settings=self.settings)
+        self.store = self.store_address.open()
 
     def process(self, element) -> Iterator[str]:
         part, rows = element
@@ -110,9 +111,11 @@ class _WritePart(beam.DoFn):
 class WriteParts(beam.PTransform):
     """Rows (dicts) -> `parts` parquet files {prefix}/part-NNNNN.parquet, each sorted by `key_field`."""
 
-    def __init__(self, settings: Settings, prefix: str, schema: pa.Schema, key_field: str, parts: int = 4):
+    def __init__(self, settings: Settings | StoreAddress, prefix: str, schema: pa.Schema, key_field: str,
+                 parts: int = 4):
         super().__init__()
-        self.settings, self.prefix, self.schema, self.key_field, self.parts = settings, prefix, schema, key_field, parts
+        self.settings = StoreAddress.of(settings)
+        self.prefix, self.schema, self.key_field, self.parts = prefix, schema, key_field, parts
 
     def expand(self, rows):
         key_field, parts = self.key_field, self.parts
@@ -125,9 +128,9 @@ class WriteParts(beam.PTransform):
 class WriteRejections(beam.PTransform):
     """Rejection records -> tables/rejections/{run}/part-*.parquet (REJECTION_SCHEMA)."""
 
-    def __init__(self, settings: Settings, run: str, parts: int = 1):
+    def __init__(self, settings: Settings | StoreAddress, run: str, parts: int = 1):
         super().__init__()
-        self.settings, self.run, self.parts = settings, run, parts
+        self.settings, self.run, self.parts = StoreAddress.of(settings), run, parts
 
     def expand(self, rejections):
         return (rejections

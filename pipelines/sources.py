@@ -261,7 +261,7 @@ def refs_from_catalog(settings: Settings, store: ObjectStore) -> list[RecordingR
 
     catalog = Catalog(settings.effective_catalog_url)
     try:
-        catalog.upgrade()
+        catalog.prepare()
         with catalog.session() as session:
             rows = session.scalars(select(Recording).where(Recording.status == "accepted")
                                    .order_by(Recording.key)).all()

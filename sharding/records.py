@@ -13,7 +13,8 @@ from sqlalchemy import select
 
 from alliance.catalog import Catalog
 from alliance.errors import KeyNotFound
-from alliance.models import AuditEvent, DatasetVersion, DeliveryDetail, Recording, Run
+from alliance.models import AuditEvent, DatasetVersion, DeliveryDetail, Recording
+from alliance.runs import SUCCEEDED, write_run
 from alliance.store import ObjectStore
 from sharding.layout import manifest_key
 from sharding.manifest import Manifest, load_manifest
@@ -114,13 +115,7 @@ def record_version(catalog: Catalog, manifest: Manifest, *, run_id: str, kind: s
     summary = {"dataset": manifest.ref, "samples": manifest.samples, "shards": len(manifest.shards),
                "bytes": manifest.bytes, "hours": manifest.hours, **(extra or {})}
     with catalog.session() as session:
-        run = session.get(Run, run_id)
-        if run is None:
-            session.add(Run(id=run_id, kind=kind, status="succeeded", config=config or {}, summary=summary,
-                            started_at=now, finished_at=now))
-        else:
-            run.status, run.summary, run.finished_at = "succeeded", summary, now
-        session.flush()
+        write_run(session, run_id, kind, SUCCEEDED, config=config, summary=summary)  # with the version, or neither
         existing = session.scalar(select(DatasetVersion).where(DatasetVersion.name == manifest.name,
                                                                DatasetVersion.version == manifest.version))
         if existing is not None:

@@ -37,12 +37,13 @@ def store() -> "ObjectStore":
 
 
 def catalog(upgrade: bool = False) -> "Catalog":
-    """The configured catalog; commands that write it call with upgrade=True so a first run needs no setup."""
+    """The configured catalog; commands that write it call with upgrade=True so a first run needs no setup (the
+    embedded SQLite catalog upgrades itself; a server database says to run `alliance catalog upgrade`)."""
     from alliance.catalog import Catalog
 
     cat = Catalog(settings().effective_catalog_url)
     if upgrade:
-        cat.upgrade()
+        cat.prepare()
     else:
         cat.ensure_current()
     return cat

@@ -85,22 +85,15 @@ def train_run(
 
 def _record_run(summary, config: dict) -> None:
     """The launching command records the run in the catalog (the loop itself only writes the store)."""
-    from datetime import datetime, timezone
-
     from alliance.cli.common import catalog
-    from alliance.models import Run
+    from alliance.runs import RUNNING, SUCCEEDED, record_run
 
     cat = catalog(upgrade=True)
     try:
-        with cat.session() as session:
-            row = session.get(Run, summary.run) or Run(id=summary.run, kind="train", config=config)
-            row.status = "succeeded" if summary.finished else "running"
-            row.summary = {"dataset": f"{summary.dataset}@v{summary.version}", "steps": summary.steps,
-                           "final_loss": summary.final_loss, "checkpoint": summary.checkpoint_key,
-                           "collapse": summary.collapse}
-            if summary.finished:
-                row.finished_at = datetime.now(timezone.utc)
-            session.add(row)
+        record_run(cat, summary.run, "train", SUCCEEDED if summary.finished else RUNNING, config=config,
+                   summary={"dataset": f"{summary.dataset}@v{summary.version}", "steps": summary.steps,
+                            "final_loss": summary.final_loss, "checkpoint": summary.checkpoint_key,
+                            "collapse": summary.collapse})
     finally:
         cat.dispose()
 

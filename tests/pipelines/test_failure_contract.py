@@ -14,7 +14,7 @@ from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from alliance.errors import StoreError
-from alliance.settings import RunnerSettings, Settings
+from alliance.settings import RunnerSettings, Settings, StoreAddress
 from alliance.store import open_store
 from alliance.tables import REJECTION_SCHEMA
 from curation.evalset import camera_frames, encode
@@ -71,9 +71,14 @@ class RemoteStore:
 
 def remote(monkeypatch, failing: dict[str, int] | None = None) -> dict[str, int]:
     failing = {} if failing is None else failing
-    monkeypatch.setattr(ingest_graph, "open_store", lambda settings: RemoteStore(open_store(settings=settings),
-                                                                                 failing))
+    _stores_in_workers(monkeypatch, failing)
     return failing
+
+
+def _stores_in_workers(monkeypatch, failing: dict[str, int]) -> None:
+    """Every store a DoFn opens (DoFns open theirs from a StoreAddress) answers 503 to the `failing` calls."""
+    real = StoreAddress.open
+    monkeypatch.setattr(StoreAddress, "open", lambda address: RemoteStore(real(address), failing))
 
 
 def store_ref(settings: Settings, video: Path, **kw) -> RecordingRef:
@@ -188,7 +193,7 @@ def test_a_store_error_is_retried_by_a_rerun_of_the_whole_ingest_and_never_refus
 
 
 def _store_that_fails_puts(self) -> None:
-    self.store = RemoteStore(open_store(settings=self.settings), {"put_file": 1})
+    self.store = RemoteStore(self.store_address.open(), {"put_file": 1})
     self.copies = LocalCopies(self.store)
     self.progress = ingest_graph.ProgressWriter(self.store, ingest_graph.progress_prefix(self.run))
 
@@ -268,8 +273,7 @@ def test_curate_retries_a_store_error_instead_of_refusing_the_clip(tmp_path, mon
     store = open_store(settings=settings)
     row = clip_row(store, "p", "d", "ok", encode(camera_frames(3, 40)))
     failing = {"get_bytes": 1}
-    monkeypatch.setattr(curate_graph, "open_store",
-                        lambda settings: RemoteStore(open_store(settings=settings), failing))
+    _stores_in_workers(monkeypatch, failing)
 
     def analyse():
         with in_memory() as p:
