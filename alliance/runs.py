@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -11,8 +12,10 @@ from typing import Any, Iterator
 from sqlalchemy.orm import Session
 
 from alliance.catalog import Catalog
+from alliance.errors import CatalogError
 from alliance.models import Run
 
+log = logging.getLogger(__name__)
 RUNNING, FAILED, SUCCEEDED = "running", "failed", "succeeded"
 STATUSES = (RUNNING, FAILED, SUCCEEDED)
 
@@ -64,6 +67,17 @@ def record_run(catalog: Catalog, run_id: str, kind: str, status: str, **fields: 
         write_run(session, run_id, kind, status, **fields)
 
 
+def record_failure(catalog: Catalog, run_id: str, kind: str, error: BaseException,
+                   summary: dict[str, Any] | None = None) -> None:
+    """Record the run as failed with `error`; when the catalog is what failed, only warn: the caller raises the
+    run's own error, which says more than the catalog's."""
+    try:
+        record_run(catalog, run_id, kind, FAILED,
+                   summary={**(summary or {}), "error": f"{type(error).__name__}: {error}"[:2000]})
+    except CatalogError as unrecorded:
+        log.warning("run %s failed and could not be recorded as failed: %s", run_id, unrecorded)
+
+
 @dataclass
 class RunRecord:
     """What a recorded run fills in while it works: its summary is saved when it ends."""
@@ -92,8 +106,7 @@ def recorded_run(catalog_url: str | None, run_id: str, kind: str, config: dict[s
         try:
             yield record
         except BaseException as e:
-            record_run(catalog, run_id, kind, FAILED,
-                       summary={**record.summary, "error": f"{type(e).__name__}: {e}"[:2000]})
+            record_failure(catalog, run_id, kind, e, record.summary)
             raise
         record_run(catalog, run_id, kind, SUCCEEDED, summary=record.summary)
     finally:

@@ -160,7 +160,7 @@ def _shard(settings: Settings, store: ObjectStore, catalog: "Catalog | None", na
            today: "date | None") -> ShardSummary:
     """run_shard once the catalog is open: the run is recorded as running once its id (version and plan) is
     known, then as succeeded with its version, or failed with the error."""
-    from alliance.runs import FAILED, RUNNING, record_run
+    from alliance.runs import RUNNING, record_failure, record_run
     from sharding.consent import filter_rows, write_rejections
     from sharding.errors import DatasetError
     from sharding.layout import manifest_key
@@ -205,7 +205,7 @@ def _shard(settings: Settings, store: ObjectStore, catalog: "Catalog | None", na
             manifest = finish_version(store, claim, plan, collect_receipts(store, claim, plan))
         except BaseException as e:
             if catalog is not None:
-                record_run(catalog, run_id, "shard", FAILED, summary={"error": f"{type(e).__name__}: {e}"[:2000]})
+                record_failure(catalog, run_id, "shard", e)
             raise
     rejections = write_rejections(store, name, manifest.version, consent.rejections) if consent.rejections else None
     if catalog is not None:

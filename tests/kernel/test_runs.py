@@ -50,6 +50,19 @@ def test_a_run_that_raises_is_recorded_failed_with_the_error_and_the_error_goes_
     assert row.summary == {"clips_in": 4, "error": "ValueError: the store is gone"}
 
 
+def test_when_the_catalog_fails_too_the_run_raises_its_own_error(tmp_path, monkeypatch):
+    import alliance.runs
+
+    url = f"sqlite:///{tmp_path / 'catalog.db'}"
+    with pytest.raises(ValueError, match="decoder crashed"):
+        with recorded_run(url, "r3", "ingest", {}):
+            def down(*_args, **_kw):
+                raise CatalogError("catalog postgresql://db: unreachable")
+
+            monkeypatch.setattr(alliance.runs, "record_run", down)
+            raise ValueError("decoder crashed")
+
+
 def test_times_are_utc_whatever_zone_the_database_session_is_in(catalog_url):
     catalog = Catalog(catalog_url)
     if catalog.backend == "postgresql":  # a naive time would be read as Tokyo time: 9 hours off
