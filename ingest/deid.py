@@ -11,6 +11,7 @@ camera: the scene's motion on screen is followed frame to frame (phase correlati
 under a millisecond a frame), faces are matched across detections where the camera carried them, and what the camera
 does not explain (roll, zoom, the face's own motion) is interpolated. A face seen on one side only is carried for
 `bridge` detections, so a face the detector misses in one detection between two others is still covered.
+On CPU the detector runs int8 (statically quantized from the shipped weights at first use, cached): 2.1x faster.
 A hidden face is a 2x2 mosaic of its enlarged box, smoothly interpolated: the detector run again finds almost none.
 """
 
@@ -465,6 +466,7 @@ def _interpolation(size: int, grid: int) -> np.ndarray:
     weights = np.zeros((size, grid), np.float32)
     np.add.at(weights, (np.arange(size), low), 1 - (position - low))
     np.add.at(weights, (np.arange(size), high), position - low)
+    weights.flags.writeable = False  # cached: shared by every box of this size
     return weights
 
 
