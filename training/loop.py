@@ -23,7 +23,7 @@ from training.checkpoint import (RunRecord, checkpoint_key, load_checkpoint, now
 from training.config import TrainConfig
 from training.data import ClipLoader, ReaderFactory, reader_factory
 from training.masks import MaskGenerator, MaskPair
-from training.model import ActionPredictor, Predictor, VideoEncoder, gather_tokens
+from training.model import ActionPredictor, Predictor, Projector, VideoEncoder, gather_tokens
 from training.objectives import (collapse_stats, ema_update, gravity_state, l1_loss, layer_normed, momentum,
                                  shift_actions, sigreg_views)
 
@@ -80,6 +80,8 @@ class JEPA(nn.Module):
         self.encoder = VideoEncoder(cfg.model)
         self.predictor: nn.Module = (ActionPredictor(cfg.model, cfg.objective.action_dim)
                                      if cfg.objective.kind == "action" else Predictor(cfg.model, mask_sets))
+        widths = tuple(cfg.objective.sigreg_projector) if cfg.objective.kind == "sigreg" else ()
+        self.projector: nn.Module | None = Projector(cfg.model.embed_dim, widths) if widths else None
 
     def forward(self, clip: torch.Tensor, masks: list[MaskPair], actions: torch.Tensor,
                 targets: torch.Tensor | None, generator: torch.Generator | None) -> tuple[torch.Tensor, dict]:
@@ -105,7 +107,10 @@ class JEPA(nn.Module):
         if full is not None:
             # LeJEPA: per-sample embeddings (each clip's tokens pooled), N = clips per view; the views are the full
             # clip and each mask set's context
-            reg = sigreg_views([full.mean(dim=1), *views], obj.sigreg_slices, generator, obj.sigreg_points,
+            pooled = [full.mean(dim=1), *views]
+            if self.projector is not None:
+                pooled = [self.projector(view) for view in pooled]
+            reg = sigreg_views(pooled, obj.sigreg_slices, generator, obj.sigreg_points,
                                obj.sigreg_tmax)
             parts["sigreg"] = float(reg.detach())
             parts["prediction"] = float(loss.detach())
@@ -125,6 +130,8 @@ class JEPA(nn.Module):
         goal = targets.view(b, t, h * w, dim)
         imu = shift_actions(actions, shift)
         moves, states = imu[:, 1:], gravity_state(imu[:, :-1])
+        if self.training and shift == 0:
+            self.predictor.action_norm.observe(moves)  # before use: the first step is normalised by its own batch
         teacher_forcing = l1_loss(self.predictor(features[:, :-1], moves, states), goal[:, 1:])
         steps = max(1, min(self.cfg.objective.rollout_steps, t - 1))
         rolled = features[:, :1]
@@ -341,6 +348,8 @@ def train(settings_or_store: Any, dataset: str, version: int, config: TrainConfi
                                 f"{dataset}@v{version}; set run.name to start another run")
         model.encoder.load_state_dict(payload["encoder"])
         model.predictor.load_state_dict(payload["predictor"])
+        if model.projector is not None:
+            model.projector.load_state_dict(payload["projector"])
         if teacher is not None:
             teacher.load_state_dict(payload["target_encoder"])
         optimizer.load_state_dict(payload["optimizer"])
@@ -419,6 +428,7 @@ def train(settings_or_store: Any, dataset: str, version: int, config: TrainConfi
                 payload = {
                     "step": done, "run": run, "dataset": dataset, "version": version, "config": cfg.to_dict(),
                     "encoder": model.encoder.state_dict(), "predictor": model.predictor.state_dict(),
+                    "projector": model.projector.state_dict() if model.projector is not None else None,
                     "target_encoder": teacher.state_dict() if teacher is not None else None,
                     "optimizer": optimizer.state_dict(), "loader": loader_states, "rng": _rng_state(),
                     "loss": loss_value, "collapse": last["collapse"], "metrics": metrics,

@@ -173,11 +173,42 @@ class Predictor(nn.Module):
         return self.out(self.norm(x[:, -n_target:]))
 
 
+class RunningNorm(nn.Module):
+    """Per-channel standardisation by the mean and std of every input seen in training (`observe`), kept in buffers
+    so they travel in the checkpoint with the weights and a resumed run normalises exactly as before.
+
+    Why: the IMU's channels live on unrelated scales (gravity 9.81 m/s^2 on one accelerometer axis, rotation rates of
+    0.01 rad/s, the synthetic clips' 2-3 px/frame), and a Linear at init reads mostly the largest. Until something is
+    observed it passes inputs through."""
+
+    def __init__(self, channels: int, min_std: float = 1e-3):
+        super().__init__()
+        self.min_std = min_std
+        self.register_buffer("count", torch.zeros((), dtype=torch.float64))
+        self.register_buffer("total", torch.zeros(channels, dtype=torch.float64))
+        self.register_buffer("total_sq", torch.zeros(channels, dtype=torch.float64))
+
+    @torch.no_grad()
+    def observe(self, x: torch.Tensor) -> None:
+        flat = x.detach().reshape(-1, x.shape[-1]).double()
+        self.count += flat.shape[0]
+        self.total += flat.sum(0)
+        self.total_sq += flat.pow(2).sum(0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if float(self.count) == 0:
+            return x
+        mean = self.total / self.count
+        std = (self.total_sq / self.count - mean.pow(2)).clamp_min(0).sqrt().clamp_min(self.min_std)
+        return (x - mean.to(x.dtype)) / std.to(x.dtype)
+
+
 class ActionPredictor(nn.Module):
     """V-JEPA 2-AC's predictor: per time step [action token, state token, that step's patch tokens], block-causal
     attention over time, and at each step's patch slots the prediction of the next step's features.
 
-    Action and state each go through their own Linear to the width; every token carries its (t, h, w) position
+    Action and state each go through their own Linear to the width (the action standardised per channel first, by
+    running statistics of the training actions: `RunningNorm`); every token carries its (t, h, w) position
     (action and state tokens the time part only). Input and output live in the layer-normed feature space, so a
     prediction can be fed back in for the rollout.
     """
@@ -187,6 +218,7 @@ class ActionPredictor(nn.Module):
         self.cfg = cfg
         t, h, w = cfg.grid
         self.embed = nn.Linear(cfg.embed_dim, cfg.pred_dim)
+        self.action_norm = RunningNorm(action_dim)
         self.action = nn.Linear(action_dim, cfg.pred_dim)
         self.state = nn.Linear(state_dim, cfg.pred_dim)
         self.register_buffer("pos_embed", sincos_3d(cfg.pred_dim, cfg.grid).view(1, t, h * w, cfg.pred_dim),
@@ -204,13 +236,32 @@ class ActionPredictor(nn.Module):
         the predicted features of step t + 1."""
         b, steps, per_step, _ = features.shape
         patches = self.embed(features) + self.pos_embed[:, :steps]
-        action = self.action(actions).unsqueeze(2) + self.time_embed[:, :steps]
+        action = self.action(self.action_norm(actions)).unsqueeze(2) + self.time_embed[:, :steps]
         state = self.state(states).unsqueeze(2) + self.time_embed[:, :steps]
         x = torch.cat([action, state, patches], dim=2).reshape(b, steps * (per_step + 2), -1)
         mask = block_causal_mask(steps, per_step + 2, x.device)
         x = run_blocks(self.blocks, x, self.cfg.checkpoint_activations, attn_mask=mask)
         x = x.view(b, steps, per_step + 2, -1)[:, :, 2:]
         return self.out(self.norm(x))
+
+
+class Projector(nn.Module):
+    """LeJEPA's projector: pooled clip embeddings [N, D] -> [N, widths[-1]] through Linear, BatchNorm, GELU layers
+    (the last Linear alone); SIGReg is taken on its output, so the encoder's own features need not be Gaussian."""
+
+    def __init__(self, dim: int, widths: tuple[int, ...]):
+        super().__init__()
+        layers: list[nn.Module] = []
+        for i, width in enumerate(widths):
+            layers.append(nn.Linear(dim, width))
+            if i < len(widths) - 1:
+                layers += [nn.BatchNorm1d(width), nn.GELU()]
+            dim = width
+        self.layers = nn.Sequential(*layers)
+        self.apply(_init_weights)
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        return self.layers(pooled)
 
 
 def count_parameters(module: nn.Module) -> int:

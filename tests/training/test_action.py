@@ -56,13 +56,24 @@ def test_causal_encoder_features_of_a_step_depend_only_on_frames_up_to_it(small)
     assert not torch.allclose(encoder(clip)[:, :per_step], encoder(changed)[:, :per_step])  # not causal: it leaks
 
 
-def test_turning_clips_turn_where_the_imu_says():
+def test_turning_clips_move_as_the_imu_says_and_the_past_frames_cannot_tell():
     sample = make_turning_clip(seed=3, frames=16, size=32)
-    turn = sample.meta["turn_frame"]
-    imu = sample.sensors["imu"]
-    before, after = imu[:turn, :2].mean(0), imu[turn:, :2].mean(0)
-    assert np.linalg.norm(before - after) > 0.3  # the velocity the IMU reports changes at the turn
-    assert abs(imu[turn, 5]) > 0.1 and np.abs(np.delete(imu[:, 5], turn)).max() < 0.1
+    imu, frames, camera = sample.sensors["imu"], sample.frames, sample.meta["camera"]
+    assert sample.meta["turn_frames"] == [2, 4, 6, 8, 10, 12, 14]  # a new direction every tubelet
+    # the camera moves as the IMU says (vx = ax, vy = -ay)...
+    step = np.diff(camera, axis=0)
+    assert np.abs(step[:, 1] - imu[1:, 0]).max() < 0.1 and np.abs(step[:, 0] + imu[1:, 1]).max() < 0.1
+    # ...and the whole image with it: frame i + 1 is frame i shifted by the camera's (rounded) step
+    corner = np.round(camera).astype(int)
+    for i in range(15):
+        dy, dx = corner[i + 1] - corner[i]
+        before = frames[i][max(dy, 0):32 + min(dy, 0), max(dx, 0):32 + min(dx, 0)]
+        after = frames[i + 1][max(-dy, 0):32 + min(-dy, 0), max(-dx, 0):32 + min(-dx, 0)]
+        assert np.array_equal(before, after) and (dy, dx) != (0, 0)
+    # each tubelet's velocity differs from the one before: the past frames cannot predict the next step
+    velocity = imu[:, :2].reshape(8, 2, 2).mean(1)
+    assert (np.linalg.norm(np.diff(velocity, axis=0), axis=1) > 0.5).mean() >= 0.7
+    assert np.abs(imu[1::2, 5]).max() < 0.1  # the gyroscope's z spikes only where a turn starts
 
 
 def test_hflip_mirrors_the_imu_with_the_frames():
@@ -85,9 +96,11 @@ def test_hflip_mirrors_the_imu_with_the_frames():
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="measured: after 80 steps the predictor ignores the IMU (teacher-forcing L1 0.1841 with the "
-                          "true IMU and 0.1841 shifted): the actions need scaling (gravity 9.81 dwarfs ~1 px/frame "
-                          "velocities) and/or a longer run", strict=False)
+@pytest.mark.xfail(reason="measured: the predictor still ignores the IMU. 80 steps on the ego-motion clips (a new "
+                          "direction every tubelet), actions standardised per channel (RunningNorm): teacher-forcing "
+                          "L1 0.2047 true vs 0.2047 shifted, rollout 0.1857 vs 0.1857; copying the current step's "
+                          "features scores 0.43. Longer (240-300 steps), a frozen encoder, unit-gain input layers "
+                          "and the action added to every patch token did not change it", strict=False)
 def test_a_trained_action_model_predicts_worse_with_the_imu_shifted_by_one_step(tmp_path):
     """80 steps of the action objective on turning clips; then, on fresh clips, the teacher-forcing loss with the
     true IMU against the IMU delayed by one time step."""
