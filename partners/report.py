@@ -84,6 +84,19 @@ class CheckReport(BaseModel):
         return "pass" if self.success else ("fail" if self.failing else "not measured")
 
 
+def privacy_treatment(faces_allowed: bool, audio_allowed: bool) -> dict[str, str]:
+    """What ingest does to every clip of a recording under these contract flags, in the partner's words."""
+    return {
+        "faces": ("kept as delivered: the contract sets faces_allowed = true" if faces_allowed else
+                  "hidden in every frame of every clip (detected and mosaiced before the clip is encoded; "
+                  "a clip where this cannot run is refused, never stored in clear)"),
+        "audio": ("dropped: clips carry the picture only (audio_allowed = true is recorded, no audio is kept yet)"
+                  if audio_allowed else "dropped: clips carry the picture only"),
+        "container metadata": "dropped: location, device make, model and serial, creation time and user data "
+                              "never reach a clip",
+    }
+
+
 class DeliveryReport(BaseModel):
     """Everything the validation of one delivery found, in the order a partner reads it."""
 
@@ -101,6 +114,7 @@ class DeliveryReport(BaseModel):
     files: list[FileReport]
     checks: list[CheckReport]
     report_keys: dict[str, str] = Field(default_factory=dict)
+    privacy: dict[str, str] = Field(default_factory=dict)  # privacy_treatment of the contract, for every recording
 
 
 _CSS = """
@@ -146,6 +160,7 @@ def render_html(report: DeliveryReport) -> str:
         f"{_e(p.fix)}</span></li>" for p in report.delivery_problems)
     reasons = "".join(f"<tr><td class='reason'>{_e(r)}</td><td>{n}</td><td class='fix'>{_e(fix_for(r))}</td></tr>"
                       for r, n in sorted(report.reasons.items(), key=lambda kv: (-kv[1], kv[0])))
+    privacy = "".join(f"<tr><td>{_e(what)}</td><td>{_e(how)}</td></tr>" for what, how in report.privacy.items())
     css = {"pass": "ok", "fail": "reason"}
     checks = "".join(f"<tr><td><code>{_e(c.check)}</code></td><td class='{css.get(c.shown(), 'facts')}'>"
                      f"{_e(c.shown())}</td><td>{c.failing if c.shown() != 'not measured' else '&ndash;'}</td></tr>"
@@ -164,6 +179,8 @@ def render_html(report: DeliveryReport) -> str:
 {f"<h2>Refusals by reason</h2><table><tr><th>reason</th><th>files</th><th>how to fix</th></tr>{reasons}</table>"
  if reasons else "<h2>Every file passed</h2>"}
 <h2>Files</h2><table><tr><th>file</th><th>verdict</th><th>why</th></tr>{''.join(rows)}</table>
+{f"<h2>What happens to every accepted recording</h2><table><tr><th>what</th><th>in every clip</th></tr>{privacy}"
+ f"</table>" if privacy else ""}
 <h2>Expectation suite</h2><table><tr><th>expectation</th><th>result</th><th>failing files</th></tr>{checks}</table>
 </body></html>
 """

@@ -22,7 +22,8 @@ from alliance.tables import Rejection
 from partners.contract import (CONTRACT_VERSION, ContractBounds, DeliveryManifest, ManifestFile, contract_problems,
                                file_key, parse_manifest, quarantine_prefix, report_prefix)
 from partners.db import writing
-from partners.report import CREDIT, CheckReport, DeliveryReport, FileReport, Problem, fix_for, render_html
+from partners.report import (CREDIT, CheckReport, DeliveryReport, FileReport, Problem, fix_for, privacy_treatment,
+                             render_html)
 from partners.sensors import sensor_facts
 from partners.suite import SUITE_VERSION, run_suite
 
@@ -330,7 +331,8 @@ def validate_delivery(store: ObjectStore, catalog: Catalog, delivery_id: str, *,
         recordings_accepted=accepted, recordings_rejected=len(recordings) - accepted, reasons=reasons,
         delivery_problems=[Problem(reason=p.reason, detail=p.detail, fix=fix_for(p.reason))
                            for p in assessment.delivery_problems],
-        files=files, checks=assessment.checks, report_keys=keys)
+        files=files, checks=assessment.checks, report_keys=keys,
+        privacy=privacy_treatment(manifest.consent.faces_allowed, manifest.consent.audio_allowed))
     store.put_bytes(keys["rejections"], "".join(json.dumps(r.to_dict()) + "\n" for r in rejections).encode())
     store.put_bytes(keys["html"], render_html(report).encode())
     store.put_bytes(keys["json"], report.model_dump_json(indent=2).encode())

@@ -9,7 +9,7 @@ from datetime import datetime, timezone
 import pytest
 
 from partners.client import check
-from partners.report import DeliveryReport, render_html
+from partners.report import DeliveryReport, privacy_treatment, render_html
 from tests.partners.conftest import make_folder
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -29,7 +29,8 @@ def _report(folder) -> DeliveryReport:
                           contract_version=manifest.contract_version, suite_version="test", status="partial",
                           validated_at=datetime.now(timezone.utc), recordings_accepted=accepted,
                           recordings_rejected=len(recordings) - accepted, reasons=reasons, files=assessment.files,
-                          checks=assessment.checks)
+                          checks=assessment.checks,
+                          privacy=privacy_treatment(manifest.consent.faces_allowed, manifest.consent.audio_allowed))
 
 
 @pytest.mark.slow
@@ -44,6 +45,8 @@ def test_the_html_report_renders_in_chromium_and_names_the_failing_file(tmp_path
     assert dom.returncode == 0, dom.stderr[-2000:]
     assert "snapshot.mp4" in dom.stdout and "not_video" in dom.stdout and "How to fix" in dom.stdout
     assert "kitchen.mp4" in dom.stdout and "passed every check" in dom.stdout
+    # the contract forbids faces (the default): the partner reads that they are hidden in every clip
+    assert "What happens to every accepted recording" in dom.stdout and "hidden in every frame" in dom.stdout
     shot = tmp_path / "report.png"
     subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={profile}", "--window-size=1280,1600",
                     f"--screenshot={shot}", page.as_uri()], capture_output=True, timeout=60)
