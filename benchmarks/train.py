@@ -2,7 +2,7 @@
 
     python benchmarks/train.py                          # CPU: tiny preset, real shards through ShardReader
     python benchmarks/train.py --device cuda --preset vit_l   # GPU: ViT-L, bf16 + torch.compile, MFU, loader
-    ALLIANCE_LEARNING_SEEDS=0,1,2 pytest tests/training/test_learning.py -s   # the learning controls, 3 seeds
+    ALLIANCE_LEARNING=full pytest tests/training/test_learning.py -s   # the learning table: 3 seeds, all controls
 
 The CPU part writes a small synthetic dataset version through the sharding API into a temporary file:// store,
 then measures (1) the loader alone: clips/s that ClipLoader delivers with 1 and with `--workers` worker processes
