@@ -35,6 +35,7 @@ HASH_CACHE = ".alliance-hashes.json"
 VIDEO_TYPES = {".mp4": "video/mp4", ".m4v": "video/mp4", ".mov": "video/quicktime", ".mkv": "video/x-matroska",
                ".webm": "video/webm", ".avi": "video/x-msvideo", ".ts": "video/mp2t"}
 FINAL = ("accepted", "partial", "rejected")
+PART_SIZE = 8 << 20  # the service's default; a service cutting other parts says so and the client follows
 
 
 class SensorDefaults(BaseModel):
@@ -311,14 +312,16 @@ class _Api:
                                      f"{response.text[:300]}") from None
         return response
 
-    def put_part(self, url: str, data: bytes) -> None:
+    def put_part(self, url: str, data: bytes, checksum: str) -> None:
+        """PUT one part with its checksum as planned (base64 SHA-256): the store, or the service's own part
+        endpoint, refuses bytes that do not match it (damaged on the way, or the file changed since)."""
         import httpx
 
+        headers = {}
+        if "&sig=" in url or "x-amz-checksum-sha256" in url.lower():  # S3 only takes it where it was signed
+            headers["x-amz-checksum-sha256"] = checksum
         for attempt in range(4):
             try:
-                headers = {}
-                if "&sig=" in url:  # the service's own part endpoint checks each part's checksum on arrival
-                    headers["x-amz-checksum-sha256"] = base64.b64encode(hashlib.sha256(data).digest()).decode()
                 response = self.parts.put(url, content=data, headers=headers)
             except httpx.TransportError as e:
                 if attempt == 3:
@@ -342,24 +345,54 @@ def _read_part(folder: Path, path: str, offset: int, size: int) -> bytes:
     return localfs.read_bytes(folder, path, offset, size)
 
 
-def _send_parts(api: _Api, folder: Path, path: str, plan: UploadPlan, concurrency: int) -> Iterator[tuple[int, int]]:
-    """PUT the plan's parts, at most `concurrency` at a time (memory: that many parts); yields (part, bytes) sent."""
-    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+def _part_checksums(folder: Path, path: str, part_size: int) -> list[str]:
+    """Base64 SHA-256 of each part_size slice of the file, as S3's x-amz-checksum-sha256 writes it."""
+    sums = []
+    with localfs.open_read(folder, path) as f:
+        while True:
+            digest, left = hashlib.sha256(), part_size
+            while left and (chunk := f.read(min(CHUNK, left))):
+                digest.update(chunk)
+                left -= len(chunk)
+            if left == part_size and sums:
+                return sums
+            sums.append(base64.b64encode(digest.digest()).decode())
+            if left:
+                return sums
+
+
+def _send_parts(api: _Api, folder: Path, path: str, plan: UploadPlan, checksums: list[str],
+                slots: threading.Semaphore, concurrency: int) -> Iterator[tuple[int, int]]:
+    """PUT the plan's parts, each once it holds one of the `slots` shared by every file in flight (memory: one part
+    a slot); yields (part, bytes) sent. A part's result is yielded before its slot goes to the next part, so a
+    caller that stops on a part has sent nothing after it."""
+    from concurrent.futures import ThreadPoolExecutor, wait
 
     def send(part) -> tuple[int, int]:
         data = _read_part(folder, path, (part.part - 1) * plan.part_size, part.bytes)
-        api.put_part(part.url, data)
+        api.put_part(part.url, data, checksums[part.part - 1])
         return part.part, len(data)
 
-    with ThreadPoolExecutor(max(1, concurrency), thread_name_prefix="part") as pool:
+    def finished():
+        nonlocal inflight
+        done = {future for future in inflight if future.done()}
+        inflight -= done
+        return [future.result() for future in done]
+
+    with ThreadPoolExecutor(max(1, min(concurrency, len(plan.urls))), thread_name_prefix="part") as pool:
         inflight: set = set()
         for part in plan.urls:
-            inflight.add(pool.submit(send, part))
-            if len(inflight) >= concurrency:
-                done, inflight = wait(inflight, return_when=FIRST_COMPLETED)
-                yield from (future.result() for future in done)
-        done, _ = wait(inflight)
-        yield from (future.result() for future in done)
+            slots.acquire()
+            try:
+                yield from finished()
+                future = pool.submit(send, part)
+            except BaseException:
+                slots.release()
+                raise
+            future.add_done_callback(lambda _: slots.release())  # after the result is set: see finished()
+            inflight.add(future)
+        wait(inflight)
+        yield from finished()
 
 
 def deliver(folder: str | Path, url: str, token: str, *, metadata: DeliveryMetadata | None = None,
@@ -383,20 +416,37 @@ def deliver(folder: str | Path, url: str, token: str, *, metadata: DeliveryMetad
         with _progress(progress and bool(pending)) as bar:
             task = bar.add_task(f"uploading {status.delivery}", total=sum(f.bytes for f in pending))
             lock = threading.Lock()
+            slots = threading.Semaphore(max(1, concurrency))  # parts in flight, all files together
+            cut = {"part_size": PART_SIZE}  # the service's, learnt from its first part_size_mismatch
+
+            def plan_parts(file) -> tuple[UploadPlan, list[str]]:
+                """The file's upload plan, each URL carrying its part's checksum."""
+                while True:
+                    part_size = cut["part_size"]
+                    checksums = _part_checksums(folder, file.path, part_size)
+                    try:
+                        return UploadPlan.model_validate_json(api.call(
+                            "POST", f"/deliveries/{status.id}/files/{file.index}/upload",
+                            json={"part_size": part_size, "sha256": checksums}).content), checksums
+                    except DeliveryFailed as e:
+                        told = next((p.get("part_size") for p in e.problems if isinstance(p.get("part_size"), int)),
+                                    None)
+                        if e.reason != "part_size_mismatch" or not told or told == part_size:
+                            raise
+                        cut["part_size"] = told
 
             def upload(file) -> tuple[int, int]:
                 """Plan, send and complete one file; (bytes sent, parts already there)."""
                 sent_here, skipped_here = 0, 0
                 for attempt in range(4):  # part URLs are short-lived: on expiry, ask for the missing ones again
-                    plan = UploadPlan.model_validate_json(
-                        api.call("POST", f"/deliveries/{status.id}/files/{file.index}/upload").content)
+                    plan, checksums = plan_parts(file)
                     if attempt == 0:
                         skipped_here += len(plan.done)
                         with lock:
                             bar.advance(task, sum(min(plan.part_size, file.bytes - (n - 1) * plan.part_size)
                                                   for n in plan.done))
                     try:
-                        for part, size in _send_parts(api, folder, file.path, plan, concurrency):
+                        for part, size in _send_parts(api, folder, file.path, plan, checksums, slots, concurrency):
                             sent_here += size
                             with lock:
                                 bar.advance(task, size)
@@ -406,11 +456,13 @@ def deliver(folder: str | Path, url: str, token: str, *, metadata: DeliveryMetad
                     except DeliveryFailed as e:
                         if e.reason != "url_expired" or attempt == 3:
                             raise
-                api.call("POST", f"/deliveries/{status.id}/files/{file.index}/complete")
+                api.call("POST", f"/deliveries/{status.id}/files/{file.index}/complete",
+                         json={"part_size": plan.part_size, "sha256": checksums})
                 return sent_here, skipped_here
 
-            # two files in flight: one's round trips (plan, complete) overlap the other's parts
-            with ThreadPoolExecutor(2, thread_name_prefix="file") as files:
+            # several files in flight: their round trips (checksums, plan, complete) overlap other files' parts,
+            # while the slots keep the parts in flight (and in memory) to `concurrency`
+            with ThreadPoolExecutor(max(1, concurrency), thread_name_prefix="file") as files:
                 for sent_here, skipped_here in files.map(upload, pending):
                     sent += sent_here
                     skipped += skipped_here

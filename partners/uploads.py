@@ -37,11 +37,26 @@ class Uploads:
     def _s3_call(self, action: str, key: str, fn, **kwargs):
         return self.s3._call(action, key, fn, Bucket=self.s3.bucket, Key=self.s3._key(key), **kwargs)
 
-    def begin(self, key: str) -> str | None:
-        """Open a multipart upload (S3) and return its id; None on file:// (parts go to staging)."""
+    def begin(self, key: str, checksums: bool = False) -> str | None:
+        """Open a multipart upload (S3) and return its id; None on file:// (parts go to staging). With checksums,
+        the upload is created for SHA-256 part checksums, which the store checks as each part arrives."""
         if self.s3 is None:
             return None
-        return self._s3_call("create multipart upload", key, self.s3.client.create_multipart_upload)["UploadId"]
+        extra = {"ChecksumAlgorithm": "SHA256"} if checksums else {}
+        return self._s3_call("create multipart upload", key, self.s3.client.create_multipart_upload,
+                             **extra)["UploadId"]
+
+    def _s3_parts(self, key: str, upload_id: str) -> list[dict]:
+        """The store's listing of the parts it holds, every page."""
+        parts: list[dict] = []
+        marker = 0
+        while True:
+            page = self._s3_call("list parts", key, self.s3.client.list_parts, UploadId=upload_id,
+                                 PartNumberMarker=marker)
+            parts += page.get("Parts", [])
+            if not page.get("IsTruncated"):
+                return parts
+            marker = int(page["NextPartNumberMarker"])
 
     def received(self, key: str, upload_id: str | None, staging: str) -> dict[int, int]:
         """{part number: bytes} of the parts the store already holds."""
@@ -52,34 +67,32 @@ class Uploads:
                 if name.startswith("part-") and name[5:].isdigit():
                     found[int(name[5:])] = info.size
             return found
-        parts: dict[int, int] = {}
-        marker = 0
-        while True:
-            page = self._s3_call("list parts", key, self.s3.client.list_parts, UploadId=upload_id,
-                                 PartNumberMarker=marker)
-            for part in page.get("Parts", []):
-                parts[int(part["PartNumber"])] = int(part["Size"])
-            if not page.get("IsTruncated"):
-                return parts
-            marker = int(page["NextPartNumberMarker"])
+        return {int(part["PartNumber"]): int(part["Size"]) for part in self._s3_parts(key, upload_id)}
 
     def part_url(self, key: str, upload_id: str | None, part: PartSpec, expires_s: int, local_url: str,
-                 token_id: str) -> str:
+                 token_id: str, checksum: str | None = None) -> str:
         """A URL good for one PUT of exactly part.bytes bytes to this part of this file, until it expires; on
-        file:// it names the token it was issued to, and dies with that token."""
+        file:// it names the token it was issued to, and dies with that token. On S3 a checksum (base64 SHA-256
+        of the part) is signed into the URL: the PUT must send it as x-amz-checksum-sha256, and the store refuses
+        bytes that do not match it (BadDigest)."""
         if self.s3 is not None:
-            return self.s3.client.generate_presigned_url(
-                "upload_part", ExpiresIn=expires_s, Params={
-                    "Bucket": self.s3.bucket, "Key": self.s3._key(key), "UploadId": upload_id,
-                    "PartNumber": part.number, "ContentLength": part.bytes})
+            params = {"Bucket": self.s3.bucket, "Key": self.s3._key(key), "UploadId": upload_id,
+                      "PartNumber": part.number, "ContentLength": part.bytes}
+            if checksum is not None:
+                params["ChecksumSHA256"] = checksum
+            return self.s3.client.generate_presigned_url("upload_part", ExpiresIn=expires_s, Params=params)
         expires = int(time.time()) + expires_s
         path = local_url.split("://", 1)[-1].split("/", 1)[-1]  # host-independent: proxies may rewrite it
         return (f"{local_url}?tok={token_id}&expires={expires}"
                 f"&sig={self.sign(f'/{path}', expires, part.bytes, token_id)}")
 
-    def finish(self, key: str, upload_id: str | None, staging: str, layout: list[PartSpec]) -> None:
-        """Assemble the parts into the landing object; refuses when a part is missing or of the wrong size."""
-        have = self.received(key, upload_id, staging)
+    def finish(self, key: str, upload_id: str | None, staging: str, layout: list[PartSpec],
+               checksums: list[str] | None = None) -> None:
+        """Assemble the parts into the landing object; refuses when a part is missing or of the wrong size. On S3
+        the parts are listed once, for their sizes and their ETags."""
+        listed = self._s3_parts(key, upload_id) if self.s3 is not None else []
+        have = ({int(p["PartNumber"]): int(p["Size"]) for p in listed} if self.s3 is not None
+                else self.received(key, upload_id, staging))
         missing = [p.number for p in layout if have.get(p.number) != p.bytes]
         extra = sorted(set(have) - {p.number for p in layout})
         if extra:
@@ -89,17 +102,7 @@ class Uploads:
             raise Conflict("parts_missing", f"parts {missing} of {len(layout)} have not arrived (or have the wrong "
                            "size): upload them, then complete the file again")
         if self.s3 is not None:
-            etags = []
-            marker = 0
-            while True:
-                page = self._s3_call("list parts", key, self.s3.client.list_parts, UploadId=upload_id,
-                                     PartNumberMarker=marker)
-                etags += [{"PartNumber": p["PartNumber"], "ETag": p["ETag"]} for p in page.get("Parts", [])]
-                if not page.get("IsTruncated"):
-                    break
-                marker = int(page["NextPartNumberMarker"])
-            self._s3_call("complete multipart upload", key, self.s3.client.complete_multipart_upload,
-                          UploadId=upload_id, MultipartUpload={"Parts": sorted(etags, key=lambda e: e["PartNumber"])})
+            self._complete_s3(key, upload_id, sorted(listed, key=lambda p: int(p["PartNumber"])), checksums)
             return
         with self.store.open_write(key) as target:
             for part in layout:
@@ -107,6 +110,31 @@ class Uploads:
                     while chunk := source.read(CHUNK):
                         target.write(chunk)
         self.discard(key, None, staging)
+
+    def _complete_s3(self, key: str, upload_id: str, listed: list[dict], checksums: list[str] | None) -> None:
+        """Complete a multipart upload; with checksums the store compares each part's SHA-256 with what it holds
+        (an upload created for checksums cannot complete without them)."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        parts = [{"PartNumber": p["PartNumber"], "ETag": p["ETag"]} for p in listed]
+        if checksums is not None:
+            for part in parts:
+                part["ChecksumSHA256"] = checksums[int(part["PartNumber"]) - 1]
+        try:
+            self.s3.client.complete_multipart_upload(Bucket=self.s3.bucket, Key=self.s3._key(key), UploadId=upload_id,
+                                                     MultipartUpload={"Parts": parts})
+        except ClientError as e:
+            code = str(e.response.get("Error", {}).get("Code", ""))
+            if code == "BadDigest":
+                raise Conflict("part_checksum_mismatch", f"{key.rsplit('/', 1)[-1]}: the store holds parts whose "
+                               "SHA-256 differs from the checksums sent with complete: the file changed since "
+                               "its parts were sent; deliver it again") from None
+            if code == "InvalidRequest" and checksums is None:
+                raise Conflict("checksums_required", f"{key.rsplit('/', 1)[-1]}: its parts were planned with "
+                               "checksums: send the same {\"part_size\", \"sha256\"} body with complete") from None
+            raise self.s3._error(e, key, "complete multipart upload") from e
+        except BotoCoreError as e:
+            raise self.s3._error(e, key, "complete multipart upload") from e
 
     def abort_partner(self, catalog, partner: str) -> int:
         """Abort every open S3 multipart upload of a partner (its presigned part URLs then fail at once); returns

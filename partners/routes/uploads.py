@@ -8,8 +8,9 @@ import hashlib
 from datetime import datetime, timedelta, timezone
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query, Request
+from fastapi import APIRouter, Body, Path, Query, Request
 from fastapi.responses import Response
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from sqlalchemy import select, update
 from starlette.concurrency import run_in_threadpool
 
@@ -24,13 +25,25 @@ from partners.errors import Conflict, Forbidden, NotFound, PartnerError, TooLarg
 from partners.uploads import PartSpec, part_layout
 
 router = APIRouter()
+Sha256B64 = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9+/]{43}=$")]
+
+
+class PartChecksums(BaseModel):
+    """The partner's SHA-256 of every part of the file (base64, as S3's x-amz-checksum-sha256), for the part size
+    it cut the file with: each part URL then carries its checksum, and a part damaged on the way is refused."""
+
+    model_config = ConfigDict(extra="forbid")
+    part_size: int = Field(gt=0)
+    sha256: list[Sha256B64] = Field(max_length=10_000)
 
 
 @router.post("/deliveries/{delivery_id}/files/{index}/upload", response_model=UploadPlan, responses=ERRORS,
              name="plan_upload")
-def plan_upload(request: Request, delivery_id: DeliveryId, index: FileIndex,
-                who: Caller, state: State) -> UploadPlan:
-    """Presigned URLs for the parts of one file not yet received (a resumed upload re-sends nothing)."""
+def plan_upload(request: Request, delivery_id: DeliveryId, index: FileIndex, who: Caller, state: State,
+                checksums: Annotated[PartChecksums | None, Body()] = None) -> UploadPlan:
+    """Presigned URLs for the parts of one file not yet received (a resumed upload re-sends nothing). With the
+    parts' checksums in the body, each URL carries its part's checksum (409 `part_size_mismatch` when they were
+    cut with another part size: the problem gives the service's `part_size`)."""
     config, uploads = state.config, state.uploads
     with writing(state.catalog) as session:
         delivery, detail = own_delivery(session, who, delivery_id)
@@ -41,6 +54,12 @@ def plan_upload(request: Request, delivery_id: DeliveryId, index: FileIndex,
         if delivery.status != "open" or row.state != "pending":
             plan.done = [p.number for p in layout]
             return plan
+        if checksums is not None and (checksums.part_size != config.part_size or len(checksums.sha256) != len(layout)):
+            raise Conflict("part_size_mismatch", f"{row.path}: {len(checksums.sha256)} checksums of "
+                           f"{checksums.part_size}-byte parts; the service cuts this file into {len(layout)} parts "
+                           f"of {config.part_size} bytes: send one checksum per part of that size",
+                           [{"reason": "part_size_mismatch", "path": row.path, "part_size": config.part_size,
+                             "parts": len(layout)}])
         key = file_key(who.partner, detail.name, row.path)
         parts_at = staging(who.partner, detail.name, index)
         if row.bytes == 0:  # nothing to send: the empty object is written here
@@ -48,21 +67,22 @@ def plan_upload(request: Request, delivery_id: DeliveryId, index: FileIndex,
             row.state, row.updated_at = "uploaded", utcnow()
             plan.state = "uploaded"
             return plan
+        fresh = False
         if row.upload_id is None and isinstance(state.store, S3Store):
-            started = uploads.begin(key)
+            started = uploads.begin(key, checksums=checksums is not None)
             claimed = session.execute(update(DeliveryFile).where(
                 DeliveryFile.id == row.id, DeliveryFile.upload_id.is_(None)).values(upload_id=started)).rowcount
             if claimed:
-                row.upload_id = started
+                row.upload_id, fresh = started, True
             else:  # a concurrent request opened one first: use that one, drop ours
                 uploads.discard(key, started, parts_at)
                 session.refresh(row)
-        have = uploads.received(key, row.upload_id, parts_at)
+        have = {} if fresh else uploads.received(key, row.upload_id, parts_at)  # a new upload holds nothing yet
         plan.done = sorted(p.number for p in layout if have.get(p.number) == p.bytes)
         base = str(request.base_url).rstrip("/")
         plan.urls = [PartUrl(part=p.number, bytes=p.bytes, url=uploads.part_url(
             key, row.upload_id, p, config.url_expiry_s, f"{base}/uploads/{delivery_id}/{index}/{p.number}",
-            who.token_id))
+            who.token_id, checksums.sha256[p.number - 1] if checksums is not None else None))
             for p in layout if p.number not in plan.done]
         plan.expires_at = datetime.now(timezone.utc) + timedelta(seconds=config.url_expiry_s)
         return plan
@@ -136,17 +156,27 @@ async def upload_part(request: Request, delivery_id: DeliveryId, index: FileInde
 
 @router.post("/deliveries/{delivery_id}/files/{index}/complete", response_model=FileState, responses=ERRORS,
              name="complete_file")
-def complete_file(delivery_id: DeliveryId, index: FileIndex,
-                  who: Caller, state: State) -> FileState:
-    """Assemble the file from its parts; every part must have arrived with its exact size."""
+def complete_file(delivery_id: DeliveryId, index: FileIndex, who: Caller, state: State,
+                  checksums: Annotated[PartChecksums | None, Body()] = None) -> FileState:
+    """Assemble the file from its parts; every part must have arrived with its exact size. Parts planned with
+    checksums are completed with the same body: on S3 the store compares them with each part it holds."""
     with writing(state.catalog) as session:
         delivery, detail = own_delivery(session, who, delivery_id)
         row = own_file(session, delivery_id, index)
         if row.state == "pending" and delivery.status == "open":
             key = file_key(who.partner, detail.name, row.path)
             parts_at = staging(who.partner, detail.name, index)
+            layout = part_layout(row.bytes, state.config.part_size)
+            if checksums is not None and (checksums.part_size != state.config.part_size
+                                          or len(checksums.sha256) != len(layout)):
+                raise Conflict("part_size_mismatch", f"{row.path}: {len(checksums.sha256)} checksums of "
+                               f"{checksums.part_size}-byte parts; the file has {len(layout)} parts of "
+                               f"{state.config.part_size} bytes", [{"reason": "part_size_mismatch", "path": row.path,
+                                                                    "part_size": state.config.part_size,
+                                                                    "parts": len(layout)}])
             try:
-                state.uploads.finish(key, row.upload_id, parts_at, part_layout(row.bytes, state.config.part_size))
+                state.uploads.finish(key, row.upload_id, parts_at, layout,
+                                     checksums.sha256 if checksums is not None else None)
             except TooLarge:
                 state.uploads.discard(key, row.upload_id, parts_at)
                 row.upload_id = None
