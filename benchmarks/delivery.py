@@ -76,7 +76,8 @@ def main() -> None:
         paths = sorted(folder.glob("*.mp4")) + sorted(folder.glob("*.csv"))
         total = sum(p.stat().st_size for p in paths)
         print(f"== {len(paths)} files, {total / 2**20:.1f} MiB (made in {time.perf_counter() - started:.1f}s); "
-              f"SeaweedFS on loopback, 8 MiB parts, 4 in flight ==")
+              f"SeaweedFS on loopback, 8 MiB parts, 4 parts in flight (the service path: across up to 4 files, "
+              "each part with its SHA-256 signed into its URL) ==")
 
         admin = seaweed.identity("admin")
         s3 = S3Settings(endpoint_url=seaweed.endpoint_url, access_key_id=admin.access_key,

@@ -6,6 +6,7 @@ import base64
 import hashlib
 import json
 import logging
+import math
 import os
 import sys
 import threading
@@ -147,14 +148,16 @@ def _hashes(folder: Path, files: dict[str, os.stat_result], paths: list[str], pr
     with _progress(progress and bool(todo)) as bar:
         task = bar.add_task("hashing", total=sum(s.st_size for _, s in todo))
         for path, stat in todo:
-            digest, size = hashlib.sha256(), 0
+            digest, size, parts = hashlib.sha256(), 0, _PartDigests(PART_SIZE)
             with localfs.open_read(folder, path) as f:
                 current = os.fstat(f.fileno())
-                while chunk := f.read(CHUNK):
+                while chunk := f.read(CHUNK):  # CHUNK divides PART_SIZE: a chunk never straddles two parts
                     digest.update(chunk)
+                    parts.update(chunk)
                     size += len(chunk)
                     bar.advance(task, len(chunk))
             result[path] = (size, digest.hexdigest())
+            _PART_SUMS[(str(folder), path, PART_SIZE, *_cache_stamp(current))] = parts.sums()
             cache[path] = [*_cache_stamp(current), result[path][1]]
     if todo:
         try:
@@ -345,20 +348,41 @@ def _read_part(folder: Path, path: str, offset: int, size: int) -> bytes:
     return localfs.read_bytes(folder, path, offset, size)
 
 
+class _PartDigests:
+    """SHA-256 of each part_size slice of a stream fed in chunks that divide part_size."""
+
+    def __init__(self, part_size: int):
+        self.part_size, self.done, self.digest, self.filled = part_size, [], hashlib.sha256(), 0
+
+    def update(self, chunk: bytes) -> None:
+        self.digest.update(chunk)
+        self.filled += len(chunk)
+        if self.filled >= self.part_size:
+            self.done.append(base64.b64encode(self.digest.digest()).decode())
+            self.digest, self.filled = hashlib.sha256(), 0
+
+    def sums(self) -> list[str]:
+        """Base64, as S3's x-amz-checksum-sha256 writes it; an empty file is one empty part."""
+        tail = [base64.b64encode(self.digest.digest()).decode()] if self.filled or not self.done else []
+        return self.done + tail
+
+
+# part checksums computed in the same pass as the manifest's hashes, keyed on the file's stamp as the hash cache
+_PART_SUMS: dict[tuple, list[str]] = {}
+
+
 def _part_checksums(folder: Path, path: str, part_size: int) -> list[str]:
-    """Base64 SHA-256 of each part_size slice of the file, as S3's x-amz-checksum-sha256 writes it."""
-    sums = []
+    """Base64 SHA-256 of each part_size slice of the file: from the manifest's hashing pass when the file has not
+    changed since (same size, mtime, ctime, inode), else read again."""
     with localfs.open_read(folder, path) as f:
-        while True:
-            digest, left = hashlib.sha256(), part_size
-            while left and (chunk := f.read(min(CHUNK, left))):
-                digest.update(chunk)
-                left -= len(chunk)
-            if left == part_size and sums:
-                return sums
-            sums.append(base64.b64encode(digest.digest()).decode())
-            if left:
-                return sums
+        stamp = _cache_stamp(os.fstat(f.fileno()))
+        known = _PART_SUMS.pop((str(folder), path, part_size, *stamp), None)
+        if known is not None:
+            return known
+        parts = _PartDigests(part_size)
+        while chunk := f.read(math.gcd(CHUNK, part_size)):
+            parts.update(chunk)
+        return parts.sums()
 
 
 def _send_parts(api: _Api, folder: Path, path: str, plan: UploadPlan, checksums: list[str],

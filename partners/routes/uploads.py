@@ -67,25 +67,35 @@ def plan_upload(request: Request, delivery_id: DeliveryId, index: FileIndex, who
             row.state, row.updated_at = "uploaded", utcnow()
             plan.state = "uploaded"
             return plan
-        fresh = False
-        if row.upload_id is None and isinstance(state.store, S3Store):
-            started = uploads.begin(key, checksums=checksums is not None)
+        upload_id = row.upload_id
+    # the object store's round trips (open the multipart upload, list its parts) run outside the writing session:
+    # on SQLite every writer of this process waits for it, so other files' plans and completes would queue
+    fresh = False
+    if upload_id is None and isinstance(state.store, S3Store):
+        started = uploads.begin(key, checksums=checksums is not None)
+        with writing(state.catalog) as session:
             claimed = session.execute(update(DeliveryFile).where(
-                DeliveryFile.id == row.id, DeliveryFile.upload_id.is_(None)).values(upload_id=started)).rowcount
-            if claimed:
-                row.upload_id, fresh = started, True
-            else:  # a concurrent request opened one first: use that one, drop ours
-                uploads.discard(key, started, parts_at)
-                session.refresh(row)
-        have = {} if fresh else uploads.received(key, row.upload_id, parts_at)  # a new upload holds nothing yet
-        plan.done = sorted(p.number for p in layout if have.get(p.number) == p.bytes)
-        base = str(request.base_url).rstrip("/")
-        plan.urls = [PartUrl(part=p.number, bytes=p.bytes, url=uploads.part_url(
-            key, row.upload_id, p, config.url_expiry_s, f"{base}/uploads/{delivery_id}/{index}/{p.number}",
-            who.token_id, checksums.sha256[p.number - 1] if checksums is not None else None))
-            for p in layout if p.number not in plan.done]
-        plan.expires_at = datetime.now(timezone.utc) + timedelta(seconds=config.url_expiry_s)
-        return plan
+                DeliveryFile.delivery_id == delivery_id, DeliveryFile.idx == index, DeliveryFile.state == "pending",
+                DeliveryFile.upload_id.is_(None)).values(upload_id=started)).rowcount
+            now = own_file(session, delivery_id, index) if not claimed else None
+            now_state, now_upload = (now.state, now.upload_id) if now is not None else ("pending", started)
+        if claimed:
+            upload_id, fresh = started, True
+        else:  # a concurrent request opened one first (or the file closed meanwhile): use that one, drop ours
+            uploads.discard(key, started, parts_at)
+            if now_state != "pending" or now_upload is None:
+                raise Conflict("upload_closed", f"file {index} of delivery {delivery_id} is {now_state}; "
+                               "its parts can no longer change")
+            upload_id = now_upload
+    have = {} if fresh else uploads.received(key, upload_id, parts_at)  # a new upload holds nothing yet
+    plan.done = sorted(p.number for p in layout if have.get(p.number) == p.bytes)
+    base = str(request.base_url).rstrip("/")
+    plan.urls = [PartUrl(part=p.number, bytes=p.bytes, url=uploads.part_url(
+        key, upload_id, p, config.url_expiry_s, f"{base}/uploads/{delivery_id}/{index}/{p.number}",
+        who.token_id, checksums.sha256[p.number - 1] if checksums is not None else None))
+        for p in layout if p.number not in plan.done]
+    plan.expires_at = datetime.now(timezone.utc) + timedelta(seconds=config.url_expiry_s)
+    return plan
 
 
 def _signed_part(state: ServiceState, path: str, delivery_id: str, index: int, part: int, tok: str, expires: int,
@@ -160,26 +170,52 @@ def complete_file(delivery_id: DeliveryId, index: FileIndex, who: Caller, state:
                   checksums: Annotated[PartChecksums | None, Body()] = None) -> FileState:
     """Assemble the file from its parts; every part must have arrived with its exact size. Parts planned with
     checksums are completed with the same body: on S3 the store compares them with each part it holds."""
+    config, on_s3 = state.config, isinstance(state.store, S3Store)
     with writing(state.catalog) as session:
         delivery, detail = own_delivery(session, who, delivery_id)
         row = own_file(session, delivery_id, index)
-        if row.state == "pending" and delivery.status == "open":
-            key = file_key(who.partner, detail.name, row.path)
-            parts_at = staging(who.partner, detail.name, index)
-            layout = part_layout(row.bytes, state.config.part_size)
-            if checksums is not None and (checksums.part_size != state.config.part_size
-                                          or len(checksums.sha256) != len(layout)):
-                raise Conflict("part_size_mismatch", f"{row.path}: {len(checksums.sha256)} checksums of "
-                               f"{checksums.part_size}-byte parts; the file has {len(layout)} parts of "
-                               f"{state.config.part_size} bytes", [{"reason": "part_size_mismatch", "path": row.path,
-                                                                    "part_size": state.config.part_size,
-                                                                    "parts": len(layout)}])
-            try:
-                state.uploads.finish(key, row.upload_id, parts_at, layout,
-                                     checksums.sha256 if checksums is not None else None)
-            except TooLarge:
-                state.uploads.discard(key, row.upload_id, parts_at)
-                row.upload_id = None
-                raise
+        if row.state != "pending" or delivery.status != "open":
+            return file_state(row)
+        key = file_key(who.partner, detail.name, row.path)
+        parts_at = staging(who.partner, detail.name, index)
+        layout = part_layout(row.bytes, config.part_size)
+        if checksums is not None and (checksums.part_size != config.part_size or len(checksums.sha256) != len(layout)):
+            raise Conflict("part_size_mismatch", f"{row.path}: {len(checksums.sha256)} checksums of "
+                           f"{checksums.part_size}-byte parts; the file has {len(layout)} parts of "
+                           f"{config.part_size} bytes", [{"reason": "part_size_mismatch", "path": row.path,
+                                                          "part_size": config.part_size, "parts": len(layout)}])
+        upload_id = row.upload_id
+        sums = checksums.sha256 if checksums is not None else None
+        if not on_s3:  # file://: assembling reads and deletes the staged parts: one writer at a time
+            _finish(state, key, upload_id, parts_at, layout, sums, row)
+            row.state, row.upload_id, row.updated_at = "uploaded", None, utcnow()
+            return file_state(row)
+    # S3: the store's round trips (list the parts, complete) run outside the writing session, which on SQLite
+    # holds every other writer of this process; the row is then marked if nothing changed it meanwhile
+    try:
+        _finish(state, key, upload_id, parts_at, layout, sums, None)
+    except PartnerError:
+        raise
+    except Exception:
+        with writing(state.catalog) as session:
+            row = own_file(session, delivery_id, index)
+            if row.state == "uploaded":  # a concurrent complete of the same file finished it first
+                return file_state(row)
+        raise
+    with writing(state.catalog) as session:
+        row = own_file(session, delivery_id, index)
+        if row.state == "pending" and row.upload_id == upload_id:
             row.state, row.upload_id, row.updated_at = "uploaded", None, utcnow()
         return file_state(row)
+
+
+def _finish(state: ServiceState, key: str, upload_id: str | None, parts_at: str, layout: list[PartSpec],
+            sums: list[str] | None, row: DeliveryFile | None) -> None:
+    """Assemble the file; parts beyond its declared size drop the whole upload (413)."""
+    try:
+        state.uploads.finish(key, upload_id, parts_at, layout, sums)
+    except TooLarge:
+        state.uploads.discard(key, upload_id, parts_at)
+        if row is not None:
+            row.upload_id = None
+        raise
