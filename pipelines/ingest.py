@@ -26,6 +26,7 @@ from pipelines.sources import MEDIA_TYPES, IngestInputError, RecordingRef, print
 
 BYTES_PER_PART = 64 << 30  # ~64 GB of partner video gives some 10^4 clip rows: one parquet part
 
+
 @dataclass(frozen=True)
 class IngestSummary:
     """What one ingest run did; the launching command prints it and records it with the run.
@@ -54,6 +55,7 @@ class IngestSummary:
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
+
 def run_ingest(settings: Settings, source: str, run_id: str, beam_flags: Sequence[str] = (), *,
                partner: str = "local", config: ClipConfig = ClipConfig(), overwrite: bool = False,
                record: bool = True, on_progress: Callable[[dict[str, int], int], None] | None = None,
@@ -81,6 +83,7 @@ def run_ingest(settings: Settings, source: str, run_id: str, beam_flags: Sequenc
             _record_clips(settings, store, run_id, found.refs, clips)
         run.summary = summary.to_json()
     return summary
+
 
 def _ingest(settings: Settings, store: ObjectStore, found, run_id: str, beam_flags: Sequence[str], config: ClipConfig,
             overwrite: bool, on_progress, parts: int, started: float):
@@ -116,6 +119,7 @@ def _ingest(settings: Settings, store: ObjectStore, found, run_id: str, beam_fla
         recordings_refused=refused, unaccounted=unaccounted)
     return summary, clips
 
+
 def account(sources: Sequence[str], refused: Sequence[Rejection], outcomes: Sequence[Mapping[str, str]],
             clip_recordings: set[str], rejections: Sequence[Mapping[str, str]]
             ) -> tuple[int, dict[str, int], tuple[str, ...]]:
@@ -140,6 +144,7 @@ def account(sources: Sequence[str], refused: Sequence[Rejection], outcomes: Sequ
             reasons = window_reasons.get(outcome["recording_id"], Counter())
             by_reason[min(reasons, key=lambda reason: (-reasons[reason], reason)) if reasons else "no_clips"] += 1
     return with_clips, dict(sorted(by_reason.items())), tuple(unaccounted)
+
 
 def _run_with_progress(pipeline: beam.Pipeline, store: ObjectStore, run_id: str, recordings: int,
                        on_progress: Callable[[dict[str, int], int], None] | None, already: Counter = Counter()):
@@ -167,6 +172,7 @@ def _run_with_progress(pipeline: beam.Pipeline, store: ObjectStore, run_id: str,
         on_progress(progress_view(read_progress(store, progress_prefix(run_id)) + already), recordings)
     return outcome["result"]
 
+
 def progress_view(counts: Counter) -> dict[str, int]:
     """The workers' raw counts -> what a person follows: recordings done (every window through, or refused),
     windows planned and done, clips written, rejections by reason. Counts per ref, not per recording id: identical
@@ -176,6 +182,7 @@ def progress_view(counts: Counter) -> dict[str, int]:
     done = sum(1 for ref, n in planned.items() if counts.get(f"done/{ref}", 0) >= n)
     view["recordings_done"] = done + counts.get("recordings_refused", 0)
     return view
+
 
 def _record_clips(settings: Settings, store: ObjectStore, run_id: str, refs: Sequence[RecordingRef], clips) -> None:
     """Clip rows in the catalog; recordings that did not come from the catalog are registered first."""

@@ -32,19 +32,24 @@ from pipelines.sources import RecordingRef, link_detail, not_regular_detail
 
 NAMESPACE = "ingest"
 
+
 def work_prefix(run: str) -> str:
     """Where the workers leave what only the launcher reads (progress, outcomes); removed when the run ends."""
     return f"tables/ingest-work/{run}"
 
+
 def progress_prefix(run: str) -> str:
     return f"{work_prefix(run)}/progress"
+
 
 # One row per recording that reached the workers: how it ended there. reason "" means windows were planned.
 OUTCOME_SCHEMA = pa.schema([("source", pa.string()), ("recording_id", pa.string()), ("reason", pa.string())])
 
+
 def _outcome(ref: RecordingRef, reason: str = "") -> beam.pvalue.TaggedOutput:
     return beam.pvalue.TaggedOutput("outcomes", {"source": ref.source, "recording_id": ref.recording_id,
                                                  "reason": reason})
+
 
 class LocalCopies:
     """PyAV needs a seekable local file: store objects are copied once per worker (file:// stores are read in place).
@@ -108,11 +113,13 @@ class LocalCopies:
             total -= old.stat().st_size
             old.unlink(missing_ok=True)
 
+
 def _resolve(copies: LocalCopies, ref: RecordingRef) -> tuple[str, tuple[SensorSpec, ...]]:
     if ref.local:
         return ref.location, ref.sensors
     return copies.path(ref.source), tuple(replace(s, path=copies.path(s.path), label=s.label or s.path)
                                           for s in ref.sensors)
+
 
 class UnreadableRecording(Exception):
     """A local recording that is no longer a regular file of the folder; `reason` is snake_case."""
@@ -120,6 +127,7 @@ class UnreadableRecording(Exception):
     def __init__(self, reason: str, detail: str):
         self.reason, self.detail = reason, detail
         super().__init__(detail)
+
 
 def hash_local(ref: RecordingRef, chunk: int = 1 << 20) -> tuple[str, int]:
     """(sha256, bytes) of a local recording, opened without following a link and without blocking on a fifo (the
@@ -139,9 +147,11 @@ def hash_local(ref: RecordingRef, chunk: int = 1 << 20) -> tuple[str, int]:
             size += len(block)
     return digest.hexdigest(), size
 
+
 def _missing(ref: RecordingRef, error: Exception) -> Rejection:
     return Rejection(ref.source, "decode", "missing_file", f"{ref.source}: cannot be read ({safe_text(str(error))}); "
                                                            f"check that the upload completed and the path is right")
+
 
 def recording_fault(ref: RecordingRef, error: Exception) -> Rejection:
     """The one except-chain of the recording stages: a media fault -> its rejection. An infrastructure fault is
@@ -160,18 +170,27 @@ def recording_fault(ref: RecordingRef, error: Exception) -> Rejection:
                              f"retried") from error
     raise error
 
-class IdentifyRecording(beam.DoFn):
-    """A recording -> (what identical files share, the ref with its sha256); one that cannot be read -> a rejection.
 
-    Hashing here, in the workers, lets identical files meet at a GroupByKey: the launcher reads no bytes."""
+class RunStep(beam.DoFn):
+    """What every ingest DoFn shares: the store's address (never a secret: workers bring their own credentials), the
+    run, and per worker the store, local copies for PyAV and the progress the launcher polls."""
 
     def __init__(self, settings: Settings | StoreAddress, run: str):
-        self.store_address, self.run = StoreAddress.of(settings), run  # never a secret: workers bring their own
+        self.store_address, self.run = StoreAddress.of(settings), run
 
     def setup(self) -> None:
         self.store = self.store_address.open()
         self.copies = LocalCopies(self.store)
         self.progress = ProgressWriter(self.store, progress_prefix(self.run))
+
+    def finish_bundle(self) -> None:
+        self.progress.flush()
+
+
+class IdentifyRecording(RunStep):
+    """A recording -> (what identical files share, the ref with its sha256); one that cannot be read -> a rejection.
+
+    Hashing here, in the workers, lets identical files meet at a GroupByKey: the launcher reads no bytes."""
 
     @under_contract
     def process(self, ref: RecordingRef):
@@ -194,18 +213,10 @@ class IdentifyRecording(beam.DoFn):
         # an empty file is refused as empty_file by the probe, never as a duplicate of another empty one
         yield (recording_id if size else f"{recording_id}:{ref.source}"), replace(ref, recording_id=recording_id)
 
-    def finish_bundle(self) -> None:
-        self.progress.flush()
 
-class FirstOfIdentical(beam.DoFn):
+class FirstOfIdentical(RunStep):
     """(sha256, refs with those bytes) -> the first by name; every other one -> a duplicate_recording rejection
     naming both files. Deterministic whatever order the workers hashed them in."""
-
-    def __init__(self, settings: Settings | StoreAddress, run: str):
-        self.store_address, self.run = StoreAddress.of(settings), run
-
-    def setup(self) -> None:
-        self.progress = ProgressWriter(self.store_address.open(), progress_prefix(self.run))
 
     def process(self, element):
         _, refs = element
@@ -219,19 +230,13 @@ class FirstOfIdentical(beam.DoFn):
                 f"{ref.source} was refused so the recording is not ingested twice: deliver one copy"))
             yield _outcome(ref, "duplicate_recording")
 
-    def finish_bundle(self) -> None:
-        self.progress.flush()
 
-class PlanRecording(beam.DoFn):
+class PlanRecording(RunStep):
     """A recording -> (ref, window task) per clip window; a recording that gives none -> a tagged rejection."""
 
     def __init__(self, settings: Settings | StoreAddress, config: ClipConfig, run: str):
-        self.store_address, self.config, self.run = StoreAddress.of(settings), config, run
-
-    def setup(self) -> None:
-        self.store = self.store_address.open()
-        self.copies = LocalCopies(self.store)
-        self.progress = ProgressWriter(self.store, progress_prefix(self.run))
+        super().__init__(settings, run)
+        self.config = config
 
     @under_contract
     def process(self, ref: RecordingRef):
@@ -262,26 +267,21 @@ class PlanRecording(beam.DoFn):
             self.progress.add(recordings_refused=1)
             yield _outcome(ref, rejection.reason if rejection is not None else "no_windows")
 
-    def finish_bundle(self) -> None:
-        self.progress.flush()
 
 def window_key(task: WindowTask) -> str:
     """What a window's rejection names: the id its first clip would have."""
     return clip_id(task.recording.recording_id, task.window.t0, task.config.fingerprint)
 
-class IngestWindow(beam.DoFn):
+
+class IngestWindow(RunStep):
     """(ref, window task) -> clip rows (files stored under their keys); a window that fails -> a tagged rejection.
 
     The work runs in a child process bounded by config.window_timeout_s: a hang or a crash costs one window.
     """
 
     def __init__(self, settings: Settings | StoreAddress, config: ClipConfig, run: str, overwrite: bool = False):
-        self.store_address, self.config, self.run, self.overwrite = StoreAddress.of(settings), config, run, overwrite
-
-    def setup(self) -> None:
-        self.store = self.store_address.open()
-        self.copies = LocalCopies(self.store)
-        self.progress = ProgressWriter(self.store, progress_prefix(self.run))
+        super().__init__(settings, run)
+        self.config, self.overwrite = config, overwrite
 
     @under_contract
     def process(self, element):
@@ -322,18 +322,10 @@ class IngestWindow(beam.DoFn):
                           **{f"done/{ref.progress_key}": 1},
                           **{f"rejected_{reason}": n for reason, n in Counter(r.reason for r in refusals).items()})
 
-    def finish_bundle(self) -> None:
-        self.progress.flush()
 
-class DeadLetters(beam.DoFn):
+class DeadLetters(RunStep):
     """Beam's dead letters of one stage -> `ingest_error` rejections whose detail is the traceback, so a person reads
     them in the rejection table; a recording's also ends there (its outcome), a window's counts as done."""
-
-    def __init__(self, settings: Settings | StoreAddress, run: str):
-        self.store_address, self.run = StoreAddress.of(settings), run
-
-    def setup(self) -> None:
-        self.progress = ProgressWriter(self.store_address.open(), progress_prefix(self.run))
 
     def process(self, letter):
         element, failure = letter
@@ -346,8 +338,6 @@ class DeadLetters(beam.DoFn):
         self.progress.add(rejected_ingest_error=1, **done)
         yield reject(NAMESPACE, Rejection(key, "decode", "ingest_error", dead_letter_detail(key, failure)))
 
-    def finish_bundle(self) -> None:
-        self.progress.flush()
 
 def build_pipeline(pipeline: beam.Pipeline, settings: Settings, refs: Sequence[RecordingRef], run: str,
                    config: ClipConfig, overwrite: bool = False, parts: int = 4,

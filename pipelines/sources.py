@@ -28,10 +28,13 @@ VIDEO_SUFFIXES = (".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi", ".ts", ".mts"
 MEDIA_TYPES = {".mp4": "video/mp4", ".m4v": "video/mp4", ".mov": "video/quicktime", ".mkv": "video/x-matroska",
                ".webm": "video/webm", ".avi": "video/x-msvideo", ".ts": "video/mp2t", ".mts": "video/mp2t"}
 
+
 class IngestInputError(AllianceError):
     """A source that names no recording, or one the launcher cannot read."""
 
+
 _ESCAPE = re.compile(r"\\\\|\\x[0-9a-f]{2}")
+
 
 def printable_path(path: str | os.PathLike) -> str:
     """How tables, messages, logs and the catalog name a local file: printable, and lossless (path_of undoes it).
@@ -51,6 +54,7 @@ def printable_path(path: str | os.PathLike) -> str:
             out.append(char)
     return "".join(out)
 
+
 def path_of(printable: str) -> str:
     """The local path, as os.fsdecode gives it (any bytes), that printable_path wrote as `printable`."""
     raw = bytearray()
@@ -61,6 +65,7 @@ def path_of(printable: str) -> str:
         position = match.end()
     raw += printable[position:].encode()
     return os.fsdecode(bytes(raw))
+
 
 @dataclass(frozen=True)
 class RecordingRef:
@@ -85,6 +90,7 @@ class RecordingRef:
         """Names this ref in progress objects: two refs with the same bytes (one recording id) stay two."""
         return hashlib.sha1(self.source.encode()).hexdigest()[:16]
 
+
 @dataclass(frozen=True)
 class Sources:
     """What a source holds: the recordings to ingest, and what the launcher refused before reading any bytes."""
@@ -92,6 +98,7 @@ class Sources:
     refs: tuple[RecordingRef, ...]
     refused: tuple[Rejection, ...] = ()  # entries that could be recordings (links, fifos, ...): each counts as one in
     side_refused: tuple[Rejection, ...] = ()  # files beside the recordings (sensor sidecars, delivery.toml)
+
 
 def scan_folder(folder: Path) -> Iterator[tuple[str, Path, str]]:
     """(kind, path, why) for every entry under folder, depth first in name order, never through a link.
@@ -115,13 +122,16 @@ def scan_folder(folder: Path) -> Iterator[tuple[str, Path, str]]:
         else:
             yield "other", path, ""
 
+
 def link_detail(name: str) -> str:
     return (f"{name}: a symbolic link; ingest never follows links, so nothing it points to was read: put the file "
             f"itself in the delivery")
 
+
 def not_regular_detail(name: str) -> str:
     return (f"{name}: not a regular file (a fifo, socket or device); ingest reads only regular files: put the "
             f"recording itself in the delivery")
+
 
 def _entry_refusal(kind: str, path: Path, why: str, stage: str = "source") -> Rejection | None:
     """Why the launcher refuses an entry that could hold a recording or a sensor stream; None for a regular file."""
@@ -134,6 +144,7 @@ def _entry_refusal(kind: str, path: Path, why: str, stage: str = "source") -> Re
         return Rejection(name, stage, "unreadable_folder", f"{name}: the folder cannot be listed ({why}), so nothing "
                                                            f"under it was read: make it readable and run again")
     return None
+
 
 def declared_sensors(folder: Path) -> tuple[dict[str, Mapping[str, Any]], tuple[Rejection, ...]]:
     """The folder's delivery.toml `[sensors.STREAM]` tables (what the partner declared: rate, units, offset), read
@@ -159,6 +170,7 @@ def declared_sensors(folder: Path) -> tuple[dict[str, Mapping[str, Any]], tuple[
                                                                   f"read with defaults: fix the file"),)
     return sensors, ()
 
+
 def declared_consent(folder: Path) -> dict[str, bool]:
     """faces_allowed and audio_allowed of the folder's delivery.toml `[consent]`: each false unless it says true. A
     folder has no contract, so without one (or with one that cannot be read: declared_sensors reports it) faces are
@@ -171,6 +183,7 @@ def declared_consent(folder: Path) -> dict[str, bool]:
         consent = {}
     consent = consent if isinstance(consent, dict) else {}
     return {name: consent.get(name) is True for name in ("faces_allowed", "audio_allowed")}
+
 
 def _sidecars(video: Path, beside: Sequence[tuple[str, Path, str]], declared: Mapping[str, Mapping[str, Any]]
               ) -> tuple[tuple[SensorSpec, ...], list[Rejection]]:
@@ -201,6 +214,7 @@ def _sidecars(video: Path, beside: Sequence[tuple[str, Path, str]], declared: Ma
             continue
         specs.append(replace(spec, label=name))
     return tuple(specs), refused
+
 
 def refs_from_folder(folder: Path, partner: str) -> Sources:
     """Video files under a local folder, never through a link; a `{stem}.{stream}.csv` beside one is its sensor
@@ -233,6 +247,7 @@ def refs_from_folder(folder: Path, partner: str) -> Sources:
                                  meta_json=json.dumps(meta, sort_keys=True), bytes=os.lstat(path).st_size))
     return Sources(tuple(refs), tuple(refused), tuple(side_refused))
 
+
 def refs_from_prefix(store: ObjectStore, prefix: str, partner: str) -> Sources:
     """Video objects under a store prefix (key order); `{stem}.{stream}.csv` siblings are not read here. A key the
     store cannot address (a file:// store holds any file name) is refused as invalid_key."""
@@ -251,6 +266,7 @@ def refs_from_prefix(store: ObjectStore, prefix: str, partner: str) -> Sources:
                                  meta_json=json.dumps({"source": o.key, "delivery": delivery, "partner": partner},
                                                       sort_keys=True)))
     return Sources(tuple(refs), tuple(refused))
+
 
 def refs_from_catalog(settings: Settings, store: ObjectStore) -> list[RecordingRef]:
     """Accepted recordings of the catalog, with their sensor streams and contract metadata from the manifest."""
@@ -297,6 +313,7 @@ def refs_from_catalog(settings: Settings, store: ObjectStore) -> list[RecordingR
         refs.append(RecordingRef(key, False, partner, delivery, recording_id, sensors,
                                  json.dumps(meta, sort_keys=True, default=str), size or 0))
     return refs
+
 
 def resolve_source(settings: Settings, store: ObjectStore, source: str, partner: str = "local") -> Sources:
     """'catalog' | a local folder | a store prefix -> the recordings to ingest, and what was refused on the way."""
