@@ -11,8 +11,6 @@ import numpy as np
 
 from alliance.errors import DecodeError
 
-ClipDecodeError = DecodeError  # the one decode error, under the name curation/report.py still catches it by
-
 
 @dataclass(frozen=True)
 class DecodedClip:

@@ -9,9 +9,9 @@ from typing import Any
 
 import numpy as np
 
-from alliance.errors import StoreError
+from alliance.errors import DecodeError, StoreError
 from alliance.store import ObjectStore
-from curation.media import ClipDecodeError, decode_clip, thumbnail_jpeg
+from curation.media import decode_clip, thumbnail_jpeg
 from curation.quality import QualitySignals
 from curation.select import STAGES, Candidate, CurateConfig, SemanticOutcome, Verdict
 
@@ -247,7 +247,7 @@ class _Thumbnails:
             return None
         try:
             clip = decode_clip(self.store.get_bytes(key), key)
-        except (StoreError, ClipDecodeError):
+        except (StoreError, DecodeError):
             return None  # a clip that cannot be read is shown as such; its verdict says why
         name = f"thumbs/{clip_id}.jpg"
         self.store.put_bytes(f"{self.prefix}/{name}", thumbnail_jpeg(clip.frames[len(clip.frames) // 2]))
