@@ -13,7 +13,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from alliance.store import ObjectStore
-from sharding.errors import DatasetError
+from sharding.errors import DatasetError, SampleError
 from sharding.manifest import Manifest, load_manifest
 from sharding.tario import iter_samples
 
@@ -99,17 +99,44 @@ def pick_rows(array: np.ndarray, indices: np.ndarray, clip_frames: int) -> np.nd
     return np.ascontiguousarray(array[np.minimum(indices, rows - 1)], dtype=np.float32)
 
 
+def _meta(raw: RawSample, where: str) -> dict:
+    try:
+        meta = json.loads(raw.members["json"])
+        clip_frames = int(meta.get("frames") or 0)
+    except (ValueError, TypeError, AttributeError) as e:  # not JSON, not UTF-8, not an object, frames not a number
+        raise SampleError(f"{where}:{raw.key}.json is not the sample's metadata object ({e}); run "
+                          f"`alliance datasets verify`", "bad_json") from e
+    if clip_frames < 0:
+        raise SampleError(f"{where}:{raw.key}.json says frames={clip_frames}", "bad_json")
+    return meta
+
+
+def _sensor(data: bytes, where: str) -> np.ndarray:
+    try:
+        array = np.load(io.BytesIO(data), allow_pickle=False)
+        if array.ndim == 0 or not np.issubdtype(array.dtype, np.number):
+            raise ValueError(f"a {array.ndim}-d {array.dtype} array, not per-frame numbers")
+        return array.reshape(array.shape[0], -1)
+    except (ValueError, OSError, EOFError) as e:  # not .npy, truncated, pickled objects, a scalar
+        raise SampleError(f"{where} is not a per-frame sensor array ({e}); run `alliance datasets verify`",
+                          "bad_sensor_array") from e
+
+
 def decode_sample(raw: RawSample, frames: int, size: int, where: str) -> Sample:
+    """The sample's frames, sensor rows and metadata; SampleError naming the member that cannot be read."""
     if "mp4" not in raw.members or "json" not in raw.members:
-        raise DatasetError(f"{where}: sample {raw.key} lacks its .mp4 or .json member; run `alliance datasets verify`")
-    meta = json.loads(raw.members["json"])
-    video, indices = decode_frames(raw.members["mp4"], frames, size, f"{where}:{raw.key}.mp4")
+        raise SampleError(f"{where}: sample {raw.key} lacks its .mp4 or .json member; run `alliance datasets verify`",
+                          "missing_member")
+    meta = _meta(raw, where)
+    try:
+        video, indices = decode_frames(raw.members["mp4"], frames, size, f"{where}:{raw.key}.mp4")
+    except DatasetError as e:
+        raise SampleError(str(e), "decode_failed") from e
     clip_frames = int(meta.get("frames") or 0) or int(indices.max()) + 1
     sensors: dict[str, np.ndarray] = {}
     for ext, data in sorted(raw.members.items()):
         if ext.endswith(".npy"):
-            array = np.load(io.BytesIO(data), allow_pickle=False)
-            sensors[ext[:-4]] = pick_rows(array.reshape(array.shape[0], -1), indices, clip_frames)
+            sensors[ext[:-4]] = pick_rows(_sensor(data, f"{where}:{raw.key}.{ext}"), indices, clip_frames)
     meta["frame_indices"] = indices.tolist()
     meta["shard"] = raw.shard
     return Sample(raw.key, video, sensors, meta)
@@ -123,10 +150,10 @@ class ShardReader:
     the number of slots is its own. A finished pass advances `epoch`. `state_dict()` after k yielded samples
     and `load_state_dict()` on a fresh reader continue with exactly sample k+1 of the same order.
 
-    `ShardReader.open` reads the manifest (a missing or withdrawn version is told there); a reader built with
-    `manifest=` reads nothing until it is iterated (a loader may build one per worker, then fork). Built with
-    neither, it still reads the manifest at once, for the callers and tests that expect the error there; once they
-    call `open`, that read moves to first use (`manifest`).
+    The constructor does no I/O: the manifest is read on first use (`manifest`), or given (`manifest=`, a loader
+    building one reader per worker). `ShardReader.open` reads it at once, so a missing or withdrawn version is told
+    where the reader is made. With on_error="skip", a sample that cannot be read (its mp4, json or a sensor array)
+    is skipped and counted in `failures` by reason; with "raise" (the default) it raises DatasetError naming it.
     """
 
     def __init__(self, store: ObjectStore, dataset: str, version: int, *, frames: int = 16, size: int = 64,
@@ -140,7 +167,7 @@ class ShardReader:
             raise DatasetError(f"reader of {dataset}@v{version} given the manifest of {manifest.ref}")
         self.store = store
         self.dataset, self.version = dataset, version
-        self._manifest = manifest if manifest is not None else load_manifest(store, dataset, version)
+        self._manifest = manifest
         self.frames, self.size = frames, size
         self.shuffle_buffer, self.seed = shuffle_buffer, seed
         self.rank, self.world_size, self.worker, self.num_workers = rank, world_size, worker, num_workers
@@ -224,10 +251,10 @@ class ShardReader:
             where = self.store.describe(self.manifest.shards[raw.shard].key)
             try:
                 sample = decode_sample(raw, self.frames, self.size, where)
-            except DatasetError:
+            except SampleError as e:
                 if self.on_error == "raise":
                     raise
-                self.failures["decode_failed"] += 1
+                self.failures[e.reason] += 1
                 self.yielded = position
                 continue
             self.yielded = position

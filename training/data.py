@@ -77,7 +77,7 @@ class Produced:
     state: dict
     samples: int  # samples this worker read since it started, usable or not
     rejected: dict[str, int] = field(default_factory=dict)  # refused by `sample_problem`, by reason
-    failures: dict[str, int] = field(default_factory=dict)  # skipped by the reader (decode_failed)
+    failures: dict[str, int] = field(default_factory=dict)  # skipped by the reader, by reason (decode_failed, bad_json, ...)
 
 
 @dataclass(frozen=True)
@@ -148,6 +148,8 @@ def sample_problem(sample: Any, cfg: TrainConfig) -> str | None:
         return "missing_action_stream"
     if sensor is not None and (sensor.ndim != 2 or sensor.shape[0] != cfg.model.frames):
         return "sensor_wrong_shape"
+    if sensor is not None and not np.isfinite(sensor).all():  # one NaN in a batch turns every weight into NaN
+        return "sensor_not_finite"
     return None
 
 
@@ -168,7 +170,7 @@ class ClipLoader:
         self.positions: list[dict] = [{"epoch": 0, "reader": None} for _ in range(self.workers)]
         self.next_worker = 0
         self.rejected: Counter[str] = Counter()  # samples the loader refused, by reason
-        self.reader_failures: dict[int, dict[str, int]] = {}  # what each worker's reader skipped (decode_failed)
+        self.reader_failures: dict[int, dict[str, int]] = {}  # what each worker's reader skipped, by reason
         self.samples = 0
         self._rejected_by_worker: dict[int, dict[str, int]] = {}
         self._samples_by_worker: dict[int, int] = {}
@@ -339,11 +341,13 @@ def reader_factory(cfg: TrainConfig, store: Any = None, dataset: str = "", versi
                           f"({e}); install the sharding package or use data.source=synthetic") from e
 
     owner, opened = os.getpid(), {}
+    manifest = ShardReader.open(store, dataset, version).manifest  # a missing or withdrawn version is told here, once
 
     def make(worker: int, workers: int, epoch: int) -> Reader:
-        # a clip that fails to decode is skipped and counted (never retried forever, never silent)
+        # a sample that cannot be read (its mp4, json or a sensor array) is skipped and counted by reason (never
+        # retried forever, never silent)
         return ShardReader(_own_store(store, owner, opened), dataset, version, worker=worker, num_workers=workers,
-                           epoch=epoch, on_error="skip", **common)
+                           epoch=epoch, on_error="skip", manifest=manifest, **common)
 
     return make
 

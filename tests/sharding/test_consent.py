@@ -162,7 +162,7 @@ def test_sweep_redacts_expired_and_withdrawn_once_and_the_ledger_shows_them(back
     assert [(r.parent, r.version, r.removed_samples) for r in third.redactions] == [(2, 3, 2)]
     assert sorted(third.purged) == ["ego@v1", "ego@v2"]
     with pytest.raises(VersionWithdrawn, match="read ego@v3"):
-        ShardReader(store, "ego", 1)
+        ShardReader.open(store, "ego", 1)
     assert {s.meta["recording"] for s in ShardReader(store, "ego", 3, frames=2, size=16)} == {glassco[0],
                                                                                             robofleet[1]}
     assert not sweep(store, catalog, today=JUNE, purge=True).wrote

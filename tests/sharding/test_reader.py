@@ -80,7 +80,45 @@ def test_bad_mp4_raises_or_is_counted(ego, tmp_path):
     assert len(keys(reader)) == 17 and reader.failures == {"decode_failed": 1}
 
 
-def test_open_reads_the_manifest_and_a_reader_given_it_reads_nothing_until_iterated(ego):
+def _rewrite_member(path, suffix: str, payload: bytes, nth: int = 0) -> str:
+    """Replace the nth member ending in `suffix` of the tar at `path` with `payload`; its sample key."""
+    import io
+    import tarfile
+
+    with tarfile.open(path) as archive:
+        members = [(m, archive.extractfile(m).read()) for m in archive.getmembers()]
+    target = [m.name for m, _ in members if m.name.endswith(suffix)][nth]
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as archive:
+        for member, data in members:
+            data = payload if member.name == target else data
+            member.size = len(data)
+            archive.addfile(member, io.BytesIO(data))
+    path.write_bytes(buffer.getvalue())
+    return target[:-len(suffix)]
+
+
+@pytest.mark.parametrize("suffix,payload,reason", [
+    (".json", b"{not json", "bad_json"),
+    (".json", b"\xff\xfe", "bad_json"),
+    (".json", b"[1, 2]", "bad_json"),
+    (".imu.npy", b"\x93NUMPY truncated", "bad_sensor_array"),
+    (".imu.npy", b"not an array at all", "bad_sensor_array"),
+])
+def test_a_bad_json_or_sensor_member_raises_naming_it_or_is_skipped_by_reason(ego, suffix, payload, reason):
+    from sharding.errors import SampleError
+    from sharding.manifest import load_manifest
+
+    shard = ego.root / load_manifest(ego, "ego", 1).shards[0].key
+    key = _rewrite_member(shard, suffix, payload)
+    with pytest.raises(SampleError, match=f"{key}{suffix}".replace(".", r"\.")) as raised:
+        keys(ShardReader(ego, "ego", 1, frames=2, size=16))
+    assert raised.value.reason == reason
+    reader = ShardReader(ego, "ego", 1, frames=2, size=16, on_error="skip")
+    assert len(keys(reader)) == 17 and reader.failures == {reason: 1}
+
+
+def test_open_reads_the_manifest_and_the_constructor_reads_nothing(ego):
     from sharding.errors import VersionNotFound
 
     class Untouchable:
@@ -94,6 +132,10 @@ def test_open_reads_the_manifest_and_a_reader_given_it_reads_nothing_until_itera
     # e.g. one reader built per loader worker, in the worker: no store call until it is iterated
     reader = ShardReader(Untouchable(), "ego", 1, worker=1, num_workers=2, manifest=opened.manifest)
     assert reader.state_dict()["dataset"] == "ego" and reader.slots == 2
+    lazy = ShardReader(Untouchable(), "ego", 9, worker=1, num_workers=2)  # no manifest given: still no I/O
+    assert lazy.state_dict()["version"] == 9
+    with pytest.raises(VersionNotFound, match="ego@v9 does not exist"):
+        keys(ShardReader(ego, "ego", 9))  # told on first use
     with pytest.raises(DatasetError, match="given the manifest of ego@v1"):
         ShardReader(ego, "ego", 2, manifest=opened.manifest)
 

@@ -105,7 +105,7 @@ def test_version_without_manifest_is_invisible(store, selection):
     build(store, selection.rows)
     store.delete(manifest_key("ego", 1))
     with pytest.raises(VersionNotFound, match="ego@v1 does not exist"):
-        ShardReader(store, "ego", 1)
+        ShardReader.open(store, "ego", 1)
     assert latest_version(store, "ego") is None
     report = gc(store, grace_s=0)
     assert report.deleted and not list(store.list("datasets/"))
@@ -174,7 +174,7 @@ def test_redact_with_purge_withdraws_the_parent(store, selection):
     report = redact(store, "ego", 1, {revoked}, purge=True)
     assert report.purged_shards and all(not store.exists(k) for k in report.purged_shards)
     with pytest.raises(VersionWithdrawn, match="read ego@v2"):
-        ShardReader(store, "ego", 1)
+        ShardReader.open(store, "ego", 1)
     assert sum(1 for _ in ShardReader(store, "ego", 2, frames=2, size=16)) == 10
     assert gc(store, grace_s=0).deleted == ()
     assert verify_version(store, "ego", 2).ok

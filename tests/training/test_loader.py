@@ -1,7 +1,8 @@
-"""The loader's worker processes: batches in a fixed order, and a failing or dying worker is an error that names it."""
+"""The loader: worker processes, batches in a fixed order, a failing or dying worker named, bad samples refused by reason."""
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing
 import os
 import signal
@@ -10,9 +11,11 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.training.conftest import first_keys, small_config
+from training.config import with_overrides
 from training.data import ClipLoader, LoaderError, reader_factory
 from training.synthetic import SyntheticReader
 
@@ -88,3 +91,24 @@ def _alive(pid: int) -> bool:
             return f.read().split()[2] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_sample_problem_names_each_sample_the_loader_refuses(small):
+    from training.data import sample_problem
+    from training.synthetic import make_clip
+
+    frames, size = small.model.frames, small.model.size
+    good = make_clip(3, seed=1, frames=frames, size=size)
+    assert sample_problem(good, small) is None
+
+    def variant(**change):
+        return dataclasses.replace(good, **change)
+
+    assert sample_problem(variant(frames=good.frames.astype(np.float32)), small) == "frames_not_uint8"
+    assert sample_problem(variant(frames=good.frames[:-1]), small) == "frames_wrong_shape"
+    assert sample_problem(variant(sensors={"imu": good.sensors["imu"][:-1]}), small) == "sensor_wrong_shape"
+    nan = good.sensors["imu"].copy()
+    nan[2, 0] = np.nan
+    assert sample_problem(variant(sensors={"imu": nan}), small) == "sensor_not_finite"
+    action = with_overrides(small, {"objective.kind": "action"})
+    assert sample_problem(variant(sensors={}), action) == "missing_action_stream"

@@ -26,6 +26,23 @@ def test_trains_from_shards_and_records_the_version(store):
     assert (record.dataset, record.version, record.steps) == ("syn", version, 3)  # what the ledger reads
 
 
+def test_a_bad_json_or_sensor_member_is_skipped_and_counted_not_fatal(tmp_path):
+    from sharding.manifest import load_manifest
+    from tests.sharding.test_reader import _rewrite_member
+
+    store = LocalStore(tmp_path / "store")
+    version = write_synthetic_version(store, "syn", 14, frames=8, size=16, samples_per_shard=7)
+    shards = load_manifest(store, "syn", version).shards
+    _rewrite_member(store.root / shards[0].key, ".json", b"{not json")
+    _rewrite_member(store.root / shards[1].key, ".imu.npy", b"\x93NUMPY cut short")
+    cfg = small_config(**{"data.source": "shards", "data.workers": 2, "data.batch_size": 2})
+    loader = ClipLoader(reader_factory(cfg, store, "syn", version), cfg)
+    batches = first_keys(loader, 6)  # one epoch: 2 workers x (7 clips - 1 bad) in 6 batches
+    loader.close()
+    assert len({k for batch in batches for k in batch}) == 12
+    assert loader.skipped == {"bad_json": 1, "bad_sensor_array": 1}
+
+
 def test_shard_loader_resumes_at_exactly_the_next_batch(tmp_path):
     store = LocalStore(tmp_path / "store")
     version = write_synthetic_version(store, "syn", 12, frames=8, size=16, samples_per_shard=3)
