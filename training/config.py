@@ -162,11 +162,36 @@ class TrainConfig:
             raise ConfigError(f"objective.kind {self.objective.kind!r}: use ema_l1, sigreg or action")
         if self.mask.kind not in ("multiblock", "future"):
             raise ConfigError(f"mask.kind {self.mask.kind!r}: use multiblock or future")
+        self._validate_masks()
         if self.data.source not in ("shards", "synthetic"):
             raise ConfigError(f"data.source {self.data.source!r}: use shards or synthetic")
         if self.data.batch_size < 1 or self.run.steps < 1:
             raise ConfigError("data.batch_size and run.steps must be at least 1")
         return self
+
+
+    def _validate_masks(self) -> None:
+        from training.masks import covers_the_grid  # masks builds on this module
+
+        grid = self.model.grid
+        if self.mask.kind == "future":
+            if grid[0] < 2 or not 0.0 < self.mask.future_context < 1.0:
+                raise ConfigError(f"mask.future_context {self.mask.future_context} on {grid[0]} tubelets: a future "
+                                  f"mask needs at least 2 tubelets and a context share strictly between 0 and 1")
+            return
+        if not self.mask.sets:
+            raise ConfigError("mask.sets is empty: a multiblock mask needs at least one set")
+        for i, s in enumerate(self.mask.sets):
+            ranges = {"spatial_scale": s.spatial_scale, "temporal_scale": s.temporal_scale}
+            for name, (lo, hi) in ranges.items():
+                if not 0.0 < lo <= hi <= 1.0:
+                    raise ConfigError(f"mask.sets[{i}].{name} {[lo, hi]}: use 0 < low <= high <= 1")
+            if not 0.0 < s.aspect_ratio[0] <= s.aspect_ratio[1] or s.num_blocks < 1:
+                raise ConfigError(f"mask.sets[{i}]: aspect_ratio {list(s.aspect_ratio)} must be 0 < low <= high and "
+                                  f"num_blocks ({s.num_blocks}) at least 1")
+            if covers_the_grid(grid, s):
+                raise ConfigError(f"mask.sets[{i}] masks the whole {grid} token grid with every block it can draw, "
+                                  f"leaving no context to predict from: lower its spatial_scale or temporal_scale")
 
 
 def _plain(value: Any) -> Any:

@@ -8,7 +8,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from training.config import MaskConfig, MaskSetConfig, ModelConfig
+from training.config import ConfigError, MaskConfig, MaskSetConfig, ModelConfig
+
+MAX_REDRAWS = 1000  # V-JEPA redraws a target that leaves no context; past this many the set is the problem
 
 
 @dataclass(frozen=True)
@@ -21,15 +23,26 @@ class MaskPair:
 
 def block_size(rng: np.random.Generator, grid: tuple[int, int, int], cfg: MaskSetConfig) -> tuple[int, int, int]:
     """(t, h, w) of the blocks of one mask set for one batch: one size per batch, as in V-JEPA."""
+    return _block(grid, cfg, rng.random(), rng.random(), rng.random())
+
+
+def _block(grid: tuple[int, int, int], cfg: MaskSetConfig, u_t: float, u_s: float, u_r: float) -> tuple[int, int, int]:
+    """The block size at uniform draws u_t, u_s, u_r in [0, 1) of the temporal scale, spatial scale and aspect ratio."""
     duration, height, width = grid
-    t_scale = cfg.temporal_scale[0] + rng.random() * (cfg.temporal_scale[1] - cfg.temporal_scale[0])
+    t_scale = cfg.temporal_scale[0] + u_t * (cfg.temporal_scale[1] - cfg.temporal_scale[0])
     t = max(1, int(duration * t_scale))
-    s_scale = cfg.spatial_scale[0] + rng.random() * (cfg.spatial_scale[1] - cfg.spatial_scale[0])
+    s_scale = cfg.spatial_scale[0] + u_s * (cfg.spatial_scale[1] - cfg.spatial_scale[0])
     area = int(height * width * s_scale)
-    ratio = cfg.aspect_ratio[0] + rng.random() * (cfg.aspect_ratio[1] - cfg.aspect_ratio[0])
+    ratio = cfg.aspect_ratio[0] + u_r * (cfg.aspect_ratio[1] - cfg.aspect_ratio[0])
     h = min(height, max(1, int(round(math.sqrt(area * ratio)))))
     w = min(width, max(1, int(round(math.sqrt(area / ratio)))))
     return t, h, w
+
+
+def covers_the_grid(grid: tuple[int, int, int], cfg: MaskSetConfig) -> bool:
+    """Whether every block this set can draw is the whole grid (no context would ever be left): the smallest scales
+    at both ends of the aspect ratio (h grows with the ratio, w shrinks) still give (T, H, W)."""
+    return all(_block(grid, cfg, 0.0, 0.0, u_r) == tuple(grid) for u_r in (0.0, 1.0 - 1e-12))
 
 
 def sample_target(rng: np.random.Generator, grid: tuple[int, int, int], size: tuple[int, int, int],
@@ -37,7 +50,7 @@ def sample_target(rng: np.random.Generator, grid: tuple[int, int, int], size: tu
     """A boolean [T, H, W] target: the union of `num_blocks` blocks of `size` at random places; never all of it."""
     duration, height, width = grid
     t, h, w = size
-    while True:
+    for _ in range(MAX_REDRAWS):
         target = np.zeros(grid, dtype=bool)
         for _ in range(num_blocks):
             top = rng.integers(0, height - h + 1)
@@ -46,6 +59,8 @@ def sample_target(rng: np.random.Generator, grid: tuple[int, int, int], size: tu
             target[start:start + t, top:top + h, left:left + w] = True
         if not target.all():  # an empty context is redrawn, as in V-JEPA
             return target
+    raise ConfigError(f"{MAX_REDRAWS} draws of {num_blocks} blocks of {size} on the grid {grid} all masked every "
+                      f"token, leaving no context: use fewer or smaller blocks (mask.sets)")
 
 
 class MaskGenerator:

@@ -61,3 +61,29 @@ def test_future_mask_hides_the_later_tubelets():
     per_step = 14 * 14
     assert pair.context.shape[1] == 4 * per_step and int(pair.context.max()) < 4 * per_step
     assert int(pair.target.min()) == 4 * per_step
+
+
+def test_a_mask_set_that_always_covers_the_grid_is_refused_by_validate_not_looped_on():
+    from training.config import ConfigError, TrainConfig, with_overrides
+
+    whole = {"num_blocks": 1, "spatial_scale": [1.0, 1.0], "temporal_scale": [1.0, 1.0], "aspect_ratio": [1.0, 1.0]}
+    with pytest.raises(ConfigError, match=r"mask.sets\[0\] masks the whole"):
+        with_overrides(TrainConfig(), {"mask.sets": [whole]})
+    # almost whole (aspect ratios away from 1 leave a row or column): accepted, and a draw leaves some context
+    almost = {**whole, "aspect_ratio": [0.5, 2.0]}
+    cfg = with_overrides(TrainConfig(), {"mask.sets": [almost]})
+    pair = MaskGenerator(cfg.mask, cfg.model, seed=0)(4, step=0)[0]
+    assert pair.context.shape[1] >= 1
+    for bad, message in [({"spatial_scale": [0.0, 0.2]}, "spatial_scale"), ({"num_blocks": 0}, "num_blocks"),
+                         ({"temporal_scale": [0.9, 0.5]}, "temporal_scale")]:
+        with pytest.raises(ConfigError, match=message):
+            with_overrides(TrainConfig(), {"mask.sets": [{**whole, "aspect_ratio": [0.75, 1.5], **bad}]})
+    with pytest.raises(ConfigError, match="future_context"):
+        with_overrides(TrainConfig(), {"mask.kind": "future", "mask.future_context": 1.0})
+
+
+def test_sample_target_gives_up_with_an_error_instead_of_looping_for_ever():
+    from training.config import ConfigError
+
+    with pytest.raises(ConfigError, match="leaving no context"):
+        sample_target(np.random.default_rng(0), (2, 2, 2), (2, 2, 2), num_blocks=1)
