@@ -96,7 +96,7 @@ def main() -> None:
 
         settings = Settings(home=tmp / ".alliance")
         catalog = Catalog(settings.effective_catalog_url)
-        catalog.upgrade()
+        catalog.prepare()
         token = add_partner(catalog, "bench").token
         config = ServiceConfig(rate_per_s=1000, rate_burst=5000)
         with serving(settings, config, store=store, catalog=catalog) as service:

@@ -65,7 +65,7 @@ def deliver_timed(url: str, token: str, folder: Path, partner: str, wait_s: floa
     """The partner protocol, call by call, each API call timed (429s are retried after Retry-After)."""
     import httpx
 
-    from partners.client import build_manifest, load_metadata
+    from partners.folder import build_manifest, load_metadata
 
     run = PartnerRun(partner)
     started = time.perf_counter()
@@ -209,7 +209,7 @@ def main() -> None:
         store.ensure_bucket()
         catalog_url = f"sqlite:///{tmp / 'catalog.db'}"
         catalog = Catalog(catalog_url)
-        catalog.upgrade()
+        catalog.prepare()
         tokens = {name: add_partner(catalog, name).token for name in folders}
         port = free_port()
         env = {**os.environ, "ALLIANCE_HOME": str(tmp / ".alliance"), "ALLIANCE_STORE": store.url,

@@ -29,12 +29,13 @@ __all__ = ["ServiceConfig", "create_app"]
 
 def service_state(settings: Settings, config: ServiceConfig, store: ObjectStore | None = None,
                   catalog: Catalog | None = None) -> ServiceState:
-    """The service's shared parts over the configured store and catalog (or the ones given), catalog upgraded."""
+    """The service's shared parts over the configured store and catalog (or the ones given); the catalog prepared
+    (the embedded SQLite one upgrades itself, a server database behind the code stops the service saying what to run)."""
     store = store or open_store(settings=settings)
     if isinstance(store, S3Store):
         store.ensure_bucket()
     catalog = catalog or Catalog(settings.effective_catalog_url)
-    catalog.upgrade()
+    catalog.prepare()
     secret = (config.upload_secret or secrets.token_hex(32)).encode()
     return ServiceState(
         config=config, store=store, catalog=catalog, uploads=Uploads(store, secret, config.part_size),

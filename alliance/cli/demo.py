@@ -100,7 +100,7 @@ def step_deliver(story: Story) -> str:
     from partners.samples import delivery_folders
 
     catalog = Catalog(settings().effective_catalog_url)
-    catalog.upgrade()
+    catalog.prepare()
     port = _start_service(story)
     outcomes = []
     for partner, folder in delivery_folders(story.data):

@@ -96,6 +96,11 @@ def test_only_catalog_upgrade_migrates_a_server_database(postgres_url, tmp_path)
 
     with pytest.raises(CatalogError, match="run `alliance catalog upgrade`"):
         run_shard(Settings(home=tmp_path / "home", catalog_url=postgres_url), "ego", "sel-1", use_beam=False)
+    from partners.config import ServiceConfig
+    from partners.service import service_state
+
+    with pytest.raises(CatalogError, match="run `alliance catalog upgrade`"):  # the delivery service does not start
+        service_state(Settings(home=tmp_path / "home", catalog_url=postgres_url), ServiceConfig())
     assert server.current_revision() is None  # nothing was migrated behind the operator's back
     server.dispose()
 
