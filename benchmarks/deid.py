@@ -35,7 +35,8 @@ from ingest.bounded import one_core_env  # noqa: E402
 os.environ.update(one_core_env(dict(os.environ)))
 
 from ingest.clips import ClipConfig, RecordingInfo, cut_window, plan_recording, sha256_file  # noqa: E402
-from ingest.deid import DeidConfig, detector  # noqa: E402
+from ingest.deid import DeidConfig  # noqa: E402
+from ingest.face_detector import detector  # noqa: E402
 from ingest.synth import FaceSpec, VideoSpec, face_scene, write_video  # noqa: E402
 
 GOAL = 0.4

@@ -89,7 +89,7 @@ def deliver(folder: Path = typer.Argument(..., exists=True, file_okay=False, hel
 
 
 def _check(folder: Path, progress: bool, trust_cache: bool) -> None:
-    from partners.client import check as check_folder
+    from partners.folder import check as check_folder
 
     manifest, assessment = check_folder(folder, progress=progress, trust_cache=trust_cache)
     problems = [{"path": f.path, "reason": p.reason, "detail": p.detail, "fix": p.fix}

@@ -10,10 +10,11 @@ import av
 import numpy as np
 import pytest
 
-from ingest import deid
+from ingest import face_detector
 from ingest.clips import ClipConfig, RecordingInfo, cut_window, plan_recording, sha256_file
-from ingest.deid import DeidConfig, camera_path, detect_size, detector, face_regions, faces_allowed, mosaic
+from ingest.deid import DeidConfig, camera_path, detect_size, face_regions, faces_allowed, mosaic
 from ingest.errors import DecodeError
+from ingest.face_detector import detector
 from ingest.synth import PHOTO_FACE, FaceSpec, VideoSpec, face_photo, write_face_video, write_video
 from pipelines.sources import refs_from_folder
 
@@ -173,16 +174,16 @@ def test_a_clip_whose_deidentification_cannot_run_is_refused_and_nothing_is_writ
     def broken(provider="auto", precision="int8"):
         raise OSError("model file unreadable")
 
-    monkeypatch.setattr(deid, "detector", broken)
+    monkeypatch.setattr(face_detector, "detector", broken)
     with pytest.raises(DecodeError) as refused:
         cut_window(task, tmp_path / "out")
     assert refused.value.reason == "deid_failed" and "could not run" in refused.value.detail
     assert not list((tmp_path / "out").glob("*.mp4"))
-    monkeypatch.setattr(deid, "model_path", lambda: (_ for _ in ()).throw(
+    monkeypatch.setattr(face_detector, "model_path", lambda: (_ for _ in ()).throw(
         DecodeError("deface", "deid_failed", "weights not installed")))
-    monkeypatch.setattr(deid, "_detectors", {})
-    monkeypatch.setattr(deid, "detector",
-                        lambda provider="auto", precision="int8": deid.FaceDetector(provider, precision))
+    monkeypatch.setattr(face_detector, "_detectors", {})
+    monkeypatch.setattr(face_detector, "detector",
+                        lambda provider="auto", precision="int8": face_detector.FaceDetector(provider, precision))
     with pytest.raises(DecodeError, match="weights not installed"):
         cut_window(task, tmp_path / "out")
     allowed = next(t for t in plan_recording(str(path), RecordingInfo(rec.recording_id, "p", "d", str(path),

@@ -9,7 +9,8 @@ import pytest
 
 from alliance.cli.main import main
 from partners import localfs
-from partners.client import build_manifest, check, deliver, load_metadata
+from partners.client import deliver
+from partners.folder import build_manifest, check, load_metadata
 from partners.errors import ContractError
 from tests.partners.conftest import METADATA, make_folder
 

@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import select
 
 from alliance.models import Delivery, DeliveryDetail, DeliveryFile
-from partners.client import build_manifest, load_metadata
+from partners.folder import build_manifest, load_metadata
 from tests.partners.conftest import METADATA, make_folder
 
 

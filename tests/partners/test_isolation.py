@@ -10,7 +10,8 @@ import pytest
 from sqlalchemy import select
 
 from alliance.models import Recording
-from partners.client import build_manifest, deliver, load_metadata
+from partners.client import deliver
+from partners.folder import build_manifest, load_metadata
 from partners.uploads import PartSpec, Uploads
 from tests.partners.conftest import make_folder
 

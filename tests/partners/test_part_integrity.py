@@ -8,7 +8,8 @@ import hashlib
 
 import httpx
 
-from partners.client import _part_checksums, build_manifest, deliver, load_metadata
+from partners.client import deliver
+from partners.folder import build_manifest, load_metadata, part_checksums
 from partners.contract import file_key
 from tests.partners.conftest import make_folder
 
@@ -25,7 +26,7 @@ def test_a_part_damaged_on_the_way_to_s3_is_refused_by_the_store(service, media,
     folder = make_folder(tmp_path / "damaged", media, {"long.mp4": media.big})
     api, delivery = _open(service, folder)
     part_size = service.config.part_size
-    sums = _part_checksums(folder, "long.mp4", part_size)
+    sums = part_checksums(folder, "long.mp4", part_size)
     assert len(sums) == 3
 
     wrong_size = api.post(f"/deliveries/{delivery}/files/0/upload", json={"part_size": 1 << 20, "sha256": sums})

@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from partners.client import check
+from partners.folder import check
 from partners.report import DeliveryReport, privacy_treatment, render_html
 from tests.partners.conftest import make_folder
 

@@ -97,7 +97,7 @@ def test_rate_is_optional_only_where_the_format_can_carry_it():
 def test_vendor_txt_exports_beside_videos_are_found_and_declared_by_the_cli(tmp_path, media):
     """Xsens MT Manager and YEI 3-Space exports are .txt: found as sidecars, declared with their vendor format, and
     measured by ingest's readers; a plain table still needs its rate, and says so naming the file."""
-    from partners.client import check
+    from partners.folder import check
     from tests.ingest.test_imu_formats import xsens, yei
     from tests.partners.conftest import METADATA, make_folder
 

@@ -11,7 +11,7 @@ from alliance.catalog import Catalog
 from alliance.models import Delivery, DeliveryDetail, DeliveryFile, Partner, Recording
 from alliance.store import LocalStore
 from ingest.synth import VideoSpec, write_video
-from partners.client import build_manifest, check, load_metadata
+from partners.folder import build_manifest, check, load_metadata
 from partners.contract import file_key, manifest_key
 from partners.deliveries import delivery_id_for
 from partners.validate import validate_delivery

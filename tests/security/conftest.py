@@ -50,7 +50,8 @@ class Deployment:
 def _deploy(tmp_path: Path, store: ObjectStore, catalog_url: str, config: ServiceConfig):
     import httpx
 
-    from partners.client import build_manifest, deliver, load_metadata
+    from partners.client import deliver
+    from partners.folder import build_manifest, load_metadata
 
     catalog = Catalog(catalog_url)
     catalog.upgrade()
