@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 
 import pytest
 from typer.testing import CliRunner
 
 from alliance.catalog import Catalog
-from alliance.devservers import free_port
+from alliance.devservers import free_port, wait_for_port
 from alliance.models import Delivery, Partner, Recording
 from alliance.settings import RunnerSettings, Settings
 from alliance.store import S3Store
@@ -80,11 +79,12 @@ def test_beam_pipeline_writes_records_and_reruns(s3_store, tmp_path):
 def test_portable_runner_with_local_job_service(file_store, tmp_path):
     selection = make_selection(file_store, tmp_path / "media", recordings_per_partner=1)
     write_selection_table(file_store, selection)
-    port = free_port()
-    service = subprocess.Popen([sys.executable, "-m", "apache_beam.runners.portability.local_job_service_main",
-                                "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    port, log = free_port(), tmp_path / "job_service.log"
+    with log.open("wb") as out:
+        service = subprocess.Popen([sys.executable, "-m", "apache_beam.runners.portability.local_job_service_main",
+                                    "--port", str(port)], stdout=out, stderr=subprocess.STDOUT)
     try:
-        time.sleep(3)
+        wait_for_port(port, service, 60, log, "Beam's local job service")
         settings = Settings(home=tmp_path / ".alliance", store_url=file_store.url)
         summary = run_shard(settings, "ego", "sel-1", ("--runner=PortableRunner", f"--job_endpoint=localhost:{port}",
                                                       "--environment_type=LOOPBACK"), config=CONFIG)
