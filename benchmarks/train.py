@@ -47,7 +47,8 @@ def _peak(name: str) -> float:
 def cpu(args: argparse.Namespace) -> None:
     from alliance.store import LocalStore
     from training.data import ClipLoader, reader_factory
-    from training.loop import build, jepa_step, prepare, train
+    from training.loop import train
+    from training.step import build, jepa_step, prepare
     from training.synthetic_shards import write_synthetic_version
 
     cfg = with_overrides(preset(args.preset), {"data.workers": args.workers, "data.batch_size": args.batch,
@@ -127,7 +128,7 @@ def _load() -> str:
 def cuda(args: argparse.Namespace) -> None:
     from torch.utils.flop_counter import FlopCounterMode
 
-    from training.loop import build, jepa_step, prepare
+    from training.step import build, jepa_step, prepare
 
     device = torch.device("cuda")
     cfg = with_overrides(preset(args.preset), {"data.batch_size": args.batch, "run.steps": 100000,

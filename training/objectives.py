@@ -35,29 +35,45 @@ def l1_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (prediction - target).abs().mean()
 
 
-def epps_pulley(projections: torch.Tensor, points: int = 17, t_max: float = 3.0) -> torch.Tensor:
+def epps_pulley(projections: torch.Tensor, points: int = 17, t_max: float = 3.0,
+                across_ranks: bool | None = None) -> torch.Tensor:
     """Epps-Pulley statistic of each column of projections [N, K] against N(0, 1) -> [K].
 
     T = N * integral of |phi_hat(t) - exp(-t^2/2)|^2 exp(-t^2/2) dt over t in [-t_max, t_max], computed on
     [0, t_max] with the trapezoid rule and doubled (the integrand is even).
+
+    Under DDP (`across_ranks`, by default whenever torch.distributed runs more than one process) the empirical
+    characteristic function phi_hat and N are summed over every rank's samples, as LeJEPA does: the statistic is the
+    one of the global batch, the same on every rank, and its gradient (once DDP averages the ranks') is the one a
+    single process holding the whole batch would get.
     """
-    n = projections.shape[0]
     t = torch.linspace(0.0, t_max, points, device=projections.device, dtype=projections.dtype)
     gauss = torch.exp(-0.5 * t * t)
     xt = projections.unsqueeze(-1) * t  # [N, K, P]
-    err = (torch.cos(xt).mean(0) - gauss) ** 2 + torch.sin(xt).mean(0) ** 2  # [K, P]
+    sums = torch.stack([torch.cos(xt).sum(0), torch.sin(xt).sum(0)])  # [2, K, P]
+    n = projections.new_tensor(float(projections.shape[0]))
+    if across_ranks is None:
+        across_ranks = torch.distributed.is_available() and torch.distributed.is_initialized() \
+            and torch.distributed.get_world_size() > 1
+    if across_ranks:
+        from torch.distributed.nn.functional import all_reduce  # autograd-aware: gradients flow back to each rank
+
+        sums = all_reduce(sums)
+        n = all_reduce(n.detach())
+    cos_mean, sin_mean = sums[0] / n, sums[1] / n
+    err = (cos_mean - gauss) ** 2 + sin_mean ** 2  # [K, P]
     integral = torch.trapezoid(err * gauss, t, dim=-1)
     return 2.0 * n * integral
 
 
 def sigreg(embeddings: torch.Tensor, slices: int, generator: torch.Generator, points: int = 17,
-           t_max: float = 3.0) -> torch.Tensor:
+           t_max: float = 3.0, across_ranks: bool | None = None) -> torch.Tensor:
     """SIGReg on per-sample embeddings [N, D] (one row per clip of one view): the mean Epps-Pulley statistic over
     `slices` random unit directions, redrawn each step by the caller's generator (seeded alike on every rank).
 
-    N is the number of samples, as in LeJEPA. Tokens are not samples: the tokens of one clip are strongly correlated,
-    and taking all B x N tokens with the statistic multiplied by their count made it ~57 against a prediction loss of
-    ~0.76, so the clipped gradient was all regulariser.
+    N is the number of samples, as in LeJEPA (under DDP, of every rank's: see `epps_pulley`). Tokens are not samples:
+    the tokens of one clip are strongly correlated, and taking all B x N tokens with the statistic multiplied by their
+    count made it ~57 against a prediction loss of ~0.76, so the clipped gradient was all regulariser.
     """
     if embeddings.ndim != 2:
         raise ValueError(f"sigreg takes per-sample embeddings [N, D], got shape {tuple(embeddings.shape)}; pool "
@@ -65,7 +81,7 @@ def sigreg(embeddings: torch.Tensor, slices: int, generator: torch.Generator, po
     z = embeddings.float()
     directions = torch.randn(z.shape[-1], slices, generator=generator).to(z.device)
     directions = directions / directions.norm(dim=0, keepdim=True)
-    return epps_pulley(z @ directions, points, t_max).mean()
+    return epps_pulley(z @ directions, points, t_max, across_ranks).mean()
 
 
 def sigreg_views(views: list[torch.Tensor], slices: int, generator: torch.Generator, points: int = 17,

@@ -107,7 +107,8 @@ def test_a_trained_action_model_predicts_worse_with_the_imu_shifted_by_one_step(
     from alliance.store import LocalStore
     from training.checkpoint import load_checkpoint
     from training.data import collate
-    from training.loop import JEPA, train
+    from training.loop import train
+    from training.step import JEPA
 
     torch.set_num_threads(1)
     cfg = small_config(**{"objective.kind": "action", "model.frames": 16, "model.size": 32, "model.patch": 8,

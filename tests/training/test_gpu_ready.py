@@ -16,7 +16,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from tests.training.conftest import small_config
 from training.config import preset, with_overrides
-from training.loop import JEPA, build, jepa_step, prepare
+from training.step import JEPA, build, jepa_step, prepare
 from training.masks import MaskGenerator
 from training.model import Predictor, VideoEncoder, count_parameters
 
@@ -90,7 +90,8 @@ def _free_port() -> int:
 
 def test_ddp_two_cpu_processes_keep_one_model_and_read_disjoint_clips(tmp_path):
     """Two ranks over gloo: every rank reads its own clips, gradients are averaged, so the weights (and the EMA
-    teacher) stay identical; `train` under torchrun's variables gathers both ranks' loader states."""
+    teacher) stay identical; `train` under torchrun's variables gathers both ranks' loader states; SIGReg sees the
+    samples of both ranks, as in LeJEPA."""
     port = _free_port()
     procs = []
     for rank in range(2):
@@ -108,6 +109,10 @@ def test_ddp_two_cpu_processes_keep_one_model_and_read_disjoint_clips(tmp_path):
     assert not set(a["keys"]) & set(b["keys"])  # each rank its own clips
     assert a["moved"] > 0 and a["params"] == b["params"] and a["params_abs"] == b["params_abs"]
     assert a["teacher"] == b["teacher"]
+    for rank in (a, b):  # SIGReg over both ranks' 8 samples is the statistic of all 16, gradient included
+        assert abs(rank["sigreg_ddp"] - rank["sigreg_single"]) < 1e-4 * rank["sigreg_single"]
+        assert rank["sigreg_grad_gap"] < 1e-5 * rank["sigreg_grad_scale"]
+        assert abs(rank["sigreg_local_only"] - rank["sigreg_single"]) > 1e-3  # a rank's own half differs
     from alliance.store import LocalStore
     from training.checkpoint import load_checkpoint
 

@@ -10,7 +10,8 @@ import torch
 from tests.training.conftest import small_config
 from training.checkpoint import load_checkpoint, read_run
 from training.export import export_encoder
-from training.loop import lr_at, train, wd_at
+from training.loop import train
+from training.step import lr_at, wd_at
 from training.model import VideoEncoder
 
 
