@@ -88,6 +88,20 @@ def load_checkpoint(store: ObjectStore, key: str, map_location: str | torch.devi
     return payload
 
 
+ENCODERS = ("target", "context")
+
+
+def encoder_weights(payload: dict[str, Any], which: str = "target") -> tuple[dict[str, Any], str]:
+    """(state dict, which) of the encoder a checkpoint ships: by default the EMA target encoder, the one V-JEPA's
+    evaluations load (checkpoint_key='target_encoder'); the context encoder when asked, or when the run has no
+    teacher (SIGReg)."""
+    if which not in ENCODERS:
+        raise CheckpointError(f"encoder {which!r}: use one of {', '.join(ENCODERS)}")
+    if which == "target" and payload.get("target_encoder") is not None:
+        return payload["target_encoder"], "target"
+    return payload["encoder"], "context"
+
+
 def checkpoint_config(payload: dict[str, Any]) -> TrainConfig:
     return from_dict(payload["config"])
 

@@ -1,4 +1,4 @@
-"""Export a checkpoint's context encoder as TorchScript + encoder.json, the form curation's embedding stage loads."""
+"""Export a checkpoint's encoder (by default the EMA target) as TorchScript + encoder.json for curation's embedding."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from alliance.store import ObjectStore
-from training.checkpoint import checkpoint_config, load_checkpoint, run_prefix
+from training.checkpoint import checkpoint_config, encoder_weights, load_checkpoint, run_prefix
 from training.model import VideoEncoder
 
 
@@ -33,15 +33,17 @@ def scripted_encoder(encoder: VideoEncoder) -> torch.jit.ScriptModule:
         return torch.jit.trace(module, example, check_inputs=[(torch.rand(3, 3, cfg.frames, cfg.size, cfg.size),)])
 
 
-def export_encoder(store: ObjectStore, checkpoint_key: str) -> str:
+def export_encoder(store: ObjectStore, checkpoint_key: str, which: str = "target") -> str:
     """Write checkpoints/{run}/encoder.pt and encoder.json next to the checkpoint; returns the encoder key.
 
-    Re-exporting the same checkpoint rewrites the same two objects with the same content.
+    `which`: the EMA target encoder (V-JEPA's choice; a SIGReg run has only the context encoder) or the context
+    encoder; encoder.json says which. Re-exporting the same checkpoint rewrites the same two objects alike.
     """
     payload = load_checkpoint(store, checkpoint_key)
     cfg = checkpoint_config(payload)
     encoder = VideoEncoder(cfg.model)
-    encoder.load_state_dict(payload["encoder"])
+    weights, chosen = encoder_weights(payload, which)
+    encoder.load_state_dict(weights)
     scripted = scripted_encoder(encoder.eval())
     prefix = run_prefix(str(payload["run"]))
     buffer = io.BytesIO()
@@ -52,7 +54,7 @@ def export_encoder(store: ObjectStore, checkpoint_key: str) -> str:
     contract = {
         "frames": cfg.model.frames, "size": cfg.model.size, "embed_dim": cfg.model.embed_dim,
         "input": "float32 [B, 3, T, S, S] in [0, 1]", "output": "float32 [B, D] mean-pooled tokens",
-        "dataset": f"{payload['dataset']}@v{payload['version']}", "step": int(payload["step"]),
+        "dataset": f"{payload['dataset']}@v{payload['version']}", "step": int(payload["step"]), "encoder": chosen,
     }
     store.put_bytes(f"{prefix}/encoder.json", json.dumps(contract, indent=2).encode())
     return key

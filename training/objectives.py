@@ -128,8 +128,22 @@ def shift_actions(actions: torch.Tensor, steps: int) -> torch.Tensor:
 
 
 @torch.no_grad()
+def content_share(tokens: torch.Tensor) -> float:
+    """The share of tokens' [B, N, D] energy (mean square, B >= 2) that differs between clips at one position: near 1
+    for features that tell clips apart; near 0 when every clip gets (almost) the same features, whether the same
+    vector everywhere or one per position (a collapse the fixed position embeddings make easy)."""
+    tokens = tokens.float()
+    between = (tokens - tokens.mean(dim=0, keepdim=True)).pow(2).mean()
+    return float(between / tokens.pow(2).mean().clamp_min(1e-12))
+
+
 def collapse_stats(tokens: torch.Tensor, max_samples: int = 2048) -> dict[str, float]:
-    """Per-dimension std (min, mean) of token embeddings and of clip means, and RankMe effective rank."""
+    """Per-dimension std (min, mean) of token embeddings and of clip means, RankMe effective rank, and the content
+    share of the raw tokens and of the tokens as the prediction loss sees them (layer-normed, as targets are).
+
+    Std and rank are taken over tokens of every position, so an encoder whose output depends on the position alone
+    still looks healthy on them. The layer-normed share is the one the prediction loss sees: variation between clips
+    that lies in a token's mean or scale over channels counts in the raw share and is gone once layer-normed."""
     z = tokens.float().reshape(-1, tokens.shape[-1])
     if z.shape[0] > max_samples:
         z = z[torch.linspace(0, z.shape[0] - 1, max_samples, device=z.device).long()]
@@ -139,5 +153,8 @@ def collapse_stats(tokens: torch.Tensor, max_samples: int = 2048) -> dict[str, f
     singular = torch.linalg.svdvals(z - z.mean(0))
     p = singular / singular.sum() + 1e-7
     rank = math.exp(float(-(p * p.log()).sum()))
-    return {"std_min": float(std.min()), "std_mean": float(std.mean()), "pooled_std_mean": float(pooled_std.mean()),
-            "rankme": rank, "dim": float(z.shape[-1])}
+    stats = {"std_min": float(std.min()), "std_mean": float(std.mean()), "pooled_std_mean": float(pooled_std.mean()),
+             "rankme": rank, "dim": float(z.shape[-1])}
+    if tokens.shape[0] > 1:  # between clips: a batch of one has no such thing
+        stats.update(content_share=content_share(tokens), content_share_normed=content_share(layer_normed(tokens)))
+    return stats

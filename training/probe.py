@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 
 from alliance.store import ObjectStore
-from training.checkpoint import checkpoint_config, load_checkpoint
+from training.checkpoint import checkpoint_config, encoder_weights, load_checkpoint
 from training.config import ModelConfig
 from training.model import VideoEncoder
 from training.synthetic import DIRECTIONS, labelled_set
@@ -29,6 +29,7 @@ class ProbeResult:
     n_test: int
     pool: str
     random_init_accuracies: tuple[float, ...] = ()  # one per random initialization (they vary by 10-30 points)
+    encoder: str = "context"  # which of the checkpoint's encoders: target (the EMA teacher) or context
 
 
 @torch.no_grad()
@@ -49,6 +50,25 @@ def embed(encoder: torch.nn.Module, clips: np.ndarray, pool: str = "time", batch
         else:
             out.append(tokens.reshape(tokens.shape[0], grid_t, -1, tokens.shape[-1]).mean(2).flatten(1))
     return torch.cat(out)
+
+
+@torch.no_grad()
+def prediction_spread(encoder: VideoEncoder, predictor: torch.nn.Module, target_encoder: VideoEncoder,
+                      clips: np.ndarray, context: torch.Tensor, target: torch.Tensor) -> float:
+    """How much the predictor's output differs between clips at one target position, over how much its targets
+    (the target encoder's layer-normed features) do. Near 0: the predictor ignores its context and predicts each
+    position's mean; a predictor that tracks what happens in each clip comes near 1. `context`/`target`: token
+    indices [K] shared by every clip."""
+    from training.model import gather_tokens
+    from training.objectives import layer_normed
+
+    for module in (encoder, predictor, target_encoder):
+        module.eval()
+    x = torch.from_numpy(clips).permute(0, 4, 1, 2, 3).float().div_(255.0)
+    ctx, tgt = context.expand(len(clips), -1), target.expand(len(clips), -1)
+    predicted = predictor(encoder(x, ctx), ctx, tgt, 0)
+    targets = gather_tokens(layer_normed(target_encoder(x)), tgt)
+    return float(predicted.var(0).mean() / targets.var(0).mean().clamp_min(1e-12))
 
 
 def pixel_features(clips: np.ndarray, cells: int = 8) -> torch.Tensor:
@@ -114,11 +134,14 @@ def probe_encoder(encoder: VideoEncoder, model: ModelConfig, *, n_train: int = 5
 
 
 def probe_checkpoint(store: ObjectStore, checkpoint_key: str, *, n_train: int = 512, n_test: int = 256,
-                     seed: int = 0, pool: str = "time", random_inits: int = 3) -> ProbeResult:
-    """Probe the context encoder of a checkpoint (the one `export` writes)."""
+                     seed: int = 0, pool: str = "time", random_inits: int = 3, which: str = "target") -> ProbeResult:
+    """Probe one encoder of a checkpoint: by default the one `export` writes (the EMA target encoder, or the context
+    encoder of a run without a teacher)."""
     payload = load_checkpoint(store, checkpoint_key)
     cfg = checkpoint_config(payload)
     encoder = VideoEncoder(cfg.model)
-    encoder.load_state_dict(payload["encoder"])
-    return probe_encoder(encoder, cfg.model, n_train=n_train, n_test=n_test, seed=seed, pool=pool,
-                         checkpoint=checkpoint_key, step=int(payload["step"]), random_inits=random_inits)
+    weights, chosen = encoder_weights(payload, which)
+    encoder.load_state_dict(weights)
+    result = probe_encoder(encoder, cfg.model, n_train=n_train, n_test=n_test, seed=seed, pool=pool,
+                           checkpoint=checkpoint_key, step=int(payload["step"]), random_inits=random_inits)
+    return replace(result, encoder=chosen)

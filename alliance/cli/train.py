@@ -80,7 +80,9 @@ def train_run(
     stats = summary.collapse
     console.print(f"[bold]{'finished' if summary.finished else 'stopped'}[/bold] {summary.run} at step "
                   f"{summary.steps}: loss {summary.final_loss:.4f}, std {stats.get('std_mean', float('nan')):.3f}, "
-                  f"rankme {stats.get('rankme', float('nan')):.1f}; checkpoint {summary.checkpoint_key}")
+                  f"rankme {stats.get('rankme', float('nan')):.1f}, content share "
+                  f"{stats.get('content_share_normed', float('nan')):.3f} (layer-normed; near 0: features of the "
+                  f"position alone); checkpoint {summary.checkpoint_key}")
 
 
 def _record_run(summary, config: dict) -> None:
@@ -107,6 +109,8 @@ def probe(
     pool: str = typer.Option("time", "--pool", help="time (per-tubelet means over space: a random encoder cannot read "
                                                     "the motion off them), tokens (every token) or mean (the "
                                                     "exported mean-pooled vector)."),
+    encoder: str = typer.Option("target", "--encoder", help="target (the EMA teacher, what export writes and "
+                                                             "V-JEPA evaluates) or context."),
 ) -> None:
     """Linear probe of the frozen encoder on the 8-direction moving-object task vs random-init encoders."""
     from training.checkpoint import resolve_checkpoint
@@ -114,9 +118,9 @@ def probe(
 
     st = store()
     key = resolve_checkpoint(st, checkpoint)
-    result = probe_checkpoint(st, key, n_train=train_clips, n_test=test_clips, seed=seed, pool=pool)
-    console.print(f"probe of {key} (step {result.step}), {result.n_train} train / {result.n_test} test clips, "
-                  f"pool {result.pool}:")
+    result = probe_checkpoint(st, key, n_train=train_clips, n_test=test_clips, seed=seed, pool=pool, which=encoder)
+    console.print(f"probe of {key} (step {result.step}, {result.encoder} encoder), {result.n_train} train / "
+                  f"{result.n_test} test clips, pool {result.pool}:")
     console.print(f"  trained encoder      {result.accuracy:6.1%}")
     randoms = result.random_init_accuracies
     console.print(f"  random-init encoders {result.random_init_accuracy:6.1%}  (mean of {len(randoms)}: "
@@ -126,11 +130,14 @@ def probe(
 
 
 @app.command("export")
-def export(checkpoint: str = typer.Argument(..., help="checkpoints/RUN/step-K.pt, or a run id.")) -> None:
-    """Write the context encoder as TorchScript + encoder.json for curation's embedding stage."""
+def export(checkpoint: str = typer.Argument(..., help="checkpoints/RUN/step-K.pt, or a run id."),
+           encoder: str = typer.Option("target", "--encoder", help="target (the EMA teacher, as V-JEPA evaluates; a "
+                                                                    "SIGReg run has only the context encoder) or "
+                                                                    "context.")) -> None:
+    """Write the encoder as TorchScript + encoder.json for curation's embedding stage."""
     from training.checkpoint import resolve_checkpoint
     from training.export import export_encoder
 
     st = store()
-    key = export_encoder(st, resolve_checkpoint(st, checkpoint))
+    key = export_encoder(st, resolve_checkpoint(st, checkpoint), which=encoder)
     console.print(f"encoder {st.describe(key)} (+ encoder.json beside it)")

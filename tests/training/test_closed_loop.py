@@ -1,5 +1,5 @@
 """The closed loop's hand-over: what curation's RunInference stage computes for a clip is exactly the exported
-encoder's (and the checkpoint's encoder's) forward pass on that clip."""
+encoder's (and the checkpoint's EMA target encoder's) forward pass on that clip."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ def test_run_inference_embeddings_equal_the_exported_encoders_forward(tmp_path):
     # the curation path: decoded frames (larger than the encoder's input) through clip_tensor, then RunInference
     clips = {f"clip-{i}": clip_tensor(make_clip(i % 8, seed=i, frames=8, size=24).frames, spec) for i in range(5)}
     encoder = VideoEncoder(cfg.model).eval()
-    encoder.load_state_dict(load_checkpoint(store, summary.checkpoint_key)["encoder"])
+    encoder.load_state_dict(load_checkpoint(store, summary.checkpoint_key)["target_encoder"])  # what export ships
     with torch.no_grad():
         expected = {k: encoder(torch.from_numpy(v)[None]).mean(1)[0].numpy() for k, v in clips.items()}
     scale = max(float(np.abs(v).max()) for v in expected.values())

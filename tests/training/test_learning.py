@@ -1,38 +1,32 @@
 """A tiny JEPA learns what JEPA should: the motion of an object, checked against same-seed controls.
 
 Each run: 150 CPU steps (16 frames of 32x32, width 64, 4 layers, batch 16) on the moving-square clips with `future`
-masks whose context is the first tubelet only (frames 0-1; the target is the other 7 tubelets): the predictor cannot
-work the motion out from positions across the context, so the encoder itself must hold the velocity to place the
-square 2-14 frames ahead. Then a frozen linear probe on the online encoder's features averaged over every token (no
-time order left for the probe), trained on 1024 fresh clips and tested on 512:
-- `direction`: the 8 directions (chance 12.5%);
-- `sign`: which half-plane the motion points to (directions 0-3 against 4-7, chance 50%).
+masks whose context is the first tubelet only (frames 0-1; the target is the other 7 tubelets). Then a frozen linear
+probe on an encoder's features averaged over every token (no time order left for the probe), trained on 1024 fresh
+clips and tested on 512: `direction` (8 ways, chance 12.5%) and `sign` (which half-plane, chance 50%). The encoder
+probed is the one a run ships (`alliance train export`): the EMA target encoder, as V-JEPA's evaluations load it
+(checkpoint_key='target_encoder'); for SIGReg, which has no teacher, the online encoder. The online encoder's
+direction is printed beside it.
 
 The margin rule, on the direction probe: a control's mean over the seeds is at least 10 points below the real run's
 mean, and every seed of the control is below the real run's worst seed. The real runs must also beat random-init
-encoders by 15 points on both probes, and the online encoder must not collapse.
+encoders by 15 points on both probes.
 
-Measured (direction / sign, mean +- std over seeds 0, 1, 2; 3 random-init encoders 16.4% / 57.3%):
-| ema_l1                  | 43.4 +- 1.7 (45.3, 42.4, 42.4) | 83.2 +- 2.6 (80.7, 85.9, 83.0) |
-| ema_l1 frozen teacher   | 36.8 +- 3.2 (33.8, 36.5, 40.2) | 79.8 +- 5.7 (73.2, 83.6, 82.6) |
-| ema_l1 frames shuffled  | 43.0 +- 1.3 (42.8, 41.8, 44.3) | 83.7 +- 3.7 (79.7, 86.9, 84.6) |
-| sigreg (lambda 0.05)    | 43.2 +- 0.8 (43.4, 42.4, 43.9) | 83.3 +- 2.9 (84.4, 85.5, 80.1) |
-| sigreg lambda 1         | 21.3 +- 2.5 (24.0, 19.1, 20.7) | 62.1 +- 2.6 (64.3, 59.2, 62.7) |
-| sigreg frames shuffled  | 38.3 +- 1.7 (39.5, 39.1, 36.3) | 79.1 +- 2.5 (77.7, 82.0, 77.7) |
-Only "lambda 1" meets the rule (21.9 points, every seed below), and it is the one control asserted. The frozen
-teacher (6.6 points, seeds overlap) and frames shuffled (0.4 and 4.9 points) do not: they run in the full table
-and xfail there, so the day they separate shows up as XPASS.
+Measured, seeds 0, 1, 2 (direction of the shipped encoder; see the closing note of issue 19 for the whole table):
+- EMA frozen at 1.0 ships its random teacher: 15% against 44%, asserted. Its online encoder reads 34-40% (the
+  student of a random teacher learns most of what the real student does), so on the online encoder it was not
+  separated (36.8% against 43.4%).
+- SIGReg with lambda = 1 (no prediction loss): 21% against 43%, asserted.
+- Frames shuffled in time: not separated (43.0% against 43.4%; SIGReg 38.3% against 43.2%): run in the full table
+  (ALLIANCE_LEARNING=full, make reliability) and xfail there. The reason, measured: no run learns to predict the
+  future here. The predictor's output hardly differs between clips (`prediction_spread`, printed: ~1e-7 of its
+  targets' spread) and a linear probe cannot find the square's future cell in it (20% of 16 cells, the same as a
+  random-init model, while the targets themselves locate it at 99%); the online encoder's layer-normed features
+  become mostly the same for every clip (content share, printed: 0.005 for EMA and 0.012 for SIGReg after 150
+  steps, 0.14 with lambda = 1, about 0.1 at init). What the probe reads is the motion inside each token (a tubelet
+  of 2 ordered frames), which shuffled pretraining teaches as well.
 
-Why frames shuffled cannot separate with this probe: with tubelet 2 every token embeds an ordered pair of frames,
-so an encoder that learned to place the square in both frames of a pair (which shuffled pretraining teaches as
-well: the other frames lie along the same line) holds the sense of motion for a linear probe whether or not it ever
-saw frames in order. Seed 0, real against shuffled: context = first half of the clip (the previous setting)
-39.5/77.7 against 41.8/76.6 (probe 512/256); first tubelet 45.3/80.7 against 42.8/79.7; 450 steps 41.6/80.9
-against 41.8/83.0; a background panning with the square 54.7/90.4 against 50.8/87.5. With tubelet 1 (one frame a
-token) the control would be clean, but no real run learned anything a pooled probe reads (16.2/52.0 with a context
-of 2 of 8 frames, 12.9/52.0 with 4 of 8).
-
-`make test` runs seed 0 and the asserted runs (3 runs); ALLIANCE_LEARNING=full (what `make reliability` sets) runs
+`make test` runs seed 0 and the asserted runs (4 runs); ALLIANCE_LEARNING=full (what `make reliability` sets) runs
 seeds 0, 1, 2 and every control, and prints the whole table.
 """
 
@@ -46,11 +40,12 @@ import pytest
 import torch
 
 from alliance.store import LocalStore
-from training.checkpoint import load_checkpoint
+from training.checkpoint import encoder_weights, load_checkpoint
 from training.config import preset, with_overrides
 from training.loop import train
-from training.model import VideoEncoder
-from training.probe import embed, linear_probe, pixel_features
+from training.masks import MaskGenerator
+from training.model import Predictor, VideoEncoder
+from training.probe import embed, linear_probe, pixel_features, prediction_spread
 from training.synthetic import labelled_set
 
 FULL = os.environ.get("ALLIANCE_LEARNING", "") == "full"
@@ -67,15 +62,18 @@ RUNS = {
     "sigreg lambda 1 (no prediction)": {"objective.kind": "sigreg", "objective.sigreg_lambda": 1.0},
     "sigreg frames shuffled": {"objective.kind": "sigreg", "data.shuffle_time": True},
 }
-CONTROLS = {"ema_l1": [], "sigreg": ["sigreg lambda 1 (no prediction)"]}  # asserted: clearly below on every seed
-UNSEPARATED = {"ema_l1": ["ema_l1 frozen teacher (EMA 1.0)", "ema_l1 frames shuffled"],  # measured: they are not
-               "sigreg": ["sigreg frames shuffled"]}
+CONTROLS = {"ema_l1": ["ema_l1 frozen teacher (EMA 1.0)"],  # asserted: clearly below on every seed
+            "sigreg": ["sigreg lambda 1 (no prediction)"]}
+UNSEPARATED = {"ema_l1": ["ema_l1 frames shuffled"], "sigreg": ["sigreg frames shuffled"]}  # measured: they are not
+
 
 @dataclass(frozen=True)
 class Probed:
-    direction: float
+    direction: float  # of the shipped encoder (EMA: the target encoder; SIGReg: the online one)
     sign: float
-    collapse: dict
+    collapse: dict  # the online encoder's, on its raw output (content_share among them)
+    online_direction: float = 0.0
+    spread: float = 0.0  # prediction_spread on the probe's test clips
 
 
 @pytest.fixture(scope="module")
@@ -122,10 +120,17 @@ def runs(tmp_path_factory, one_torch_thread, probe_data):
             cfg = with_overrides(preset("tiny_cpu"), {**COMMON, **RUNS[name], "run.seed": seed})
             store = LocalStore(tmp_path_factory.mktemp(f"{name.split()[0]}-{seed}"))
             summary = train(store, "synthetic", 0, cfg, echo=lambda _: None)
-            encoder = VideoEncoder(cfg.model)
-            encoder.load_state_dict(load_checkpoint(store, summary.checkpoint_key)["encoder"])
-            direction, sign = score(lambda c: embed(encoder, c, "mean"), probe_data)
-            cache[name, seed] = Probed(direction, sign, summary.collapse)
+            payload = load_checkpoint(store, summary.checkpoint_key)
+            online, shipped, predictor = VideoEncoder(cfg.model), VideoEncoder(cfg.model), Predictor(cfg.model, 1)
+            online.load_state_dict(payload["encoder"])
+            shipped.load_state_dict(encoder_weights(payload)[0])
+            predictor.load_state_dict(payload["predictor"])
+            direction, sign = score(lambda c: embed(shipped, c, "mean"), probe_data)
+            online_direction = direction if payload["target_encoder"] is None else \
+                score(lambda c: embed(online, c, "mean"), probe_data)[0]
+            masks = MaskGenerator(cfg.mask, cfg.model)(1, 0)[0]
+            spread = prediction_spread(online, predictor, shipped, probe_data[2][:256], masks.context, masks.target)
+            cache[name, seed] = Probed(direction, sign, summary.collapse, online_direction, spread)
         return cache[name, seed]
 
     return lambda name: [get(name, seed) for seed in SEEDS]
@@ -137,20 +142,24 @@ def _row(name: str, results: list[Probed]) -> str:
         return f"{statistics.mean(values):.1%}{spread} ({', '.join(f'{x:.1%}' for x in values)})"
 
     return (f"| {name} | {cell([r.direction for r in results])} | {cell([r.sign for r in results])} | "
+            f"{cell([r.online_direction for r in results])} | "
             f"std {statistics.mean(r.collapse['std_mean'] for r in results):.3f}, rankme "
-            f"{statistics.mean(r.collapse['rankme'] for r in results):.1f} |")
+            f"{statistics.mean(r.collapse['rankme'] for r in results):.1f}, content "
+            f"{statistics.mean(r.collapse['content_share'] for r in results):.2f} raw, "
+            f"{statistics.mean(r.collapse['content_share_normed'] for r in results):.4f} layer-normed | "
+            f"{statistics.mean(r.spread for r in results):.1e} |")
 
 
 def _print_table(objective: str, table: dict[str, list[Probed]], baselines) -> None:
     randoms, pixels = baselines
-    print(f"\n{objective}, {STEPS} steps, seeds {SEEDS}; probe on mean-pooled online features (direction 8-way, "
-          f"sign 2-way); mean +- std (per seed)")
-    print("| run | direction | sign | collapse (online, raw) |")
+    print(f"\n{objective}, {STEPS} steps, seeds {SEEDS}; probe on the shipped encoder's mean-pooled features "
+          f"(direction 8-way, sign 2-way); mean +- std (per seed)")
+    print("| run | direction | sign | direction, online encoder | collapse (online, raw) | prediction spread |")
     for name, results in table.items():
         print(_row(name, results))
     print(f"| random init x3 | {statistics.mean(r[0] for r in randoms):.1%} | "
-          f"{statistics.mean(r[1] for r in randoms):.1%} | |")
-    print(f"| frame-difference pixels | {pixels[0]:.1%} | {pixels[1]:.1%} | |")
+          f"{statistics.mean(r[1] for r in randoms):.1%} | | | |")
+    print(f"| frame-difference pixels | {pixels[0]:.1%} | {pixels[1]:.1%} | | | |")
 
 
 def separated(real: list[Probed], control: list[Probed], field: str = "direction") -> bool:
@@ -176,7 +185,8 @@ def test_jepa_learns_the_motion_and_its_controls_do_not(runs, baselines, objecti
     randoms, _ = baselines
     assert statistics.mean(r.direction for r in real) >= statistics.mean(r[0] for r in randoms) + 0.15
     assert statistics.mean(r.sign for r in real) >= statistics.mean(r[1] for r in randoms) + 0.15
-    for r in real:  # no collapse on the online encoder's raw output
+    for r in real:  # std and RankMe on the online encoder's raw output hold; the content share, printed, shows the
+        # layer-normed features are mostly shared by every clip (module docstring, docs/training.md)
         assert r.collapse["std_min"] > 0.01 and r.collapse["rankme"] > 16, r.collapse
     for control in CONTROLS[objective]:
         assert separated(real, table[control]), (control, table[control], real)
@@ -186,6 +196,6 @@ def test_jepa_learns_the_motion_and_its_controls_do_not(runs, baselines, objecti
 @pytest.mark.skipif(not FULL, reason="these controls run in the full table: ALLIANCE_LEARNING=full (make reliability)")
 @pytest.mark.xfail(reason="measured, 3 seeds: not clearly below the real run (see the module docstring)", strict=False)
 @pytest.mark.parametrize("control", [c for cs in UNSEPARATED.values() for c in cs])
-def test_frozen_teacher_and_shuffled_frames_learn_less(runs, control):
+def test_shuffled_frames_learn_less(runs, control):
     real = runs(control.split()[0])
     assert separated(real, runs(control), "direction") or separated(real, runs(control), "sign")

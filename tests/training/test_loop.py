@@ -85,14 +85,26 @@ def test_export_writes_torchscript_and_contract(store, small):
     assert key == f"checkpoints/{summary.run}/encoder.pt"
     contract = json.loads(store.get_bytes(f"checkpoints/{summary.run}/encoder.json"))
     assert contract == {"frames": 8, "size": 16, "embed_dim": 32, "input": "float32 [B, 3, T, S, S] in [0, 1]",
-                        "output": "float32 [B, D] mean-pooled tokens", "dataset": "synthetic@v0", "step": 6}
+                        "output": "float32 [B, D] mean-pooled tokens", "dataset": "synthetic@v0", "step": 6,
+                        "encoder": "target"}
     import io
 
+    payload = load_checkpoint(store, summary.checkpoint_key)
+
+    def encoder_of(weights):
+        encoder = VideoEncoder(small.model).eval()
+        encoder.load_state_dict(weights)
+        return encoder
+
+    target, context = encoder_of(payload["target_encoder"]), encoder_of(payload["encoder"])
     scripted = torch.jit.load(io.BytesIO(store.get_bytes(key)))
-    encoder = VideoEncoder(small.model).eval()
-    encoder.load_state_dict(load_checkpoint(store, summary.checkpoint_key)["encoder"])
-    for batch in (1, 5):
+    for batch in (1, 5):  # the EMA target encoder by default, as V-JEPA's evaluations load it
         clip = torch.rand(batch, 3, 8, 16, 16)
         out = scripted(clip)
         assert out.shape == (batch, 32) and out.dtype == torch.float32
-        assert torch.allclose(out, encoder(clip).mean(1), atol=1e-5)
+        assert torch.allclose(out, target(clip).mean(1), atol=1e-5)
+        assert not torch.allclose(out, context(clip).mean(1), atol=1e-5)  # the two differ after 6 steps
+    export_encoder(store, summary.checkpoint_key, which="context")
+    assert json.loads(store.get_bytes(f"checkpoints/{summary.run}/encoder.json"))["encoder"] == "context"
+    clip = torch.rand(2, 3, 8, 16, 16)
+    assert torch.allclose(torch.jit.load(io.BytesIO(store.get_bytes(key)))(clip), context(clip).mean(1), atol=1e-5)

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 
-from tests.training.conftest import small_config
 from training.masks import MaskGenerator
 from training.model import Predictor, VideoEncoder, sincos_3d
 from training.objectives import (collapse_stats, ema_update, epps_pulley, imu_actions, layer_normed, momentum,
@@ -94,3 +93,23 @@ def test_random_targets_depend_on_the_clip_not_only_on_the_position(small):
         z = layer_normed(encoder(torch.from_numpy(clips).permute(0, 4, 1, 2, 3).float() / 255))
     share = float(z.var(dim=0).mean(0).sum() / z.var(dim=(0, 1)).sum())
     assert share > 0.3  # with raw [0, 1] pixels the fixed positions dominated
+
+
+def test_content_share_sees_a_position_only_collapse_that_std_and_rank_miss():
+    from training.objectives import collapse_stats
+
+    torch.manual_seed(0)
+    positions = torch.randn(1, 32, 16)  # what each position holds, the same in every clip
+    collapsed = positions.expand(8, -1, -1) + 1e-3 * torch.randn(8, 32, 16)
+    stats = collapse_stats(collapsed)
+    assert stats["std_min"] > 0.3 and stats["rankme"] > 10  # healthy by the old statistics
+    assert stats["content_share"] < 1e-4 and stats["content_share_normed"] < 1e-4
+    varied = collapse_stats(torch.randn(8, 32, 16))
+    assert varied["content_share"] > 0.8 and varied["content_share_normed"] > 0.8
+    constant = collapse_stats(torch.randn(1, 1, 16) + 0.05 * torch.randn(8, 32, 16))  # one vector, a little noise
+    assert constant["content_share"] < 0.01 and constant["content_share_normed"] < 0.01
+    # clips differing only in each token's offset over channels: raw share high, gone once layer-normed
+    offsets = positions.expand(8, -1, -1) + 3.0 * torch.randn(8, 32, 1)
+    shifted = collapse_stats(offsets)
+    assert shifted["content_share"] > 0.5 and shifted["content_share_normed"] < 1e-4
+    assert "content_share" not in collapse_stats(torch.randn(1, 32, 16))  # one clip: nothing between clips
