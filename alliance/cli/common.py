@@ -1,7 +1,8 @@
-"""What every command group shares: the console, the debug flag, and the configured store and catalog."""
+"""What every command group shares: the console, the debug flag, the configured store and catalog, common tables."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -11,6 +12,7 @@ if TYPE_CHECKING:
     from alliance.catalog import Catalog
     from alliance.settings import Settings
     from alliance.store import ObjectStore
+    from sharding.redact import AffectedRun
 
 console = Console(highlight=False, soft_wrap=True)
 err_console = Console(stderr=True, highlight=False)
@@ -47,3 +49,18 @@ def catalog(upgrade: bool = False) -> "Catalog":
     else:
         cat.ensure_current()
     return cat
+
+
+def print_affected_runs(runs: Sequence[AffectedRun]) -> None:
+    """The training runs that read a version holding revoked recordings (sharding's AffectedRun), or that none did."""
+    if not runs:
+        console.print("no training run read a version that held them")
+        return
+    from rich.table import Table
+
+    table = Table(title="training runs that read a version holding them", title_justify="left")
+    for column in ("run", "dataset", "steps", "checkpoints"):
+        table.add_column(column, justify="right" if column == "steps" else "left")
+    for run in runs:
+        table.add_row(run.run, f"{run.dataset}@v{run.version}", str(run.steps), "\n".join(run.checkpoints) or "-")
+    console.print(table)

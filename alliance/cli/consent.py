@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from alliance.cli.common import catalog, console, store
+from alliance.cli.common import catalog, console, print_affected_runs, store
 
 app = typer.Typer(help="Consent: redact expired or withdrawn recordings out of dataset versions (`sweep`, safe from "
                        "cron) and check a version against a purpose (`check`).", no_args_is_help=True)
@@ -69,15 +69,7 @@ def sweep(dataset: list[str] = typer.Option([], "--dataset", help="Only this dat
     if not report.wrote:
         console.print("nothing new written" + (" (dry run)" if report.dry_run else ": every such version already "
                                                "has a redacted successor"))
-    if report.affected_runs:
-        runs = Table(title="training runs that read a version holding them", title_justify="left")
-        for column in ("run", "dataset", "steps", "checkpoints"):
-            runs.add_column(column)
-        for run in report.affected_runs:
-            runs.add_row(run.run, f"{run.dataset}@v{run.version}", str(run.steps), "\n".join(run.checkpoints) or "-")
-        console.print(runs)
-    else:
-        console.print("no training run read a version holding them")
+    print_affected_runs(report.affected_runs)
 
 
 @app.command("check")

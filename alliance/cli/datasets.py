@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from alliance.cli.common import catalog, console, store
+from alliance.cli.common import catalog, console, print_affected_runs, store
 
 app = typer.Typer(help="Inspect, check, redact and clean up dataset versions (datasets/NAME/vN/).",
                   no_args_is_help=True)
@@ -159,14 +159,7 @@ def redact(ref: str = typer.Argument(..., help="NAME@vN to redact."),
         if report.purged_shards:
             console.print(f"purged {len(report.purged_shards)} shard(s) of withdrawn versions")
     console.print(f"versions that held them: {', '.join(f'v{v}' for v in report.versions_containing) or 'none'}")
-    if report.affected_runs:
-        table = _table("training runs trained on a version with revoked samples",
-                       ["run", "version", "steps", "checkpoints"])
-        for run in report.affected_runs:
-            table.add_row(run.run, f"v{run.version}", str(run.steps), "\n".join(run.checkpoints) or "-")
-        console.print(table)
-    else:
-        console.print("no training run read a version that held them")
+    print_affected_runs(report.affected_runs)
 
 
 @app.command("gc")
