@@ -17,11 +17,11 @@ Measured, seeds 0, 1, 2 (direction of the shipped encoder; see the closing note 
   student of a random teacher learns most of what the real student does), so on the online encoder it was not
   separated (36.8% against 43.4%).
 - SIGReg with lambda = 1 (no prediction loss): 21% against 43%, asserted.
-- Frames shuffled in time: not separated (43.0% against 43.4%; SIGReg 38.3% against 43.2%): run in the full table
+- Frames shuffled in time: not separated (43.2% against 43.1%; SIGReg 38.3% against 43.2%): run in the full table
   (ALLIANCE_LEARNING=full, make reliability) and xfail there. The reason, measured: no run learns to predict the
   future here. The predictor's output hardly differs between clips (`prediction_spread`, printed: ~1e-7 of its
-  targets' spread) and a linear probe cannot find the square's future cell in it (20% of 16 cells, the same as a
-  random-init model, while the targets themselves locate it at 99%); the online encoder's layer-normed features
+  targets' spread) and a linear probe hardly finds the square's future cell in it (22% of 16 cells, a random-init
+  model 20%, while the targets themselves locate it at 99%); the online encoder's layer-normed features
   become mostly the same for every clip (content share, printed: 0.005 for EMA and 0.012 for SIGReg after 150
   steps, 0.14 with lambda = 1, about 0.1 at init). What the probe reads is the motion inside each token (a tubelet
   of 2 ordered frames), which shuffled pretraining teaches as well.
