@@ -153,7 +153,7 @@ class ShardReader:
     The constructor does no I/O: the manifest is read on first use (`manifest`), or given (`manifest=`, a loader
     building one reader per worker). `ShardReader.open` reads it at once, so a missing or withdrawn version is told
     where the reader is made. With on_error="skip", a sample that cannot be read (its mp4, json or a sensor array)
-    is skipped and counted in `failures` by reason; with "raise" (the default) it raises DatasetError naming it.
+    is skipped and counted in `failures` by reason; with "raise" (the default) it raises SampleError naming it.
     """
 
     def __init__(self, store: ObjectStore, dataset: str, version: int, *, frames: int = 16, size: int = 64,

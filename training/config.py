@@ -169,7 +169,6 @@ class TrainConfig:
             raise ConfigError("data.batch_size and run.steps must be at least 1")
         return self
 
-
     def _validate_masks(self) -> None:
         from training.masks import covers_the_grid  # masks builds on this module
 

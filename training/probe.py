@@ -29,7 +29,7 @@ class ProbeResult:
     n_test: int
     pool: str
     random_init_accuracies: tuple[float, ...] = ()  # one per random initialization (they vary by 10-30 points)
-    encoder: str = "context"  # which of the checkpoint's encoders: target (the EMA teacher) or context
+    encoder: str = ""  # probe_checkpoint: which of the checkpoint's encoders, target (the EMA teacher) or context
 
 
 @torch.no_grad()
