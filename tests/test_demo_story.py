@@ -88,6 +88,11 @@ def test_v2_differs_from_v1_by_the_semantic_stage(story):
     kept_1 = {r["clip_id"] for r in first if r["kept"]}
     kept_2 = {r["clip_id"] for r in second if r["kept"]}
     assert kept_1 - kept_2 == semantic  # what round 2 dropped beyond round 1 is exactly the semantic stage's work
+    assert semantic, "SemDeDup at the default eps dropped nothing in round 2"
+    by_id = {r["clip_id"]: r for r in second}
+    for clip in semantic:  # each one stands for a kept clip of its own cluster
+        kept_twin = by_id[by_id[clip]["duplicate_of"]]
+        assert kept_twin["kept"] and kept_twin["cluster"] == by_id[clip]["cluster"]
     v1 = {r["clip_id"] for r in index_rows(store, 1)}
     v2 = {r["clip_id"] for r in index_rows(store, 2)}
     assert v1 == kept_1 and v2 == kept_2
