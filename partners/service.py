@@ -29,8 +29,8 @@ __all__ = ["ServiceConfig", "create_app"]
 
 def service_state(settings: Settings, config: ServiceConfig, store: ObjectStore | None = None,
                   catalog: Catalog | None = None) -> ServiceState:
-    """The service's shared parts over the configured store and catalog (or the ones given); the catalog prepared
-    (the embedded SQLite one upgrades itself, a server database behind the code stops the service saying what to run)."""
+    """The service's shared parts over the configured store and catalog (or the ones given); the catalog prepared (the
+    embedded SQLite one upgrades itself, a server database behind the code stops the service saying what to run)."""
     store = store or open_store(settings=settings)
     if isinstance(store, S3Store):
         store.ensure_bucket()

@@ -84,7 +84,8 @@ def test_v2_differs_from_v1_by_the_semantic_stage(story):
     first, second = selection(store, "demo-curate-1"), selection(store, "demo-curate-2")
     assert {r["cluster"] for r in first} == {-1}  # no encoder in round 1
     assert len({r["cluster"] for r in second if r["kept"]}) > 1
-    semantic = {r["clip_id"] for r in second if r["drop_stage"] in ("semantic_dup", "balance")}  # curation.select's stages
+    semantic = {r["clip_id"] for r in second
+                if r["drop_stage"] in ("semantic_dup", "balance")}  # curation.select's stages
     kept_1 = {r["clip_id"] for r in first if r["kept"]}
     kept_2 = {r["clip_id"] for r in second if r["kept"]}
     assert kept_1 - kept_2 == semantic  # what round 2 dropped beyond round 1 is exactly the semantic stage's work

@@ -77,7 +77,7 @@ class Produced:
     state: dict
     samples: int  # samples this worker read since it started, usable or not
     rejected: dict[str, int] = field(default_factory=dict)  # refused by `sample_problem`, by reason
-    failures: dict[str, int] = field(default_factory=dict)  # skipped by the reader, by reason (decode_failed, bad_json, ...)
+    failures: dict[str, int] = field(default_factory=dict)  # skipped by the reader, by reason (decode_failed, ...)
 
 
 @dataclass(frozen=True)

@@ -60,7 +60,8 @@ def main(store_root: str) -> None:
     params = torch.cat([p.detach().flatten() for p in model.parameters()])
     teacher_params = torch.cat([p.detach().flatten() for p in teacher.parameters()])
     summary = train(LocalStore(store_root), "synthetic", 0, cfg, echo=lambda _: None)
-    print(json.dumps({**sigreg_across_ranks(rank, world), "rank": rank, "world": world, "keys": keys, "params": params.double().sum().item(),
+    print(json.dumps({**sigreg_across_ranks(rank, world), "rank": rank, "world": world, "keys": keys,
+                      "params": params.double().sum().item(),
                       "params_abs": params.double().abs().sum().item(), "teacher": teacher_params.double().sum().item(),
                       "moved": (params - initial).abs().max().item(), "losses": list(summary.losses),
                       "checkpoint": summary.checkpoint_key}))

@@ -1,4 +1,4 @@
-"""The loader: worker processes, batches in a fixed order, a failing or dying worker named, bad samples refused by reason."""
+"""The loader: worker processes, batches in a fixed order, a failing or dying worker named, bad samples refused."""
 
 from __future__ import annotations
 
