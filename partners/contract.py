@@ -323,6 +323,14 @@ def _problem(error: dict[str, Any]) -> dict[str, str]:
     return {"reason": reason, "field": loc or "(manifest)", "detail": f"{loc or 'manifest'}: {message}"}
 
 
+def validation_refusal(where: str, e: ValidationError, fallback: str = "manifest_invalid") -> ContractError:
+    """A pydantic refusal as the contract's reasons, each problem naming its field; the first leads the message."""
+    problems = [_problem(error) for error in e.errors(include_url=False)]
+    first = problems[0] if problems else {"reason": fallback, "detail": str(e)}
+    more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+    return ContractError(first["reason"], f"{where}: {first['detail']}{more}", problems)
+
+
 def parse_manifest(raw: bytes | str | dict, limits: ManifestLimits = ManifestLimits()) -> DeliveryManifest:
     """Parse and check a manifest document; raises ContractError/TooLarge naming every problem found."""
     if isinstance(raw, dict):
@@ -344,11 +352,7 @@ def parse_manifest(raw: bytes | str | dict, limits: ManifestLimits = ManifestLim
     try:
         return DeliveryManifest.model_validate(data)
     except ValidationError as e:
-        problems = [_problem(error) for error in e.errors(include_url=False)]
-        first = problems[0]["detail"] if problems else str(e)
-        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-        raise ContractError(problems[0]["reason"] if problems else "manifest_invalid",
-                            f"the manifest breaks the contract: {first}{more}", problems) from e
+        raise validation_refusal("the manifest breaks the contract", e) from e
 
 
 def contract_problems(manifest: DeliveryManifest, today: date | None = None) -> list[Rejection]:

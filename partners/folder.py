@@ -17,7 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from alliance.store import CHUNK
 from partners import localfs
-from partners.contract import Consent, ContractBounds, DeliveryManifest, Device, RecordingEntry, SensorFile, _problem
+from partners.contract import (Consent, ContractBounds, DeliveryManifest, Device, RecordingEntry, SensorFile,
+                               validation_refusal)
 from partners.errors import ContractError
 
 if sys.version_info >= (3, 11):
@@ -73,14 +74,6 @@ class DeliveryMetadata(BaseModel):
     notes: str = ""
 
 
-def _invalid(where: str, e: ValidationError) -> ContractError:
-    """A pydantic refusal as the contract's reasons, each naming the field: never a bare exception name."""
-    problems = [_problem(error) for error in e.errors(include_url=False)]
-    first = problems[0] if problems else {"reason": "metadata_invalid", "detail": str(e)}
-    more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-    return ContractError(first["reason"], f"{where}: {first['detail']}{more}", problems)
-
-
 def load_metadata(folder: str | Path) -> DeliveryMetadata:
     """The folder's delivery.toml (or delivery.json); a missing or invalid one is a clear refusal. The file is
     opened without following links: a delivery.toml that links elsewhere is refused, never read."""
@@ -100,7 +93,7 @@ def load_metadata(folder: str | Path) -> DeliveryMetadata:
         try:
             return DeliveryMetadata.model_validate(data)
         except ValidationError as e:
-            raise _invalid(str(folder / name), e) from None
+            raise validation_refusal(str(folder / name), e, "metadata_invalid") from None
     raise ContractError("metadata_missing", f"{folder}: no delivery.toml: write one with license, [consent] "
                         "(scope, expires, faces_allowed), [device] (kind, model, mounting) and [sensors.imu] "
                         "(rate_hz) if there are IMU files; see `alliance deliver --help`")
@@ -195,7 +188,7 @@ def _sensor_entry(folder: Path, stream: str, path: str, suffix: str, spec: Senso
                           columns=columns or [], units=spec.units,
                           rate_hz=spec.rate_hz, clock_offset_s=spec.clock_offset_s, timestamp=spec.timestamp)
     except ValidationError as e:
-        raise _invalid(f"{path} (stream {stream!r} of delivery.toml)", e) from None
+        raise validation_refusal(f"{path} (stream {stream!r} of delivery.toml)", e, "metadata_invalid") from None
 
 
 def build_manifest(folder: str | Path, metadata: DeliveryMetadata, partner: str, progress: bool = False,
@@ -245,14 +238,14 @@ def build_manifest(folder: str | Path, metadata: DeliveryMetadata, partner: str,
                 media_type=VIDEO_TYPES[Path(video).suffix.lower()], device=override.device or metadata.device,
                 start_time=override.start_time or mtime, duration_s=override.duration_s, sensors=sensors))
         except ValidationError as e:
-            raise _invalid(video, e) from None
+            raise validation_refusal(video, e, "metadata_invalid") from None
     content = hashlib.sha256("\n".join(f"{p} {hashes[p][1]}" for p in all_paths).encode()).hexdigest()
     name = metadata.delivery or f"{_slug(folder.name)}-{content[:10]}"
     try:
         return DeliveryManifest(partner=metadata.partner or partner, delivery=name, license=metadata.license,
                                 consent=metadata.consent, recordings=recordings, notes=metadata.notes)
     except ValidationError as e:
-        raise _invalid("delivery.toml", e) from None
+        raise validation_refusal("delivery.toml", e, "metadata_invalid") from None
 
 
 def _slug(text: str) -> str:

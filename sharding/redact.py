@@ -17,8 +17,7 @@ from sharding.layout import manifest_key, receipt_key, shard_key, withdrawn_key
 from sharding.manifest import latest_version, load_manifest
 from sharding.plan import canonical
 from sharding.tario import TarSink, split_name
-from sharding.versions import (Mapper, ShardReceipt, _sequential, claim_version, commit_version, read_index,
-                               shard_done)
+from sharding.versions import (Mapper, ShardReceipt, claim_version, commit_version, read_index, sequential, shard_done)
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +155,7 @@ def redact(store: ObjectStore, name: str, version: int, revoked: Iterable[str], 
             positions[old] = len(positions)
             if old in drop_by_shard:
                 tasks.append(RewriteTask(positions[old], entry.key, tuple(sorted(drop_by_shard[old]))))
-        receipts = {r.index: r for r in (map_shards or _sequential)(
+        receipts = {r.index: r for r in (map_shards or sequential)(
             lambda task: rewrite_shard(store, name, claim.version, task), tasks)}
         entries = []
         for old, entry in enumerate(manifest.shards):

@@ -86,7 +86,8 @@ class Claim:
     fresh: bool = False
 
 
-def _sequential(fn: Callable[[T], R], items: Sequence[T]) -> Iterable[R]:
+def sequential(fn: Callable[[T], R], items: Sequence[T]) -> Iterable[R]:
+    """The default Mapper: each item in turn, in this process (Beam passes its own to spread shards on workers)."""
     return [fn(item) for item in items]
 
 
@@ -292,7 +293,7 @@ def write_shards(store: ObjectStore, claim: Claim, shards: Sequence[ShardPlan], 
             with ThreadPoolExecutor(min(streams, len(shards)), thread_name_prefix="shard-stream") as pool:
                 pending = list(pool.map(write, shards))
         else:
-            pending = list((map_shards or _sequential)(write, shards))
+            pending = list((map_shards or sequential)(write, shards))
         return [r.result() if isinstance(r, Future) else r for r in pending]
 
 

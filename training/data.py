@@ -335,13 +335,14 @@ def reader_factory(cfg: TrainConfig, store: Any = None, dataset: str = "", versi
         return lambda worker, workers, epoch: SyntheticReader(worker=worker, num_workers=workers, epoch=epoch,
                                                               turning=turning, **common)
     try:
+        from sharding.manifest import load_manifest
         from sharding.reader import ShardReader
     except ImportError as e:
         raise LoaderError(f"data.source=shards needs sharding.reader.ShardReader, which is not importable here "
                           f"({e}); install the sharding package or use data.source=synthetic") from e
 
     owner, opened = os.getpid(), {}
-    manifest = ShardReader.open(store, dataset, version).manifest  # a missing or withdrawn version is told here, once
+    manifest = load_manifest(store, dataset, version)  # a missing or withdrawn version is told here, once
 
     def make(worker: int, workers: int, epoch: int) -> Reader:
         # a sample that cannot be read (its mp4, json or a sensor array) is skipped and counted by reason (never

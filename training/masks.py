@@ -42,7 +42,7 @@ def _block(grid: tuple[int, int, int], cfg: MaskSetConfig, u_t: float, u_s: floa
 def covers_the_grid(grid: tuple[int, int, int], cfg: MaskSetConfig) -> bool:
     """Whether every block this set can draw is the whole grid (no context would ever be left): the smallest scales
     at both ends of the aspect ratio (h grows with the ratio, w shrinks) still give (T, H, W)."""
-    return all(_block(grid, cfg, 0.0, 0.0, u_r) == tuple(grid) for u_r in (0.0, 1.0 - 1e-12))
+    return all(_block(grid, cfg, 0.0, 0.0, u_r) == tuple(grid) for u_r in (0.0, 1.0))
 
 
 def sample_target(rng: np.random.Generator, grid: tuple[int, int, int], size: tuple[int, int, int],

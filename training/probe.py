@@ -10,7 +10,8 @@ import torch
 from alliance.store import ObjectStore
 from training.checkpoint import checkpoint_config, encoder_weights, load_checkpoint
 from training.config import ModelConfig
-from training.model import VideoEncoder
+from training.model import VideoEncoder, gather_tokens
+from training.objectives import layer_normed
 from training.synthetic import DIRECTIONS, labelled_set
 
 
@@ -59,9 +60,6 @@ def prediction_spread(encoder: VideoEncoder, predictor: torch.nn.Module, target_
     (the target encoder's layer-normed features) do. Near 0: the predictor ignores its context and predicts each
     position's mean; a predictor that tracks what happens in each clip comes near 1. `context`/`target`: token
     indices [K] shared by every clip."""
-    from training.model import gather_tokens
-    from training.objectives import layer_normed
-
     for module in (encoder, predictor, target_encoder):
         module.eval()
     x = torch.from_numpy(clips).permute(0, 4, 1, 2, 3).float().div_(255.0)
