@@ -34,6 +34,10 @@ class ModelConfig:
     pred_depth: int = 2
     pred_heads: int = 4
     checkpoint_activations: bool = False  # recompute each block in backward: less memory, about 1/3 more compute
+    # Linear weights: 0 keeps V-JEPA's fixed std 0.02; > 0 draws std = init_gain / sqrt(fan_in), the same gain at any
+    # width (0.64 is what 0.02 gives at ViT-L's 1024). At the tiny preset's widths (48, 64) std 0.02 passes the
+    # context to the predictor's output at ~1e-4 of its amplitude (docs/training.md, "Initialisation at small width")
+    init_gain: float = 0.0
 
     @property
     def grid(self) -> tuple[int, int, int]:
@@ -156,6 +160,8 @@ class TrainConfig:
         if m.frames % m.tubelet or m.size % m.patch:
             raise ConfigError(f"model: frames ({m.frames}) must divide by tubelet ({m.tubelet}) and size ({m.size}) "
                               f"by patch ({m.patch})")
+        if m.init_gain < 0:
+            raise ConfigError(f"model.init_gain {m.init_gain}: use 0 (V-JEPA's std 0.02) or a positive gain")
         if m.embed_dim % m.heads or m.pred_dim % m.pred_heads:
             raise ConfigError(f"model: embed_dim {m.embed_dim} / pred_dim {m.pred_dim} must divide by their heads")
         if self.objective.kind not in ("ema_l1", "sigreg", "action"):

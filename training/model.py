@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import numpy as np
 import torch
@@ -92,9 +93,10 @@ def block_causal_mask(steps: int, per_step: int, device: torch.device | None = N
     return step.unsqueeze(1) >= step.unsqueeze(0)
 
 
-def _init_weights(module: nn.Module) -> None:
+def _init_weights(module: nn.Module, gain: float = 0.0) -> None:
+    """V-JEPA's init: Linear weights truncated-normal, std 0.02 (`gain` 0) or gain / sqrt(fan_in); LayerNorm 1, 0."""
     if isinstance(module, nn.Linear):
-        nn.init.trunc_normal_(module.weight, std=0.02)
+        nn.init.trunc_normal_(module.weight, std=gain / math.sqrt(module.in_features) if gain > 0 else 0.02)
         if module.bias is not None:
             nn.init.zeros_(module.bias)
     elif isinstance(module, nn.LayerNorm):
@@ -124,7 +126,7 @@ class VideoEncoder(nn.Module):
         self.register_buffer("pixel_std", torch.tensor(PIXEL_STD).view(1, 3, 1, 1, 1), persistent=False)
         self.blocks = nn.ModuleList(Block(cfg.embed_dim, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.depth))
         self.norm = nn.LayerNorm(cfg.embed_dim)
-        self.apply(_init_weights)
+        self.apply(partial(_init_weights, gain=cfg.init_gain))
         _rescale_blocks(self.blocks)
 
     def forward(self, clip: torch.Tensor, keep: torch.Tensor | None = None, causal: bool = False) -> torch.Tensor:
@@ -158,7 +160,7 @@ class Predictor(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg.pred_dim, cfg.pred_heads, cfg.mlp_ratio) for _ in range(cfg.pred_depth))
         self.norm = nn.LayerNorm(cfg.pred_dim)
         self.out = nn.Linear(cfg.pred_dim, cfg.embed_dim)
-        self.apply(_init_weights)
+        self.apply(partial(_init_weights, gain=cfg.init_gain))
         nn.init.trunc_normal_(self.mask_tokens, std=0.02)
         _rescale_blocks(self.blocks)
 
@@ -228,7 +230,7 @@ class ActionPredictor(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg.pred_dim, cfg.pred_heads, cfg.mlp_ratio) for _ in range(cfg.pred_depth))
         self.norm = nn.LayerNorm(cfg.pred_dim)
         self.out = nn.Linear(cfg.pred_dim, cfg.embed_dim)
-        self.apply(_init_weights)
+        self.apply(partial(_init_weights, gain=cfg.init_gain))
         _rescale_blocks(self.blocks)
 
     def forward(self, features: torch.Tensor, actions: torch.Tensor, states: torch.Tensor) -> torch.Tensor:

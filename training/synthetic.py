@@ -1,4 +1,4 @@
-"""Synthetic clips of an object moving in one of 8 directions, with a matching IMU-like stream: pretraining and probe data."""
+"""Synthetic clips of an object moving in one of 8 directions, with an IMU-like stream: pretraining and probe data."""
 
 from __future__ import annotations
 
@@ -76,7 +76,8 @@ def make_turning_clip(seed: int, frames: int = 16, size: int = 32, stream: int =
     The first version moved one square over a static background and turned once per clip: for every transition but
     one the past frames predicted the next step, and most tokens never changed, so a predictor that ignored the IMU
     lost nothing (teacher-forcing L1 0.1841 with the true and with the shifted IMU). Here every token moves with the
-    camera (measured: an 80-step predictor still ignores the IMU; see tests/training/test_action.py). The IMU's first two channels carry the camera's velocity per frame (vx, -vy in px/frame: the image moves
+    camera (measured: an 80-step predictor still ignores the IMU; see tests/training/test_action.py). The IMU's
+    first two channels carry the camera's velocity per frame (vx, -vy in px/frame: the image moves
     the other way), the third gravity, the gyroscope's z channel the turn angle at each frame a new direction starts.
     meta["turn_frames"] lists them; meta["camera"] is the crop's top-left corner per frame, [T, 2] (y, x).
     """

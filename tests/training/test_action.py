@@ -84,7 +84,6 @@ def test_hflip_mirrors_the_imu_with_the_frames():
     flipped = [i for i in range(8) if not np.array_equal(arrays.frames[i], plain.frames[i])]
     assert 0 < len(flipped) < 8
     for i in range(8):
-        imu = samples[i].sensors["imu"]
         if i in flipped:
             assert np.array_equal(arrays.frames[i], samples[i].frames[:, :, ::-1])
             # the synthetic accelerometer's x carries the object's horizontal velocity: mirrored, it changes sign
@@ -99,8 +98,9 @@ def test_hflip_mirrors_the_imu_with_the_frames():
 @pytest.mark.xfail(reason="measured: the predictor still ignores the IMU. 80 steps on the ego-motion clips (a new "
                           "direction every tubelet), actions standardised per channel (RunningNorm): teacher-forcing "
                           "L1 0.2047 true vs 0.2047 shifted, rollout 0.1857 vs 0.1857; copying the current step's "
-                          "features scores 0.43. Longer (240-300 steps), a frozen encoder, unit-gain input layers "
-                          "and the action added to every patch token did not change it", strict=False)
+                          "features scores 0.43. Longer (240-300 steps), a frozen encoder, unit-gain input layers, "
+                          "the action added to every patch token and the width-scaled init (model.init_gain 0.64: "
+                          "0.1677 vs 0.1677 at 80 steps, 0.0766 vs 0.0766 at 240) did not change it", strict=False)
 def test_a_trained_action_model_predicts_worse_with_the_imu_shifted_by_one_step(tmp_path):
     """80 steps of the action objective on turning clips; then, on fresh clips, the teacher-forcing loss with the
     true IMU against the IMU delayed by one time step."""
@@ -130,6 +130,7 @@ def test_a_trained_action_model_predicts_worse_with_the_imu_shifted_by_one_step(
         true_tf, true_rollout = model.action_losses(clip, batch.actions, targets)
         shifted_tf, shifted_rollout = model.action_losses(clip, batch.actions, targets, shift=1)
     print(f"action model after 80 steps: teacher-forcing L1 {float(true_tf):.4f} with the true IMU, "
-          f"{float(shifted_tf):.4f} shifted one step; rollout {float(true_rollout):.4f} vs {float(shifted_rollout):.4f}")
+          f"{float(shifted_tf):.4f} shifted one step; rollout {float(true_rollout):.4f} vs "
+          f"{float(shifted_rollout):.4f}")
     assert float(shifted_tf) > float(true_tf) * 1.05
     assert float(shifted_rollout) > float(true_rollout)

@@ -15,7 +15,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from tests.training.conftest import small_config
-from training.config import preset, with_overrides
+from training.config import preset
 from training.step import JEPA, build, jepa_step, prepare
 from training.masks import MaskGenerator
 from training.model import Predictor, VideoEncoder, count_parameters
@@ -52,7 +52,8 @@ def test_activation_checkpointing_gives_the_same_loss_and_gradients():
         masks = MaskGenerator(cfg.mask, cfg.model)(2, 0)
         torch.manual_seed(0)
         model = JEPA(cfg, len(masks))
-        clip = torch.rand(2, 3, cfg.model.frames, cfg.model.size, cfg.model.size, generator=torch.Generator().manual_seed(1))
+        clip = torch.rand(2, 3, cfg.model.frames, cfg.model.size, cfg.model.size,
+                          generator=torch.Generator().manual_seed(1))
         loss, _ = model(clip, masks, torch.zeros(2, cfg.model.grid[0], 12), None, torch.Generator().manual_seed(2))
         loss.backward()
         grads.append((float(loss.detach()), [p.grad.clone() for p in model.parameters()]))

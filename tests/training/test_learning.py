@@ -24,7 +24,10 @@ Measured, seeds 0, 1, 2 (direction of the shipped encoder; see the closing note 
   model 20%, while the targets themselves locate it at 99%); the online encoder's layer-normed features
   become mostly the same for every clip (content share, printed: 0.005 for EMA and 0.012 for SIGReg after 150
   steps, 0.14 with lambda = 1, about 0.1 at init). What the probe reads is the motion inside each token (a tubelet
-  of 2 ordered frames), which shuffled pretraining teaches as well.
+  of 2 ordered frames), which shuffled pretraining teaches as well. One cause found: V-JEPA's init std 0.02 at these
+  widths lets the context reach the predictor's output at ~1e-4 of its amplitude; `model.init_gain` fixes that, and
+  the predictor then uses its context, but the shuffled control still learns as much (docs/training.md,
+  "Initialisation at small width").
 
 `make test` runs seed 0 and the asserted runs (4 runs); ALLIANCE_LEARNING=full (what `make reliability` sets) runs
 seeds 0, 1, 2 and every control, and prints the whole table.

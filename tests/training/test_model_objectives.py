@@ -113,3 +113,27 @@ def test_content_share_sees_a_position_only_collapse_that_std_and_rank_miss():
     shifted = collapse_stats(offsets)
     assert shifted["content_share"] > 0.5 and shifted["content_share_normed"] < 1e-4
     assert "content_share" not in collapse_stats(torch.randn(1, 32, 16))  # one clip: nothing between clips
+
+
+def test_width_scaled_init_lets_the_context_reach_the_predictors_output():
+    """At the tiny preset's widths V-JEPA's std 0.02 passes the context to the predictor's output at ~1e-4 of its
+    amplitude (the share of the output that differs between contexts was 4e-7, measured): the predictor sits on the
+    position-mean plateau. `init_gain` draws std = gain / sqrt(fan_in) instead (1.5e-3, measured)."""
+    from training.config import preset, with_overrides
+
+    def context_share(gain: float) -> float:
+        cfg = with_overrides(preset("tiny_cpu"), {"model.init_gain": gain, "mask.kind": "future",
+                                                  "mask.future_context": 0.5})
+        masks = MaskGenerator(cfg.mask, cfg.model)(1, 0)[0]
+        torch.manual_seed(0)
+        predictor = Predictor(cfg.model, 1).eval()
+        context = torch.randn(256, masks.context.shape[1], cfg.model.embed_dim)  # every context differs fully
+        with torch.no_grad():
+            out = predictor(context, masks.context.expand(256, -1), masks.target.expand(256, -1), 0)
+        return float(out.var(0).mean() / out.pow(2).mean())
+
+    default, scaled = context_share(0.0), context_share(0.64)
+    assert default < 1e-5 and scaled > 100 * default, (default, scaled)
+    encoder = VideoEncoder(with_overrides(preset("tiny_cpu"), {"model.init_gain": 0.64}).model)
+    assert abs(float(encoder.blocks[0].mlp[0].weight.std()) - 0.64 / 8) < 0.01  # fan_in 64
+    assert abs(float(VideoEncoder(preset("tiny_cpu").model).blocks[0].mlp[0].weight.std()) - 0.02) < 0.003
