@@ -116,6 +116,7 @@ class DataConfig:
     hflip: bool = False  # a flipped clip's IMU is mirrored too (ax, gy, gz change sign)
     imu_channels: int = 6
     shuffle_time: bool = False  # negative control only: each clip's frames (and IMU) in a random order
+    synthetic_world: str = "square"  # `synthetic` source: square (moving object) | panning (moving camera)
 
 
 @dataclass(frozen=True)
@@ -171,6 +172,9 @@ class TrainConfig:
         self._validate_masks()
         if self.data.source not in ("shards", "synthetic"):
             raise ConfigError(f"data.source {self.data.source!r}: use shards or synthetic")
+        if self.data.synthetic_world not in ("square", "panning"):
+            raise ConfigError(f"data.synthetic_world {self.data.synthetic_world!r}: use square or panning (the action "
+                              f"objective always trains on the turning camera)")
         if self.data.batch_size < 1 or self.run.steps < 1:
             raise ConfigError("data.batch_size and run.steps must be at least 1")
         return self

@@ -331,9 +331,9 @@ def reader_factory(cfg: TrainConfig, store: Any = None, dataset: str = "", versi
     if cfg.data.source == "synthetic":
         from training.synthetic import SyntheticReader
 
-        turning = cfg.objective.kind == "action"
+        world = "turning" if cfg.objective.kind == "action" else cfg.data.synthetic_world
         return lambda worker, workers, epoch: SyntheticReader(worker=worker, num_workers=workers, epoch=epoch,
-                                                              turning=turning, **common)
+                                                              world=world, **common)
     try:
         from sharding.manifest import load_manifest
         from sharding.reader import ShardReader

@@ -60,13 +60,41 @@ def prediction_spread(encoder: VideoEncoder, predictor: torch.nn.Module, target_
     (the target encoder's layer-normed features) do. Near 0: the predictor ignores its context and predicts each
     position's mean; a predictor that tracks what happens in each clip comes near 1. `context`/`target`: token
     indices [K] shared by every clip."""
+    predicted, targets = _predict(encoder, predictor, target_encoder, clips, clips, context, target)
+    return float(predicted.var(0).mean() / targets.var(0).mean().clamp_min(1e-12))
+
+
+@torch.no_grad()
+def context_order_sensitivity(encoder: VideoEncoder, predictor: torch.nn.Module, target_encoder: VideoEncoder,
+                              clips: np.ndarray, context: torch.Tensor, target: torch.Tensor,
+                              context_frames: int) -> float:
+    """How much worse the predictor predicts the rest of each clip when its context (the first `context_frames`
+    frames, a `future` mask) is shown in reverse order: the relative rise of its L1 against the target encoder's
+    layer-normed features of the true clip. Near 0: the prediction does not depend on the order of the past (a
+    predictor that ignores its context, or one trained on frames shuffled in time); a predictor that learned how
+    things move on gets clearly worse."""
+    reversed_context = clips.copy()
+    reversed_context[:, :context_frames] = clips[:, context_frames - 1::-1]
+    true = _predict(encoder, predictor, target_encoder, clips, clips, context, target)
+    backwards = _predict(encoder, predictor, target_encoder, reversed_context, clips, context, target)
+    loss, reversed_loss = ((p - t).abs().mean() for p, t in (true, backwards))
+    return float((reversed_loss - loss) / loss.clamp_min(1e-12))
+
+
+def _predict(encoder: VideoEncoder, predictor: torch.nn.Module, target_encoder: VideoEncoder,
+             context_clips: np.ndarray, target_clips: np.ndarray, context: torch.Tensor,
+             target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The predictor's output from `context_clips` and the target encoder's layer-normed features of `target_clips`
+    at the target tokens; `context`/`target`: token indices [K] shared by every clip."""
     for module in (encoder, predictor, target_encoder):
         module.eval()
-    x = torch.from_numpy(clips).permute(0, 4, 1, 2, 3).float().div_(255.0)
-    ctx, tgt = context.expand(len(clips), -1), target.expand(len(clips), -1)
-    predicted = predictor(encoder(x, ctx), ctx, tgt, 0)
-    targets = gather_tokens(layer_normed(target_encoder(x)), tgt)
-    return float(predicted.var(0).mean() / targets.var(0).mean().clamp_min(1e-12))
+
+    def tensor(clips: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(clips)).permute(0, 4, 1, 2, 3).float().div_(255.0)
+
+    ctx, tgt = context.expand(len(context_clips), -1), target.expand(len(context_clips), -1)
+    predicted = predictor(encoder(tensor(context_clips), ctx), ctx, tgt, 0)
+    return predicted, gather_tokens(layer_normed(target_encoder(tensor(target_clips))), tgt)
 
 
 def pixel_features(clips: np.ndarray, cells: int = 8) -> torch.Tensor:

@@ -32,6 +32,17 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     return image + rng.normal(0, 4, size=(size, size, 3))
 
 
+def _imu(rng: np.random.Generator, frames: int, vx: Any, vy: Any, noise: float) -> np.ndarray:
+    """IMU-like float32 [frames, 6]: the accelerometer's x, y carry the velocity (vx, -vy: rows grow downwards) with
+    `noise`, its z gravity; the gyroscope small noise."""
+    imu = np.zeros((frames, 6), np.float32)
+    imu[:, 0] = vx + rng.normal(0, noise, frames)
+    imu[:, 1] = -vy + rng.normal(0, noise, frames)
+    imu[:, 2] = 9.81 + rng.normal(0, 0.05, frames)
+    imu[:, 3:] = rng.normal(0, 0.01, (frames, 3))
+    return imu
+
+
 def make_clip(label: int, seed: int, frames: int = 16, size: int = 32, stream: int = 0) -> SyntheticSample:
     """One clip: a bright square (a quarter of the frame wide) moving in direction `label` * 45 degrees at a random
     speed that crosses most of the frame, fully inside it, over a dim textured background.
@@ -58,13 +69,41 @@ def make_clip(label: int, seed: int, frames: int = 16, size: int = 32, stream: i
         y, x = int(round(y0 + vy * i)), int(round(x0 + vx * i))
         frame[y:y + side, x:x + side] = color
         clip[i] = np.clip(frame, 0, 255)
-    # IMU-like: accelerometer carries the motion direction plus gravity, gyroscope small noise
-    imu = np.zeros((frames, 6), np.float32)
-    imu[:, 0] = vx + rng.normal(0, 0.05, frames)
-    imu[:, 1] = -vy + rng.normal(0, 0.05, frames)
-    imu[:, 2] = 9.81 + rng.normal(0, 0.05, frames)
-    imu[:, 3:] = rng.normal(0, 0.01, (frames, 3))
+    imu = _imu(rng, frames, vx, vy, noise=0.05)
     return SyntheticSample(key=f"synthetic-{stream}-{seed:08d}-{label}", frames=clip, sensors={"imu": imu},
+                           meta={"label": int(label), "direction_deg": int(label * 360 // DIRECTIONS)})
+
+
+def _world(rng: np.random.Generator, size: int, margin: int) -> np.ndarray:
+    """A textured world `size + 2 * margin` px wide strewn with squares, about 2.5 of them in a `size` px view."""
+    world = size + 2 * margin
+    canvas = _background(rng, world) * 0.5
+    side = max(3, size // 5)
+    for _ in range(int(2.5 * world * world / (size * size))):
+        top, left = rng.integers(0, world - side, size=2)
+        canvas[top:top + side, left:left + side] = rng.uniform(150, 255, size=3) * rng.permutation([1.0, 0.6, 0.2])
+    return canvas
+
+
+def make_panning_clip(label: int, seed: int, frames: int = 16, size: int = 32, stream: int = 0) -> SyntheticSample:
+    """A camera panning over a textured world strewn with squares at a constant 2-3 px/frame in direction `label` *
+    45 degrees: every token moves, so what the next frames show follows from the order of the past ones (the
+    frames-shuffled control of the learning test cannot learn it; with the moving square the still background was
+    most of what a predictor could copy). meta["label"] is the direction the camera moves (the image moves the other
+    way); the IMU's first two channels carry the camera's velocity, as in `make_turning_clip`."""
+    rng = np.random.default_rng([stream, seed, label])
+    angle = label * 2 * np.pi / DIRECTIONS
+    speed = rng.uniform(2.0, 3.0)
+    vy, vx = -np.sin(angle) * speed, np.cos(angle) * speed
+    margin = int(np.ceil(speed * frames)) + 1
+    canvas = _world(rng, size, margin)
+    y0, x0 = margin - vy * (frames - 1) / 2, margin - vx * (frames - 1) / 2  # the path's middle at the world's
+    clip = np.empty((frames, size, size, 3), np.uint8)
+    for i in range(frames):
+        top, left = int(round(y0 + vy * i)), int(round(x0 + vx * i))
+        clip[i] = np.clip(canvas[top:top + size, left:left + size], 0, 255)
+    imu = _imu(rng, frames, vx, vy, noise=0.02)
+    return SyntheticSample(key=f"panning-{stream}-{seed:08d}-{label}", frames=clip, sensors={"imu": imu},
                            meta={"label": int(label), "direction_deg": int(label * 360 // DIRECTIONS)})
 
 
@@ -84,12 +123,7 @@ def make_turning_clip(seed: int, frames: int = 16, size: int = 32, stream: int =
     rng = np.random.default_rng([stream, seed])
     speed = rng.uniform(2.0, 3.0)  # px/frame: 4-6 px a tubelet, more than half a patch of 8 px
     margin = int(np.ceil(speed * frames)) + 1
-    world = size + 2 * margin
-    canvas = _background(rng, world) * 0.5
-    side = max(3, size // 5)
-    for _ in range(int(2.5 * world * world / (size * size))):  # about 2.5 squares in view
-        top, left = rng.integers(0, world - side, size=2)
-        canvas[top:top + side, left:left + side] = rng.uniform(150, 255, size=3) * rng.permutation([1.0, 0.6, 0.2])
+    canvas = _world(rng, size, margin)
     y = x = float(margin)
     angle = 0.0
     vy, vx = np.zeros(frames), np.zeros(frames)
@@ -117,24 +151,26 @@ def make_turning_clip(seed: int, frames: int = 16, size: int = 32, stream: int =
     for i in range(frames):
         top, left = int(round(camera[i, 0])), int(round(camera[i, 1]))
         clip[i] = np.clip(canvas[top:top + size, left:left + size], 0, 255)
-    imu = np.zeros((frames, 6), np.float32)
-    imu[:, 0] = vx + rng.normal(0, 0.02, frames)
-    imu[:, 1] = -vy + rng.normal(0, 0.02, frames)
-    imu[:, 2] = 9.81 + rng.normal(0, 0.05, frames)
-    imu[:, 3:] = rng.normal(0, 0.01, (frames, 3))
+    imu = _imu(rng, frames, vx, vy, noise=0.02)
     for frame, turn_angle in zip(turns, turn_angles):
         imu[frame, 5] += turn_angle
     return SyntheticSample(key=f"turning-{stream}-{seed:08d}", frames=clip, sensors={"imu": imu},
                            meta={"turn_frames": turns, "camera": camera})
 
 
+WORLDS = ("square", "panning", "turning")
+
+
 class SyntheticReader:
-    """An endless stream with ShardReader's interface: sample g of the stream is a pure function of (seed, g); with
-    `turning`, the turning clips of the action-conditioned objective."""
+    """An endless stream with ShardReader's interface: sample g of the stream is a pure function of (seed, g). `world`:
+    the moving square (`make_clip`), the panning camera (`make_panning_clip`) or the turning camera of the
+    action-conditioned objective (`make_turning_clip`)."""
 
     def __init__(self, *, frames: int = 16, size: int = 32, seed: int = 0, rank: int = 0, world_size: int = 1,
-                 worker: int = 0, num_workers: int = 1, epoch: int = 0, turning: bool = False, **_ignored: Any):
-        self.frames, self.size, self.seed, self.turning = frames, size, seed, turning
+                 worker: int = 0, num_workers: int = 1, epoch: int = 0, world: str = "square", **_ignored: Any):
+        if world not in WORLDS:
+            raise ValueError(f"synthetic world {world!r}: use one of {', '.join(WORLDS)}")
+        self.frames, self.size, self.seed, self.world = frames, size, seed, world
         self.stride = world_size * num_workers
         self.offset = rank * num_workers + worker
         self.position = 0
@@ -143,10 +179,13 @@ class SyntheticReader:
         while True:
             g = self.position * self.stride + self.offset
             self.position += 1
-            if self.turning:
-                yield make_turning_clip(seed=self.seed * 1_000_003 + g, frames=self.frames, size=self.size)
-                continue
-            yield make_clip(g % DIRECTIONS, seed=self.seed * 1_000_003 + g, frames=self.frames, size=self.size)
+            seed = self.seed * 1_000_003 + g
+            if self.world == "turning":
+                yield make_turning_clip(seed=seed, frames=self.frames, size=self.size)
+            elif self.world == "panning":
+                yield make_panning_clip(g % DIRECTIONS, seed=seed, frames=self.frames, size=self.size)
+            else:
+                yield make_clip(g % DIRECTIONS, seed=seed, frames=self.frames, size=self.size)
 
     def state_dict(self) -> dict[str, int]:
         return {"position": self.position}
@@ -155,9 +194,11 @@ class SyntheticReader:
         self.position = int(state["position"])
 
 
-def labelled_set(count: int, seed: int, frames: int = 16, size: int = 32) -> tuple[np.ndarray, np.ndarray]:
-    """`count` clips (balanced over directions) as uint8 [N, T, H, W, 3] and labels [N]; seeds apart from training's."""
-    clips = [make_clip(i % DIRECTIONS, seed=seed * 1_000_003 + i, frames=frames, size=size,
-                       stream=1)
+def labelled_set(count: int, seed: int, frames: int = 16, size: int = 32,
+                 world: str = "square") -> tuple[np.ndarray, np.ndarray]:
+    """`count` clips (balanced over directions) of the moving square or the panning camera as uint8
+    [N, T, H, W, 3] and labels [N]; stream 1, apart from training's."""
+    make = make_panning_clip if world == "panning" else make_clip
+    clips = [make(i % DIRECTIONS, seed=seed * 1_000_003 + i, frames=frames, size=size, stream=1)
              for i in range(count)]
     return np.stack([c.frames for c in clips]), np.array([c.meta["label"] for c in clips], np.int64)

@@ -43,6 +43,8 @@ def test_unknown_and_inconsistent_settings_are_refused(tmp_path):
         with_overrides(preset("tiny_cpu"), {"model.size": 30})
     with pytest.raises(ConfigError, match="objective.kind"):
         with_overrides(preset("tiny_cpu"), {"objective.kind": "mae"})
+    with pytest.raises(ConfigError, match="data.synthetic_world 'turning'"):
+        with_overrides(preset("tiny_cpu"), {"data.synthetic_world": "turning"})
     with pytest.raises(ConfigError, match="init_gain"):
         with_overrides(preset("tiny_cpu"), {"model.init_gain": -1})
     with pytest.raises(ConfigError, match="unknown training preset"):
