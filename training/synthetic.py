@@ -1,4 +1,4 @@
-"""Synthetic clips of an object moving in one of 8 directions, with an IMU-like stream: pretraining and probe data."""
+"""Synthetic clips with an IMU-like stream (a moving square, a panning or a turning camera): pretraining, probe data."""
 
 from __future__ import annotations
 
