@@ -208,7 +208,7 @@ def train(settings_or_store: Any, dataset: str, version: int, config: TrainConfi
             if lead and (done % cfg.run.log_every == 0 or done == end):
                 elapsed = time.perf_counter() - window_start
                 clips_per_s = window_clips / max(elapsed, 1e-9)
-                with torch.no_grad():  # the online encoder (the one exported), before any normalisation
+                with torch.no_grad():  # the online encoder, before any normalisation
                     stats = collapse_stats(model.encoder(clip))
                 row = {"step": done, "loss": loss_value, **parts, "lr": lr, "wd": wd, "ema": m,
                        "grad_norm": out.grad_norm, "clips_per_s": clips_per_s,

@@ -137,6 +137,7 @@ def content_share(tokens: torch.Tensor) -> float:
     return float(between / tokens.pow(2).mean().clamp_min(1e-12))
 
 
+@torch.no_grad()
 def collapse_stats(tokens: torch.Tensor, max_samples: int = 2048) -> dict[str, float]:
     """Per-dimension std (min, mean) of token embeddings and of clip means, RankMe effective rank, and the content
     share of the raw tokens and of the tokens as the prediction loss sees them (layer-normed, as targets are).

@@ -42,8 +42,7 @@ def embed(encoder: torch.nn.Module, clips: np.ndarray, pool: str = "time", batch
     grid_t = encoder.cfg.grid[0]
     out = []
     for i in range(0, len(clips), batch_size):
-        x = torch.from_numpy(clips[i:i + batch_size]).permute(0, 4, 1, 2, 3).float().div_(255.0)
-        tokens = encoder(x)
+        tokens = encoder(_as_input(clips[i:i + batch_size]))
         if pool == "mean":
             out.append(tokens.mean(1))
         elif pool == "tokens":
@@ -60,41 +59,52 @@ def prediction_spread(encoder: VideoEncoder, predictor: torch.nn.Module, target_
     (the target encoder's layer-normed features) do. Near 0: the predictor ignores its context and predicts each
     position's mean; a predictor that tracks what happens in each clip comes near 1. `context`/`target`: token
     indices [K] shared by every clip."""
-    predicted, targets = _predict(encoder, predictor, target_encoder, clips, clips, context, target)
+    x = _as_input(clips)
+    predicted = _predictions(encoder, predictor, x, context, target)
+    targets = _targets(target_encoder, x, target)
     return float(predicted.var(0).mean() / targets.var(0).mean().clamp_min(1e-12))
 
 
 @torch.no_grad()
 def context_order_sensitivity(encoder: VideoEncoder, predictor: torch.nn.Module, target_encoder: VideoEncoder,
-                              clips: np.ndarray, context: torch.Tensor, target: torch.Tensor,
-                              context_frames: int) -> float:
-    """How much worse the predictor predicts the rest of each clip when its context (the first `context_frames`
-    frames, a `future` mask) is shown in reverse order: the relative rise of its L1 against the target encoder's
-    layer-normed features of the true clip. Near 0: the prediction does not depend on the order of the past (a
-    predictor that ignores its context, or one trained on frames shuffled in time); a predictor that learned how
-    things move on gets clearly worse."""
-    reversed_context = clips.copy()
-    reversed_context[:, :context_frames] = clips[:, context_frames - 1::-1]
-    true = _predict(encoder, predictor, target_encoder, clips, clips, context, target)
-    backwards = _predict(encoder, predictor, target_encoder, reversed_context, clips, context, target)
-    loss, reversed_loss = ((p - t).abs().mean() for p, t in (true, backwards))
-    return float((reversed_loss - loss) / loss.clamp_min(1e-12))
+                              clips: np.ndarray, context: torch.Tensor, target: torch.Tensor) -> float:
+    """How much worse the predictor predicts the rest of each clip when its context (the first tubelets: a `future`
+    mask) is shown in reverse frame order: the relative rise of its L1 against the target encoder's layer-normed
+    features of the true clip. Near 0: the prediction does not depend on the order of the past (a predictor that
+    ignores its context, or one trained on frames shuffled in time); a predictor that learned how things move on
+    gets clearly worse."""
+    _, h, w = encoder.cfg.grid
+    tokens = context.reshape(-1)
+    if tokens.numel() % (h * w) or not torch.equal(tokens, torch.arange(tokens.numel())):
+        raise ValueError("context_order_sensitivity takes a `future` context: every token of the first tubelets")
+    frames = tokens.numel() // (h * w) * encoder.cfg.tubelet
+    backwards = clips.copy()
+    backwards[:, :frames] = clips[:, frames - 1::-1]
+    x = _as_input(clips)
+    targets = _targets(target_encoder, x, target)
+    loss = (_predictions(encoder, predictor, x, context, target) - targets).abs().mean()
+    backwards_loss = (_predictions(encoder, predictor, _as_input(backwards), context, target) - targets).abs().mean()
+    return float((backwards_loss - loss) / loss.clamp_min(1e-12))
 
 
-def _predict(encoder: VideoEncoder, predictor: torch.nn.Module, target_encoder: VideoEncoder,
-             context_clips: np.ndarray, target_clips: np.ndarray, context: torch.Tensor,
-             target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The predictor's output from `context_clips` and the target encoder's layer-normed features of `target_clips`
-    at the target tokens; `context`/`target`: token indices [K] shared by every clip."""
-    for module in (encoder, predictor, target_encoder):
-        module.eval()
+def _as_input(clips: np.ndarray) -> torch.Tensor:
+    """uint8 clips [N, T, S, S, 3] as the encoder's float input [N, 3, T, S, S] in [0, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(clips)).permute(0, 4, 1, 2, 3).float().div_(255.0)
 
-    def tensor(clips: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(clips)).permute(0, 4, 1, 2, 3).float().div_(255.0)
 
-    ctx, tgt = context.expand(len(context_clips), -1), target.expand(len(context_clips), -1)
-    predicted = predictor(encoder(tensor(context_clips), ctx), ctx, tgt, 0)
-    return predicted, gather_tokens(layer_normed(target_encoder(tensor(target_clips))), tgt)
+def _predictions(encoder: VideoEncoder, predictor: torch.nn.Module, x: torch.Tensor, context: torch.Tensor,
+                 target: torch.Tensor) -> torch.Tensor:
+    """The predictor's output at the target tokens from the context tokens (indices [K] shared by every clip)."""
+    encoder.eval()
+    predictor.eval()
+    ctx, tgt = context.expand(len(x), -1), target.expand(len(x), -1)
+    return predictor(encoder(x, ctx), ctx, tgt, 0)
+
+
+def _targets(target_encoder: VideoEncoder, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The target encoder's layer-normed features at the target tokens."""
+    target_encoder.eval()
+    return gather_tokens(layer_normed(target_encoder(x)), target.expand(len(x), -1))
 
 
 def pixel_features(clips: np.ndarray, cells: int = 8) -> torch.Tensor:

@@ -230,14 +230,14 @@ def test_the_panning_camera_moves_as_its_label_says_and_every_token_moves():
 
 def test_context_order_sensitivity_is_zero_when_the_order_cannot_matter():
     """A context of identical frames reads the same backwards; the untrained model is measured beside it."""
-    cfg = with_overrides(preset("tiny_cpu"), PANNING).model
+    cfg = with_overrides(preset("tiny_cpu"), PANNING)
     torch.manual_seed(0)
-    encoder, predictor = VideoEncoder(cfg), Predictor(cfg, 1)
-    masks = MaskGenerator(with_overrides(preset("tiny_cpu"), PANNING).mask, cfg)(1, 0)[0]
+    encoder, predictor = VideoEncoder(cfg.model), Predictor(cfg.model, 1)
+    masks = MaskGenerator(cfg.mask, cfg.model)(1, 0)[0]
     clips, _ = labelled_set(16, seed=3, frames=8, size=32, world="panning")
     still = np.repeat(clips[:, :1], 8, axis=1)
-    assert context_order_sensitivity(encoder, predictor, encoder, still, masks.context, masks.target, 4) == 0.0
-    moving = context_order_sensitivity(encoder, predictor, encoder, clips, masks.context, masks.target, 4)
+    assert context_order_sensitivity(encoder, predictor, encoder, still, masks.context, masks.target) == 0.0
+    moving = context_order_sensitivity(encoder, predictor, encoder, clips, masks.context, masks.target)
     assert moving != 0.0 and abs(moving) < ORDER_FLOOR  # untrained: the order reaches the loss, barely
 
 
@@ -283,10 +283,9 @@ def order_run(tmp_path_factory, name: str, seed: int) -> OrderProbed:
     train_clips, train_y = labelled_set(1024, seed=1, frames=m.frames, size=m.size, world="panning")
     test_clips, test_y = labelled_set(512, seed=2, frames=m.frames, size=m.size, world="panning")
     masks = MaskGenerator(cfg.mask, m)(1, 0)[0]
-    context_frames = int(round(m.grid[0] * cfg.mask.future_context)) * m.tubelet
     clips = test_clips[:256]
     return OrderProbed(
-        context_order_sensitivity(online, predictor, shipped, clips, masks.context, masks.target, context_frames),
+        context_order_sensitivity(online, predictor, shipped, clips, masks.context, masks.target),
         prediction_spread(online, predictor, shipped, clips, masks.context, masks.target),
         linear_probe(embed(shipped, train_clips, "mean"), torch.from_numpy(train_y), embed(shipped, test_clips, "mean"),
                      torch.from_numpy(test_y)))
