@@ -75,7 +75,11 @@ class MaskConfig:
 @dataclass(frozen=True)
 class ObjectiveConfig:
     """`ema_l1` (V-JEPA), `sigreg` (LeJEPA: no teacher, SIGReg on per-clip embeddings) or `action` (V-JEPA 2-AC:
-    an IMU-conditioned, block-causal next-step predictor, teacher-forcing + rollout L1 against the EMA teacher)."""
+    an IMU-conditioned, block-causal next-step predictor, teacher-forcing + rollout L1 against the EMA teacher).
+
+    `encoder_from` starts the encoder (and the target encoder) from another run's checkpoint, a key in the same store
+    (its target encoder, the one V-JEPA exports). `freeze_encoder` (`action` only) trains the predictor alone on that
+    fixed encoder, which is then its own target, as V-JEPA 2-AC trains on a frozen V-JEPA 2 encoder."""
 
     kind: str = "ema_l1"
     ema_start: float = 0.998
@@ -88,6 +92,8 @@ class ObjectiveConfig:
     action_dim: int = 12  # per tubelet: mean and change of each of 6 IMU channels
     action_stream: str = "imu"
     rollout_steps: int = 2  # `action`: autoregressive steps of the rollout loss, as in V-JEPA 2-AC
+    encoder_from: str = ""  # a checkpoint key (checkpoints/RUN/step-K.pt) or a run id (its latest): its target encoder
+    freeze_encoder: bool = False  # `action`: only the predictor learns; the fixed encoder gives the targets
 
 
 @dataclass(frozen=True)
@@ -167,6 +173,10 @@ class TrainConfig:
             raise ConfigError(f"model: embed_dim {m.embed_dim} / pred_dim {m.pred_dim} must divide by their heads")
         if self.objective.kind not in ("ema_l1", "sigreg", "action"):
             raise ConfigError(f"objective.kind {self.objective.kind!r}: use ema_l1, sigreg or action")
+        if self.objective.freeze_encoder and self.objective.kind != "action":
+            raise ConfigError(f"objective.freeze_encoder is for the action objective (V-JEPA 2-AC's predictor on a "
+                              f"fixed encoder); {self.objective.kind} with a frozen encoder would train only its "
+                              f"predictor")
         if self.mask.kind not in ("multiblock", "future"):
             raise ConfigError(f"mask.kind {self.mask.kind!r}: use multiblock or future")
         self._validate_masks()

@@ -16,8 +16,8 @@ import torch
 
 from alliance.errors import AllianceError, ConfigError
 from alliance.store import ObjectStore, validate_key
-from training.checkpoint import (RunRecord, checkpoint_key, load_checkpoint, now_iso, read_run, run_prefix,
-                                 save_checkpoint, write_run)
+from training.checkpoint import (RunRecord, checkpoint_key, encoder_weights, load_checkpoint, now_iso, read_run,
+                                 resolve_checkpoint, run_prefix, save_checkpoint, write_run)
 from training.config import TrainConfig
 from training.data import ClipLoader, ReaderFactory, reader_factory
 from training.masks import MaskGenerator
@@ -120,6 +120,20 @@ def _gather(state: dict, dist_info: Distributed) -> list[dict]:
     return states
 
 
+def _start_encoder_from(store: ObjectStore, ref: str, encoders: list[torch.nn.Module], device: torch.device) -> str:
+    """Load another run's target encoder (a checkpoint key or a run id: its latest) into `encoders`; the key used."""
+    key = resolve_checkpoint(store, ref)
+    state, _ = encoder_weights(load_checkpoint(store, key, map_location=device))
+    for encoder in encoders:
+        try:
+            encoder.load_state_dict(state)
+        except RuntimeError as e:
+            reason = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
+            raise TrainingError(f"objective.encoder_from {key}: its encoder does not fit this run's model settings "
+                                f"({reason}); use the model.* settings of the run that wrote it") from e
+    return key
+
+
 def train(settings_or_store: Any, dataset: str, version: int, config: TrainConfig | None = None, *,
           stop_after: int | None = None, metrics_path: str | Path | None = None,
           echo: Callable[[str], None] = print, factory: ReaderFactory | None = None) -> TrainSummary:
@@ -166,7 +180,11 @@ def train(settings_or_store: Any, dataset: str, version: int, config: TrainConfi
             return TrainSummary(run, dataset, version, start, float(payload.get("loss", float("nan"))),
                                 record.checkpoints[-1], dict(payload.get("collapse", {})), 0.0, start, True, ())
         echo(f"resuming run {run} at step {start} from {record.checkpoints[-1]}")
-    elif record is None:
+    if start == 0 and cfg.objective.encoder_from:
+        key = _start_encoder_from(store, cfg.objective.encoder_from,
+                                  [model.encoder] + ([teacher] if teacher is not None else []), device)
+        echo(f"encoder from {key}" + (", frozen" if cfg.objective.freeze_encoder else ""))
+    if record is None:
         record = RunRecord(run=run, dataset=dataset, version=version, config=cfg.to_dict(), started_at=now_iso())
         if lead:
             write_run(store, record)

@@ -45,7 +45,7 @@ class JEPA(nn.Module):
     def __init__(self, cfg: TrainConfig, mask_sets: int):
         super().__init__()
         self.cfg = cfg
-        self.encoder = VideoEncoder(cfg.model)
+        self.encoder = VideoEncoder(cfg.model).requires_grad_(not cfg.objective.freeze_encoder)
         self.predictor: nn.Module = (ActionPredictor(cfg.model, cfg.objective.action_dim)
                                      if cfg.objective.kind == "action" else Predictor(cfg.model, mask_sets))
         widths = tuple(cfg.objective.sigreg_projector) if cfg.objective.kind == "sigreg" else ()
@@ -94,7 +94,9 @@ class JEPA(nn.Module):
         b = clip.shape[0]
         t, h, w = self.cfg.model.grid
         dim = self.cfg.model.embed_dim
-        features = layer_normed(self.encoder(clip, causal=True)).view(b, t, h * w, dim)
+        # a frozen encoder is its own target: its features are the targets already computed
+        encoded = targets if self.cfg.objective.freeze_encoder else layer_normed(self.encoder(clip, causal=True))
+        features = encoded.view(b, t, h * w, dim)
         goal = targets.view(b, t, h * w, dim)
         imu = shift_actions(actions, shift)
         moves, states = imu[:, 1:], gravity_state(imu[:, :-1])
@@ -114,6 +116,8 @@ def param_groups(model: nn.Module) -> list[dict[str, Any]]:
     """Weight decay on matrices only; biases and 1-D parameters (norms) get none, as in V-JEPA."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():
+        if not p.requires_grad:  # a frozen encoder
+            continue
         (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
     return [{"params": decay, "decay": True}, {"params": no_decay, "decay": False, "weight_decay": 0.0}]
 
@@ -204,7 +208,7 @@ def jepa_step(parts: StepParts, clip: torch.Tensor, actions: torch.Tensor, masks
     loss.backward()
     grad_norm = float(torch.nn.utils.clip_grad_norm_(parts.model.parameters(), cfg.optim.grad_clip))
     optimizer.step()
-    # EMA
-    if teacher is not None:
+    # EMA (a frozen encoder is its own fixed target)
+    if teacher is not None and not cfg.objective.freeze_encoder:
         ema_update(teacher, parts.model.encoder, m)
     return StepOutput(float(loss.detach()), loss_parts, raw_targets, grad_norm, lr, wd, m)

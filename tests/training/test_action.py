@@ -3,6 +3,8 @@ trained model's prediction needs the true IMU (shifted by one step it is worse);
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -12,6 +14,8 @@ from training.data import MIRROR_SIGNS, collate_arrays
 from training.model import ActionPredictor, VideoEncoder, block_causal_mask
 from training.objectives import layer_normed
 from training.synthetic import make_clip, make_turning_clip
+
+SEEDS = (0, 1, 2) if os.environ.get("ALLIANCE_LEARNING", "") == "full" else (0,)
 
 
 def test_block_causal_mask():
@@ -94,17 +98,69 @@ def test_hflip_mirrors_the_imu_with_the_frames():
     assert MIRROR_SIGNS.tolist() == [-1, 1, 1, 1, -1, -1]
 
 
+def test_the_action_predictor_trains_alone_on_an_encoder_from_another_run(tmp_path):
+    """V-JEPA 2-AC's recipe: pretrain (here 6 EMA steps), then train the action predictor on that encoder, frozen;
+    the encoder and its target stay the pretrained target encoder, weight for weight, and only the predictor moves."""
+    from alliance.store import LocalStore
+    from training.checkpoint import load_checkpoint
+    from training.loop import TrainingError, train
+
+    store = LocalStore(tmp_path / "store")
+    quiet = {"echo": lambda _: None}
+    pretrained = train(store, "synthetic", 0, small_config(), **quiet)
+    encoder = load_checkpoint(store, pretrained.checkpoint_key)["target_encoder"]
+    action = small_config(**{"objective.kind": "action", "objective.encoder_from": pretrained.run,
+                             "objective.freeze_encoder": True})
+    said: list[str] = []
+    summary = train(store, "synthetic", 0, action, echo=said.append)
+    assert f"encoder from {pretrained.checkpoint_key}, frozen" in said
+    payload = load_checkpoint(store, summary.checkpoint_key)
+    for name, weights in encoder.items():
+        assert torch.equal(payload["encoder"][name], weights) and torch.equal(payload["target_encoder"][name], weights)
+    torch.manual_seed(action.run.seed)  # the predictor the run started from, built as the run built it
+    start = ActionPredictor(action.model, action.objective.action_dim)
+    assert all(not torch.equal(start.state_dict()[k], v) for k, v in payload["predictor"].items() if v.ndim >= 2)
+    # not frozen: the encoder starts from the pretrained one and learns
+    unfrozen = train(store, "synthetic", 0, small_config(**{"objective.kind": "action",
+                                                            "objective.encoder_from": pretrained.checkpoint_key}),
+                     **quiet)
+    moved = load_checkpoint(store, unfrozen.checkpoint_key)["encoder"]
+    assert any(not torch.equal(moved[k], v) for k, v in encoder.items())
+    # an encoder of another shape is refused, naming the setting and the checkpoint
+    with pytest.raises(TrainingError, match=r"objective.encoder_from checkpoints/.*does not fit.*model\.\* settings"):
+        train(store, "synthetic", 0, small_config(**{"objective.kind": "action", "model.embed_dim": 64,
+                                                     "objective.encoder_from": pretrained.run}), **quiet)
+
+
+def test_only_the_action_objective_freezes_its_encoder():
+    from training.config import ConfigError
+
+    with pytest.raises(ConfigError, match="freeze_encoder is for the action objective"):
+        small_config(**{"objective.freeze_encoder": True})
+
+
+# V-JEPA 2-AC's setting: the predictor alone on a fixed encoder (here a random one at the width-scaled init, whose
+# features keep the clips' content), one-frame tubelets, a constant learning rate
+ACTION_STEPS = 1000
+ACTION_RUN = {"objective.kind": "action", "objective.freeze_encoder": True, "model.frames": 8, "model.tubelet": 1,
+              "model.size": 32, "model.patch": 8, "model.embed_dim": 48, "model.pred_dim": 48, "model.pred_depth": 2,
+              "model.heads": 4, "model.pred_heads": 4, "model.init_gain": 0.64, "data.batch_size": 16,
+              "run.steps": ACTION_STEPS, "run.log_every": 250, "run.checkpoint_every": ACTION_STEPS,
+              "optim.warmup_steps": 10, "optim.lr_peak": 3e-3, "optim.lr_final": 3e-3, "optim.wd_end": 0.04}
+
+
 @pytest.mark.slow
-@pytest.mark.xfail(reason="measured: the predictor still ignores the IMU. 80 steps on the ego-motion clips (a new "
-                          "direction every tubelet), actions standardised per channel (RunningNorm): teacher-forcing "
-                          "L1 0.2047 true vs 0.2047 shifted, rollout 0.1857 vs 0.1857; copying the current step's "
-                          "features scores 0.43. Longer (240-300 steps), a frozen encoder, unit-gain input layers, "
-                          "the action added to every patch token and the width-scaled init (model.init_gain 0.64: "
-                          "0.1677 vs 0.1677 at 80 steps, 0.0766 vs 0.0766 at 240, 0.1132 vs 0.1132 at 1000, also with "
-                          "one-frame tubelets) did not change it", strict=False)
-def test_a_trained_action_model_predicts_worse_with_the_imu_shifted_by_one_step(tmp_path):
-    """80 steps of the action objective on turning clips; then, on fresh clips, the teacher-forcing loss with the
-    true IMU against the IMU delayed by one time step."""
+@pytest.mark.timeout(1200)
+@pytest.mark.parametrize("seed", SEEDS)
+def test_a_trained_action_model_predicts_worse_with_the_imu_shifted_by_one_step(tmp_path, seed):
+    """1000 steps of the action objective on turning clips (a new direction every 2 frames: the past cannot tell where
+    the camera goes next, the IMU can); then, on fresh clips, the teacher-forcing and rollout losses with the true IMU
+    against the IMU delayed by one time step, and against copying the current step's features.
+
+    Measured (seeds 0, 1, 2): teacher forcing 0.1374, 0.1393, 0.1402 with the true IMU against 0.1501, 0.1543,
+    0.1583 shifted; rollout 0.1486, 0.1535, 0.1508 against 0.1698, 0.1787, 0.1817. Trained jointly with its encoder
+    (freeze_encoder off) the predictor ignores the IMU (0.1132 against 0.1132 after 1000 steps): the encoder drifts
+    to features every clip shares, which leaves nothing for the IMU to explain (docs/training.md)."""
     from alliance.store import LocalStore
     from training.checkpoint import load_checkpoint
     from training.data import collate
@@ -112,26 +168,23 @@ def test_a_trained_action_model_predicts_worse_with_the_imu_shifted_by_one_step(
     from training.step import JEPA
 
     torch.set_num_threads(1)
-    cfg = small_config(**{"objective.kind": "action", "model.frames": 16, "model.size": 32, "model.patch": 8,
-                          "model.embed_dim": 48, "model.pred_dim": 48, "model.pred_depth": 2, "model.heads": 4,
-                          "model.pred_heads": 4, "data.batch_size": 16, "run.steps": 80, "run.log_every": 40,
-                          "run.checkpoint_every": 80, "optim.warmup_steps": 10, "objective.ema_start": 0.99})
+    cfg = small_config(**ACTION_RUN, **{"run.seed": seed})
     store = LocalStore(tmp_path / "store")
     summary = train(store, "synthetic", 0, cfg, echo=print)
     payload = load_checkpoint(store, summary.checkpoint_key)
     model = JEPA(cfg, 1).eval()
     model.encoder.load_state_dict(payload["encoder"])
     model.predictor.load_state_dict(payload["predictor"])
-    teacher = VideoEncoder(cfg.model).eval()
-    teacher.load_state_dict(payload["target_encoder"])
-    batch = collate([make_turning_clip(seed=10_000 + i, frames=16, size=32, stream=4) for i in range(64)], cfg)
+    batch = collate([make_turning_clip(seed=10_000 + i, frames=8, size=32, stream=4) for i in range(64)], cfg)
     clip = batch.clip(torch.device("cpu"))
     with torch.no_grad():
-        targets = layer_normed(teacher(clip, causal=True))
-        true_tf, true_rollout = model.action_losses(clip, batch.actions, targets)
-        shifted_tf, shifted_rollout = model.action_losses(clip, batch.actions, targets, shift=1)
-    print(f"action model after 80 steps: teacher-forcing L1 {float(true_tf):.4f} with the true IMU, "
-          f"{float(shifted_tf):.4f} shifted one step; rollout {float(true_rollout):.4f} vs "
-          f"{float(shifted_rollout):.4f}")
-    assert float(shifted_tf) > float(true_tf) * 1.05
-    assert float(shifted_rollout) > float(true_rollout)
+        targets = layer_normed(model.encoder(clip, causal=True))  # frozen: the encoder is its own target
+        true_tf, true_rollout = (float(v) for v in model.action_losses(clip, batch.actions, targets))
+        shifted_tf, shifted_rollout = (float(v) for v in model.action_losses(clip, batch.actions, targets, shift=1))
+        steps = targets.view(64, cfg.model.grid[0], -1)
+        copy = float((steps[:, :-1] - steps[:, 1:]).abs().mean())
+    print(f"action model, seed {seed}, {ACTION_STEPS} steps: teacher-forcing L1 {true_tf:.4f} with the true IMU, "
+          f"{shifted_tf:.4f} shifted one step ({shifted_tf / true_tf:.3f}x); rollout {true_rollout:.4f} vs "
+          f"{shifted_rollout:.4f} ({shifted_rollout / true_rollout:.3f}x); copying the current step {copy:.4f}")
+    assert shifted_tf > true_tf * 1.05 and shifted_rollout > true_rollout * 1.05
+    assert true_tf < copy

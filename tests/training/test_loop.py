@@ -60,13 +60,15 @@ def test_run_record_and_checkpoint_round_trip(file_store, small):
     assert again.losses == () and again.checkpoint_key == summary.checkpoint_key
 
 
-@pytest.mark.parametrize("objective", ["ema_l1", "sigreg", "sigreg+projector", "action"])
+@pytest.mark.parametrize("objective", ["ema_l1", "sigreg", "sigreg+projector", "action", "action+frozen"])
 def test_resume_after_kill_continues_the_same_loss_curve(tmp_path, objective):
     from alliance.store import LocalStore
 
     overrides = {"objective.kind": objective.split("+")[0], "data.workers": 2}
     if objective.endswith("+projector"):  # LeJEPA's head (BatchNorm statistics included) resumes exactly too
         overrides["objective.sigreg_projector"] = (32, 8)
+    if objective.endswith("+frozen"):  # V-JEPA 2-AC's predictor alone on a fixed encoder
+        overrides["objective.freeze_encoder"] = True
     whole = train(LocalStore(tmp_path / "a"), "synthetic", 0, small_config(**overrides), echo=lambda _: None)
     store = LocalStore(tmp_path / "b")
     first = train(store, "synthetic", 0, small_config(**overrides), stop_after=3, echo=lambda _: None)
