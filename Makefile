@@ -43,5 +43,5 @@ reliability: $(STAMP) $(IMU_EXPORTS)
 	ALLIANCE_RELIABILITY=full ALLIANCE_RELIABILITY_REPORT=.alliance/reliability.jsonl \
 		$(BIN)/python -m pytest tests/reliability tests/security -q $(PYTEST_ARGS)
 	$(BIN)/python -m tests.reliability.report .alliance/reliability.jsonl
-	@# the JEPA learning tables: 3 seeds, every control, the order test and the shifted-IMU control, about 25 min (make test runs seed 0)
+	@# the JEPA learning tables: 3 seeds, every control, the order test (EMA and SIGReg) and the shifted-IMU control, about 40 min (make test runs seed 0)
 	ALLIANCE_LEARNING=full $(BIN)/python -m pytest tests/training/test_learning.py tests/training/test_action.py -q -s $(PYTEST_ARGS)

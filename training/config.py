@@ -89,6 +89,7 @@ class ObjectiveConfig:
     sigreg_points: int = 17
     sigreg_tmax: float = 3.0
     sigreg_projector: tuple[int, ...] = ()  # LeJEPA's head: widths of an MLP (BatchNorm, GELU) on pooled embeddings
+    sigreg_stop_grad: bool = False  # `sigreg`: no gradient through the per-token targets (docs/training.md)
     action_dim: int = 12  # per tubelet: mean and change of each of 6 IMU channels
     action_stream: str = "imu"
     rollout_steps: int = 2  # `action`: autoregressive steps of the rollout loss, as in V-JEPA 2-AC

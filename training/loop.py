@@ -16,8 +16,8 @@ import torch
 
 from alliance.errors import AllianceError, ConfigError
 from alliance.store import ObjectStore, validate_key
-from training.checkpoint import (RunRecord, checkpoint_key, encoder_weights, load_checkpoint, now_iso, read_run,
-                                 resolve_checkpoint, run_prefix, save_checkpoint, write_run)
+from training.checkpoint import (CheckpointError, RunRecord, checkpoint_key, encoder_weights, load_checkpoint, now_iso,
+                                 read_run, resolve_checkpoint, run_prefix, save_checkpoint, write_run)
 from training.config import TrainConfig
 from training.data import ClipLoader, ReaderFactory, reader_factory
 from training.masks import MaskGenerator
@@ -122,8 +122,11 @@ def _gather(state: dict, dist_info: Distributed) -> list[dict]:
 
 def _start_encoder_from(store: ObjectStore, ref: str, encoders: list[torch.nn.Module], device: torch.device) -> str:
     """Load another run's target encoder (a checkpoint key or a run id: its latest) into `encoders`; the key used."""
-    key = resolve_checkpoint(store, ref)
-    state, _ = encoder_weights(load_checkpoint(store, key, map_location=device))
+    try:
+        key = resolve_checkpoint(store, ref)
+        state, _ = encoder_weights(load_checkpoint(store, key, map_location=device))
+    except CheckpointError as e:
+        raise TrainingError(f"objective.encoder_from: {e}") from e
     for encoder in encoders:
         try:
             encoder.load_state_dict(state)

@@ -61,7 +61,7 @@ class JEPA(nn.Module):
         full = None
         if targets is None:  # SIGReg: no teacher, the online encoder's own full view (layer-normed) is the target
             full = self.encoder(clip)
-            targets = layer_normed(full)
+            targets = layer_normed(full.detach() if obj.sigreg_stop_grad else full)
         parts: dict[str, float] = {}
         prediction_losses, views = [], []
         for i, pair in enumerate(masks):
@@ -186,7 +186,8 @@ def jepa_step(parts: StepParts, clip: torch.Tensor, actions: torch.Tensor, masks
     cfg, device, optimizer, teacher = parts.cfg, parts.device, parts.optimizer, parts.teacher
     # schedules
     lr, wd = lr_at(step, cfg), wd_at(step, cfg)
-    m = momentum(step, cfg.run.steps, cfg.objective.ema_start, cfg.objective.ema_end)
+    frozen = cfg.objective.freeze_encoder  # the target never moves: momentum 1 in the log, no EMA update
+    m = 1.0 if frozen else momentum(step, cfg.run.steps, cfg.objective.ema_start, cfg.objective.ema_end)
     for group in optimizer.param_groups:
         group["lr"] = lr
         if group["decay"]:
@@ -209,6 +210,6 @@ def jepa_step(parts: StepParts, clip: torch.Tensor, actions: torch.Tensor, masks
     grad_norm = float(torch.nn.utils.clip_grad_norm_(parts.model.parameters(), cfg.optim.grad_clip))
     optimizer.step()
     # EMA (a frozen encoder is its own fixed target)
-    if teacher is not None and not cfg.objective.freeze_encoder:
+    if teacher is not None and not frozen:
         ema_update(teacher, parts.model.encoder, m)
     return StepOutput(float(loss.detach()), loss_parts, raw_targets, grad_norm, lr, wd, m)

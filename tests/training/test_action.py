@@ -117,9 +117,9 @@ def test_the_action_predictor_trains_alone_on_an_encoder_from_another_run(tmp_pa
     payload = load_checkpoint(store, summary.checkpoint_key)
     for name, weights in encoder.items():
         assert torch.equal(payload["encoder"][name], weights) and torch.equal(payload["target_encoder"][name], weights)
-    torch.manual_seed(action.run.seed)  # the predictor the run started from, built as the run built it
-    start = ActionPredictor(action.model, action.objective.action_dim)
-    assert all(not torch.equal(start.state_dict()[k], v) for k, v in payload["predictor"].items() if v.ndim >= 2)
+    halfway = load_checkpoint(store, f"checkpoints/{summary.run}/step-3.pt")  # the predictor learns between them
+    assert all(not torch.equal(halfway["predictor"][k], v) for k, v in payload["predictor"].items() if v.ndim >= 2)
+    assert all(torch.equal(halfway["encoder"][k], v) for k, v in encoder.items())
     # not frozen: the encoder starts from the pretrained one and learns
     unfrozen = train(store, "synthetic", 0, small_config(**{"objective.kind": "action",
                                                             "objective.encoder_from": pretrained.checkpoint_key}),
@@ -130,6 +130,9 @@ def test_the_action_predictor_trains_alone_on_an_encoder_from_another_run(tmp_pa
     with pytest.raises(TrainingError, match=r"objective.encoder_from checkpoints/.*does not fit.*model\.\* settings"):
         train(store, "synthetic", 0, small_config(**{"objective.kind": "action", "model.embed_dim": 64,
                                                      "objective.encoder_from": pretrained.run}), **quiet)
+    with pytest.raises(TrainingError, match="objective.encoder_from: nosuch: no run.json with checkpoints"):
+        train(store, "synthetic", 0, small_config(**{"objective.kind": "action", "objective.encoder_from": "nosuch"}),
+              **quiet)
 
 
 def test_only_the_action_objective_freezes_its_encoder():

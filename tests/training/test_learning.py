@@ -33,8 +33,11 @@ textured world (`data.synthetic_world = "panning"`), tubelets of one frame (the 
 tokens), context the first 4 of 8 frames, the width-scaled init (`model.init_gain = 0.64`), 1000 steps. Measured:
 how much worse the predictor predicts the rest of a clip from its past shown backwards
 (`training.probe.context_order_sensitivity`). Trained in order, the loss rises by a fifth or more; trained on frames
-shuffled in time, by under half a percent (the figures: docs/training.md). EMA only: SIGReg collapses in this
-setting (layer-normed content share 1e-4 after 1000 steps, at lambda 0.05 and 0.02).
+shuffled in time, by under half a percent (the figures: docs/training.md). SIGReg runs it with its per-token
+targets out of the gradient (`objective.sigreg_stop_grad`): with the gradient through them, as LeJEPA does, its
+features collapse in this setting (layer-normed content share 1e-4 after 1000 steps at lambda 0.05 and 0.02, 0.003
+with raw targets). SIGReg constrains only each clip's pooled embedding, which features shared by all of a clip's
+tokens satisfy whatever their order (our reading; not measured).
 
 `make test` runs seed 0 and the asserted runs of the direction table (4 runs); ALLIANCE_LEARNING=full (what
 `make reliability` sets) runs seeds 0, 1, 2 and every control, prints the whole table, and runs the order test.
@@ -83,10 +86,11 @@ UNSEPARATED = {"ema_l1": ["ema_l1 frames shuffled"], "sigreg": ["sigreg frames s
 ORDER_STEPS = 1000
 PANNING = {"data.source": "synthetic", "data.workers": 1, "data.synthetic_world": "panning", "model.frames": 8,
            "model.tubelet": 1, "model.init_gain": 0.64, "mask.kind": "future", "mask.future_context": 0.5,
-           "objective.kind": "ema_l1", "objective.ema_start": 0.99, "run.steps": ORDER_STEPS,
-           "run.log_every": 250, "run.checkpoint_every": ORDER_STEPS}
-ORDER_RUNS = {"ema_l1, panning camera": {}, "ema_l1, panning camera, frames shuffled": {"data.shuffle_time": True}}
-ORDER_FLOOR = 0.05  # the real run's reversed context costs it at least 5% more prediction loss on every seed
+           "run.steps": ORDER_STEPS, "run.log_every": 250, "run.checkpoint_every": ORDER_STEPS}
+# SIGReg with its per-token targets out of the gradient: with the gradient through them its features collapse here
+ORDER_OBJECTIVES = {"ema_l1": {"objective.kind": "ema_l1", "objective.ema_start": 0.99},
+                    "sigreg": {"objective.kind": "sigreg", "objective.sigreg_stop_grad": True}}
+ORDER_FLOOR = 0.02  # the real run's reversed context costs it at least 2% more prediction loss on every seed
 
 
 @dataclass(frozen=True)
@@ -261,7 +265,7 @@ def test_jepa_learns_the_motion_and_its_controls_do_not(runs, baselines, objecti
 @pytest.mark.slow
 @pytest.mark.skipif(not FULL, reason="these controls run in the full table: ALLIANCE_LEARNING=full (make reliability)")
 @pytest.mark.xfail(reason="measured, 3 seeds: not clearly below the real run on the direction probe (docstring); "
-                          "the order test separates the EMA run's", strict=False)
+                          "the order test separates both (EMA and SIGReg)", strict=False)
 @pytest.mark.parametrize("control", [c for cs in UNSEPARATED.values() for c in cs])
 def test_shuffled_frames_learn_less(runs, control):
     real = runs(control.split()[0])
@@ -275,9 +279,10 @@ class OrderProbed:
     direction: float  # the shipped encoder's mean-pooled features, panning direction (8 ways); printed only
 
 
-def order_run(tmp_path_factory, name: str, seed: int) -> OrderProbed:
-    cfg = with_overrides(preset("tiny_cpu"), {**PANNING, **ORDER_RUNS[name], "run.seed": seed})
-    store = LocalStore(tmp_path_factory.mktemp(f"order-{seed}"))
+def order_run(tmp_path_factory, objective: str, shuffled: bool, seed: int) -> OrderProbed:
+    cfg = with_overrides(preset("tiny_cpu"), {**PANNING, **ORDER_OBJECTIVES[objective], "data.shuffle_time": shuffled,
+                                              "run.seed": seed})
+    store = LocalStore(tmp_path_factory.mktemp(f"order-{objective}-{seed}"))
     online, shipped, predictor, _, _ = trained(store, cfg)
     m = cfg.model
     train_clips, train_y = labelled_set(1024, seed=1, frames=m.frames, size=m.size, world="panning")
@@ -294,19 +299,21 @@ def order_run(tmp_path_factory, name: str, seed: int) -> OrderProbed:
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
 @pytest.mark.skipif(not FULL, reason="6 runs of 1000 steps, 2 min each: ALLIANCE_LEARNING=full (make reliability)")
+@pytest.mark.parametrize("objective", list(ORDER_OBJECTIVES))
 def test_the_predictor_uses_the_order_of_its_past_and_the_frames_shuffled_control_does_not(tmp_path_factory,
-                                                                                          one_torch_thread):
+                                                                                          one_torch_thread, objective):
     """The frames-shuffled control, where the direction probe cannot separate it: after pretraining on clips in
     order, the predictor predicts the rest of a clip clearly worse from its past shown backwards; trained on frames
     shuffled in time, it does not care. Margin rule: the real run's rise is at least ORDER_FLOOR on every seed, every
     control seed lies below the real run's worst and the control's mean is under a quarter of the real mean."""
-    table = {name: [order_run(tmp_path_factory, name, seed) for seed in SEEDS] for name in ORDER_RUNS}
-    print(f"\npanning camera, one-frame tubelets, context 4 of 8 frames, init_gain 0.64, {ORDER_STEPS} steps, seeds "
-          f"{SEEDS}")
+    table = {f"{objective}{', frames shuffled' if shuffled else ''}":
+             [order_run(tmp_path_factory, objective, shuffled, seed) for seed in SEEDS] for shuffled in (False, True)}
+    print(f"\n{objective}, panning camera, one-frame tubelets, context 4 of 8 frames, init_gain 0.64, {ORDER_STEPS} "
+          f"steps, seeds {SEEDS}")
     print("| run | loss rise, context reversed | prediction spread | direction (shipped, mean-pooled) |")
     for name, results in table.items():
         print(f"| {name} | {', '.join(f'{r.sensitivity:.2%}' for r in results)} | "
               f"{', '.join(f'{r.spread:.2f}' for r in results)} | {', '.join(f'{r.direction:.1%}' for r in results)} |")
-    real, control = ([r.sensitivity for r in table[name]] for name in ORDER_RUNS)
+    real, control = ([r.sensitivity for r in results] for results in table.values())
     assert min(real) >= ORDER_FLOOR, real
     assert max(control) < min(real) and statistics.mean(control) < statistics.mean(real) / 4, (control, real)

@@ -137,3 +137,31 @@ def test_width_scaled_init_lets_the_context_reach_the_predictors_output():
     encoder = VideoEncoder(with_overrides(preset("tiny_cpu"), {"model.init_gain": 0.64}).model)
     assert abs(float(encoder.blocks[0].mlp[0].weight.std()) - 0.64 / 8) < 0.01  # fan_in 64
     assert abs(float(VideoEncoder(preset("tiny_cpu").model).blocks[0].mlp[0].weight.std()) - 0.02) < 0.003
+
+
+@pytest.mark.parametrize("stop_grad", [False, True])
+def test_sigreg_stop_grad_takes_the_per_token_targets_out_of_the_gradient(stop_grad):
+    """With lambda = 0 (prediction only) the encoder's gradient is the one of an L1 against targets computed apart and
+    detached when `sigreg_stop_grad` is on, and differs from it when off (LeJEPA's way: the gradient flows through
+    both sides)."""
+    from tests.training.conftest import small_config
+    from training.model import gather_tokens
+    from training.objectives import l1_loss
+    from training.step import JEPA
+
+    cfg = small_config(**{"objective.kind": "sigreg", "objective.sigreg_lambda": 0.0, "mask.kind": "future",
+                          "objective.sigreg_stop_grad": stop_grad})
+    torch.manual_seed(0)
+    model = JEPA(cfg, 1)
+    clip = torch.rand(4, 3, cfg.model.frames, cfg.model.size, cfg.model.size)
+    masks = MaskGenerator(cfg.mask, cfg.model)(4, 0)
+    loss, _ = model(clip, masks, torch.zeros(4, 1, 12), None, torch.Generator().manual_seed(0))
+    loss.backward()
+    through_the_objective = [p.grad.clone() for p in model.encoder.parameters()]
+    model.zero_grad()
+    pair = masks[0]
+    targets = gather_tokens(layer_normed(model.encoder(clip)).detach(), pair.target)
+    l1_loss(model.predictor(model.encoder(clip, pair.context), pair.context, pair.target, 0), targets).backward()
+    detached = [p.grad for p in model.encoder.parameters()]
+    same = all(torch.allclose(a, b, atol=1e-7) for a, b in zip(through_the_objective, detached))
+    assert same == stop_grad
