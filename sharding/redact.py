@@ -33,13 +33,15 @@ class RewriteTask:
 
 @dataclass(frozen=True)
 class AffectedRun:
-    """A training run that consumed a version holding revoked samples."""
+    """A training run that consumed a version holding revoked samples, itself or through the encoder it started from
+    (`via`: the run whose encoder it took, `objective.encoder_from`; empty when it read the version itself)."""
 
     run: str
     dataset: str
     version: int
     checkpoints: tuple[str, ...]
     steps: int
+    via: str = ""
 
 
 @dataclass(frozen=True)
@@ -107,6 +109,36 @@ def training_runs(store: ObjectStore) -> list[dict[str, Any]]:
     return sorted(runs, key=lambda r: str(r.get("run")))
 
 
+def _encoder_source(record: dict[str, Any]) -> str:
+    """The run whose encoder a run started from (its config's objective.encoder_from: a run id or a checkpoint key)."""
+    config = record.get("config")
+    objective = config.get("objective") if isinstance(config, dict) else None
+    ref = str(objective.get("encoder_from") or "") if isinstance(objective, dict) else ""
+    return ref.removeprefix("checkpoints/").split("/")[0] if ref else ""
+
+
+def affected_runs(runs: list[dict[str, Any]], name: str, versions: Iterable[int]) -> tuple[AffectedRun, ...]:
+    """The runs (run.json records) that read NAME at one of `versions`, then every run that started from the encoder
+    of an affected run, however many hops away (each names the run it took the encoder from)."""
+    held = set(versions)
+    found = [AffectedRun(str(r.get("run")), name, int(r.get("version")), tuple(r.get("checkpoints") or ()),
+                         int(r.get("steps") or 0))
+             for r in runs if r.get("dataset") == name and r.get("version") in held]
+    by_run = {a.run: a for a in found}
+    frontier = list(found)
+    while frontier:
+        upstream = {a.run: a for a in frontier}
+        frontier = []
+        for r in runs:
+            source, run = _encoder_source(r), str(r.get("run"))
+            if source in upstream and run not in by_run:
+                origin = upstream[source]
+                by_run[run] = AffectedRun(run, origin.dataset, origin.version, tuple(r.get("checkpoints") or ()),
+                                          int(r.get("steps") or 0), via=source)
+                frontier.append(by_run[run])
+    return tuple(by_run.values())
+
+
 def versions_containing(store: ObjectStore, name: str, recordings: set[str]) -> list[int]:
     found = []
     for version in range(1, (latest_version(store, name) or 0) + 1):
@@ -130,9 +162,7 @@ def redact(store: ObjectStore, name: str, version: int, revoked: Iterable[str], 
     index = read_index(store, name, version).to_pylist()
     hit = [row for row in index if row["recording_id"] in revoked_set]
     containing = versions_containing(store, name, revoked_set) if revoked_set else []
-    runs = tuple(AffectedRun(str(r.get("run")), name, int(r.get("version")), tuple(r.get("checkpoints") or ()),
-                             int(r.get("steps") or 0))
-                 for r in training_runs(store) if r.get("dataset") == name and r.get("version") in containing)
+    runs = affected_runs(training_runs(store), name, containing)
     found = tuple(sorted({row["recording_id"] for row in hit}))
     if not hit:
         return RedactionReport(name, version, None, found, 0, {}, (), len(manifest.shards), 0, tuple(containing),

@@ -11,7 +11,7 @@ from alliance.store import ObjectStore
 from sharding.consent import HeldRecording, held_outside_consent, today_utc
 from sharding.manifest import load_manifest, load_withdrawal, latest_version
 from sharding.records import recorded_versions, redact_revoked, revoked_recordings
-from sharding.redact import AffectedRun, RedactionReport, purge_versions, training_runs
+from sharding.redact import AffectedRun, RedactionReport, affected_runs, purge_versions, training_runs
 from sharding.versions import read_index
 
 
@@ -106,9 +106,7 @@ def sweep(store: ObjectStore, catalog: Catalog, names: Iterable[str] | None = No
             if purge and not dry_run and successor is not None and v not in withdrawn:
                 purge_versions(store, name, [v], {h.recording for h in held[v]}, successor)
                 purged.append(f"{name}@v{v}")
-        affected += [AffectedRun(str(r.get("run")), name, int(r.get("version")), tuple(r.get("checkpoints") or ()),
-                                 int(r.get("steps") or 0))
-                     for r in runs if r.get("dataset") == name and r.get("version") in held]
+        affected += affected_runs(runs, name, held)
     return SweepReport(today.isoformat(), tuple(findings), tuple(redactions), tuple(affected), tuple(purged),
                        dry_run)
 

@@ -59,8 +59,9 @@ def print_affected_runs(runs: Sequence[AffectedRun]) -> None:
     from rich.table import Table
 
     table = Table(title="training runs that read a version holding them", title_justify="left")
-    for column in ("run", "dataset", "steps", "checkpoints"):
+    for column in ("run", "dataset", "through the encoder of", "steps", "checkpoints"):
         table.add_column(column, justify="right" if column == "steps" else "left")
     for run in runs:
-        table.add_row(run.run, f"{run.dataset}@v{run.version}", str(run.steps), "\n".join(run.checkpoints) or "-")
+        table.add_row(run.run, f"{run.dataset}@v{run.version}", run.via or "-", str(run.steps),
+                      "\n".join(run.checkpoints) or "-")
     console.print(table)

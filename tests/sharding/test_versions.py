@@ -144,10 +144,17 @@ def test_redact_removes_exactly_the_revoked_samples(store, selection):
          "started_at": "2026-01-01T00:00:00+00:00", "finished_at": None, "steps": 10}).encode())
     store.put_bytes("checkpoints/run-b/run.json", json.dumps(
         {"run": "run-b", "dataset": "other", "version": 1, "checkpoints": [], "steps": 3}).encode())
+    # runs that started from an encoder (objective.encoder_from): run-c from run-a's checkpoint, run-d from run-c
+    # (two hops), run-e from run-b, which never read ego
+    for run, source in (("run-c", "checkpoints/run-a/step-10.pt"), ("run-d", "run-c"), ("run-e", "run-b")):
+        store.put_bytes(f"checkpoints/{run}/run.json", json.dumps(
+            {"run": run, "dataset": "synthetic", "version": 0, "config": {"objective": {"encoder_from": source}},
+             "checkpoints": [f"checkpoints/{run}/step-4.pt"], "steps": 4}).encode())
     report = redact(store, "ego", 1, {revoked, "not-in-this-dataset"})
     assert report.version == 2 and report.removed_samples == 2 and report.removed_by_partner == {"robofleet": 2}
-    assert [r.run for r in report.affected_runs] == ["run-a"]
+    assert [(r.run, r.via) for r in report.affected_runs] == [("run-a", ""), ("run-c", "run-a"), ("run-d", "run-c")]
     assert report.affected_runs[0].checkpoints == ("checkpoints/run-a/step-10.pt",)
+    assert {(r.dataset, r.version) for r in report.affected_runs} == {("ego", 1)}  # the version at the root
 
     v2 = load_manifest(store, "ego", 2)
     before = {r["clip_id"]: r for r in read_index(store, "ego", 1).to_pylist()}
