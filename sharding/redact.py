@@ -124,13 +124,13 @@ def affected_runs(runs: list[dict[str, Any]], name: str, versions: Iterable[int]
     found = [AffectedRun(str(r.get("run")), name, int(r.get("version")), tuple(r.get("checkpoints") or ()),
                          int(r.get("steps") or 0))
              for r in runs if r.get("dataset") == name and r.get("version") in held]
+    sources = [(r, str(r.get("run")), _encoder_source(r)) for r in runs]
     by_run = {a.run: a for a in found}
     frontier = list(found)
     while frontier:
         upstream = {a.run: a for a in frontier}
         frontier = []
-        for r in runs:
-            source, run = _encoder_source(r), str(r.get("run"))
+        for r, run, source in sources:
             if source in upstream and run not in by_run:
                 origin = upstream[source]
                 by_run[run] = AffectedRun(run, origin.dataset, origin.version, tuple(r.get("checkpoints") or ()),

@@ -183,9 +183,12 @@ class TrainConfig:
         self._validate_masks()
         if self.data.source not in ("shards", "synthetic"):
             raise ConfigError(f"data.source {self.data.source!r}: use shards or synthetic")
-        if self.data.synthetic_world not in ("square", "panning"):
-            raise ConfigError(f"data.synthetic_world {self.data.synthetic_world!r}: use square or panning (the action "
-                              f"objective always trains on the turning camera)")
+        from training.synthetic import DIRECTIONAL_WORLDS  # synthetic builds on nothing of this module
+
+        if self.data.synthetic_world not in DIRECTIONAL_WORLDS:
+            raise ConfigError(f"data.synthetic_world {self.data.synthetic_world!r}: use "
+                              f"{' or '.join(DIRECTIONAL_WORLDS)} (the action objective always trains on the turning "
+                              f"camera)")
         if self.data.batch_size < 1 or self.run.steps < 1:
             raise ConfigError("data.batch_size and run.steps must be at least 1")
         return self

@@ -131,7 +131,8 @@ def _start_encoder_from(store: ObjectStore, ref: str, encoders: list[torch.nn.Mo
         try:
             encoder.load_state_dict(state)
         except RuntimeError as e:
-            reason = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
+            lines = str(e).splitlines()  # torch: a headline, then one line per mismatched tensor
+            reason = lines[1].strip() if len(lines) > 1 else str(e)
             raise TrainingError(f"objective.encoder_from {key}: its encoder does not fit this run's model settings "
                                 f"({reason}); use the model.* settings of the run that wrote it") from e
     return key

@@ -158,7 +158,8 @@ def make_turning_clip(seed: int, frames: int = 16, size: int = 32, stream: int =
                            meta={"turn_frames": turns, "camera": camera})
 
 
-WORLDS = ("square", "panning", "turning")
+DIRECTIONAL_WORLDS = {"square": make_clip, "panning": make_panning_clip}  # a label per clip: its direction
+WORLDS = (*DIRECTIONAL_WORLDS, "turning")
 
 
 class SyntheticReader:
@@ -182,10 +183,8 @@ class SyntheticReader:
             seed = self.seed * 1_000_003 + g
             if self.world == "turning":
                 yield make_turning_clip(seed=seed, frames=self.frames, size=self.size)
-            elif self.world == "panning":
-                yield make_panning_clip(g % DIRECTIONS, seed=seed, frames=self.frames, size=self.size)
             else:
-                yield make_clip(g % DIRECTIONS, seed=seed, frames=self.frames, size=self.size)
+                yield DIRECTIONAL_WORLDS[self.world](g % DIRECTIONS, seed=seed, frames=self.frames, size=self.size)
 
     def state_dict(self) -> dict[str, int]:
         return {"position": self.position}
@@ -198,7 +197,9 @@ def labelled_set(count: int, seed: int, frames: int = 16, size: int = 32,
                  world: str = "square") -> tuple[np.ndarray, np.ndarray]:
     """`count` clips (balanced over directions) of the moving square or the panning camera as uint8
     [N, T, H, W, 3] and labels [N]; stream 1, apart from training's."""
-    make = make_panning_clip if world == "panning" else make_clip
+    if world not in DIRECTIONAL_WORLDS:
+        raise ValueError(f"labelled world {world!r}: use one of {', '.join(DIRECTIONAL_WORLDS)}")
+    make = DIRECTIONAL_WORLDS[world]
     clips = [make(i % DIRECTIONS, seed=seed * 1_000_003 + i, frames=frames, size=size, stream=1)
              for i in range(count)]
     return np.stack([c.frames for c in clips]), np.array([c.meta["label"] for c in clips], np.int64)
